@@ -1,0 +1,75 @@
+"""Build pipeline components by registry name (Python API) or from a composed Hydra config.
+
+Both paths end in the same calls: a model class + a checkpoint folder -> ``load_model``; a sampler
+class + the checkpoint's scheduler config -> a sampler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ruyi.models.loading import load_component, read_config
+from ruyi.registry import ALL_REGISTRIES, IMAGE_ENCODERS, OFFLOADS, SAMPLERS, TRANSFORMERS, VAES, Registry
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODULES = (
+    "ruyi.models.transformer",
+    "ruyi.models.vae",
+    "ruyi.models.image_encoder",
+    "ruyi.samplers",
+    "ruyi.conditioning",
+    "ruyi.offload",
+)
+
+DEFAULT_MODELS = {"transformer": "ruyi_transformer3d", "vae": "magvit", "image_encoder": "clip_vision"}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+
+
+def import_builtins() -> dict[str, Registry[type]]:
+    """Import the built-in component modules so that their registrations run."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
+    return ALL_REGISTRIES
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}") from None
+
+
+def load_model(cls: type, root: str | Path, *, dtype: torch.dtype | None = None, subfolder: str | None = None):
+    """Load model class ``cls`` from ``root/<subfolder>`` (the class's own ``subfolder`` by default)."""
+    folder = Path(root) / (subfolder or cls.subfolder)
+    custom = getattr(cls, "from_pretrained", None)
+    if custom is not None:
+        return custom(folder, dtype=dtype)
+    return load_component(cls, folder, config_overrides=getattr(cls, "config_overrides", None), dtype=dtype)
+
+
+def build_models(root: str | Path, *, dtype: torch.dtype | None = None, names: dict[str, str] | None = None):
+    """``{"transformer": ..., "vae": ..., "image_encoder": ...}`` loaded from a checkpoint folder."""
+    import_builtins()
+    names = {**DEFAULT_MODELS, **(names or {})}
+    registries = {"transformer": TRANSFORMERS, "vae": VAES, "image_encoder": IMAGE_ENCODERS}
+    return {kind: load_model(registries[kind].get(names[kind]), root, dtype=dtype) for kind in registries}
+
+
+def build_sampler(name: str, root: str | Path, **kwargs: Any):
+    import_builtins()
+    return SAMPLERS.get(name)(scheduler_config=read_config(Path(root) / "scheduler", "scheduler_config.json"), **kwargs)
+
+
+def build_offload(name: str, **kwargs: Any):
+    import_builtins()
+    return OFFLOADS.get(name)(**kwargs)

@@ -1,0 +1,1 @@
+"""Models: tensors in, tensors out. Nothing here knows about sampling, offloading or Hydra."""

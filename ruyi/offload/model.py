@@ -1,0 +1,22 @@
+"""Whole models moved to the GPU only while used (the original's ``normal_mode``).
+
+accelerate's chained CPU-offload hooks: running a model moves it in and moves the previous one out.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import cpu_offload_with_hook
+
+from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.registry import OFFLOADS
+
+
+@OFFLOADS.register("model")
+class ModelOffload(OffloadStrategy):
+    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+        hook = None
+        for module in pipe.modules.values():
+            module.to("cpu")
+            _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+        pipe.execution_device = device

@@ -1,0 +1,16 @@
+"""Everything on the execution device (the original's "80g" scripts)."""
+
+from __future__ import annotations
+
+import torch
+
+from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.registry import OFFLOADS
+
+
+@OFFLOADS.register("none")
+class NoOffload(OffloadStrategy):
+    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+        for module in pipe.modules.values():
+            module.to(device)
+        pipe.execution_device = device

@@ -1,0 +1,21 @@
+"""Layer-by-layer streaming from CPU RAM (the original's ``low_gpu_memory_mode``).
+
+Least GPU memory, most transfer time: every leaf module's weights cross the bus at each call.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import cpu_offload
+
+from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.registry import OFFLOADS
+
+
+@OFFLOADS.register("sequential")
+class SequentialOffload(OffloadStrategy):
+    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+        for module in pipe.modules.values():
+            module.to("cpu")
+            cpu_offload(module, execution_device=device)
+        pipe.execution_device = device

@@ -1,0 +1,79 @@
+"""One typed registry per swappable component kind.
+
+A component registers itself by decorator in its own module::
+
+    @SAMPLERS.register("ddim")
+    class DDIMSampler: ...
+
+Hydra configs select a component by file stem (``configs/sampler/ddim.yaml``) and build it
+through ``_target_``; callers without Hydra (the Python API, tests, ``--list``) use
+``REGISTRY.get(name)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> class mapping for one component kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator that adds the class under ``name``; a second use of a name fails."""
+
+        def add(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise KeyError(
+                    f"{self.kind} {name!r} is already registered by "
+                    f"{_qualname(self._entries[name])}; pick another name for {_qualname(obj)}"
+                )
+            self._entries[name] = obj
+            obj.registry_name = name  # type: ignore[attr-defined]
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._entries)) or "(none registered)"
+            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+TRANSFORMERS: Registry[type] = Registry("transformer")
+VAES: Registry[type] = Registry("vae")
+IMAGE_ENCODERS: Registry[type] = Registry("image_encoder")
+SAMPLERS: Registry[type] = Registry("sampler")
+CONDITIONINGS: Registry[type] = Registry("conditioning")
+OFFLOADS: Registry[type] = Registry("offload")
+
+ALL_REGISTRIES: dict[str, Registry[type]] = {
+    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS)
+}

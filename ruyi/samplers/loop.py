@@ -1,0 +1,89 @@
+"""The denoising loop, with classifier-free guidance and per-step callbacks.
+
+Plugins (TeaCache, Enhance-A-Video, benchmarking, a UI progress bar) attach as callbacks; the loop
+itself never changes for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from tqdm.auto import tqdm
+
+from ruyi.samplers.guidance import classifier_free_guidance
+from ruyi.samplers.schedulers import DiffusersSampler
+
+
+@dataclass
+class DenoiseState:
+    """What a callback sees. ``latents`` may be replaced in ``on_step_end``; ``stop`` ends the loop."""
+
+    step: int
+    num_steps: int
+    timestep: torch.Tensor
+    latents: torch.Tensor
+    prediction: torch.Tensor | None = None
+    stop: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StepCallback(Protocol):
+    """Any subset of these methods; missing ones are skipped."""
+
+    def on_step_begin(self, state: DenoiseState) -> None: ...
+
+    def on_step_end(self, state: DenoiseState) -> None: ...
+
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, DenoiseState], torch.Tensor]
+
+
+def _emit(callbacks: Sequence[object], event: str, state: DenoiseState) -> None:
+    for cb in callbacks:
+        hook = getattr(cb, event, None)
+        if hook is not None:
+            hook(state)
+
+
+def denoise(
+    model_fn: ModelFn,
+    latents: torch.Tensor,
+    sampler: DiffusersSampler,
+    timesteps: torch.Tensor,
+    *,
+    guidance_scale: float = 7.0,
+    generator: torch.Generator | None = None,
+    callbacks: Sequence[object] = (),
+    progress: bool = True,
+) -> torch.Tensor:
+    """Run the sampler over ``timesteps`` starting from ``latents (B, C, F, H, W)``.
+
+    ``model_fn(model_input, timestep, state)`` returns the model's prediction for
+    ``model_input`` (2B when guidance is on: negative branch first). Guidance is skipped at
+    ``guidance_scale <= 1``.
+    """
+    use_cfg = guidance_scale > 1.0
+    num_steps = len(timesteps)
+    state = DenoiseState(step=0, num_steps=num_steps, timestep=timesteps[0], latents=latents)
+    _emit(callbacks, "on_loop_begin", state)
+    with tqdm(total=num_steps, desc="denoising", unit="step", disable=not progress) as bar:
+        for i, t in enumerate(timesteps):
+            state.step, state.timestep, state.prediction = i, t, None
+            _emit(callbacks, "on_step_begin", state)
+            model_input = torch.cat([state.latents] * 2) if use_cfg else state.latents
+            model_input = sampler.scale_model_input(model_input, t)
+            prediction = model_fn(model_input, t, state)
+            if use_cfg:
+                prediction = classifier_free_guidance(prediction, guidance_scale)
+            state.prediction = prediction
+            state.latents = sampler.step(prediction, t, state.latents, generator=generator)
+            _emit(callbacks, "on_step_end", state)
+            bar.update()
+            if state.stop:
+                break
+    _emit(callbacks, "on_loop_end", state)
+    return state.latents

@@ -1,0 +1,234 @@
+"""Ruyi's MagViT 3D VAE (the checkpoint's ``AutoencoderKLMagvit``): video <-> 16-channel latents.
+
+How the original cuts time, which this module reproduces (``cache_compression_vae``):
+
+- Encoding: a video of F = 8k frames is split into mini-batches of ``mini_batch_encoder`` (8)
+  frames, each encoded on its own with zero time padding -> ``mini_batch_decoder`` (2) latent
+  frames each. A single image (F = 1) is encoded alone -> 1 latent frame.
+- Decoding: latents are split into mini-batches of 2 frames decoded in order. Every 3x3x3 conv is
+  causal: the first mini-batch repeats its first frame as history, later ones get the last two
+  input frames that conv saw in the mini-batch before (the "cache"). Each temporal upsampler
+  doubles time by linear interpolation inside its mini-batch: 2 latent frames -> 8 frames.
+  A single latent frame is decoded with zero time padding and no temporal upsampling -> 1 frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ruyi.models.vae.conv import TimeCache
+from ruyi.models.vae.decoder import TEMPORAL_UP, UP_BLOCK_TYPES, MagvitDecoder
+from ruyi.models.vae.encoder import DOWN_BLOCK_TYPES, TEMPORAL_DOWN, MagvitEncoder
+from ruyi.registry import VAES
+
+LOGVAR_RANGE = (-30.0, 20.0)  # the clamp of diffusers' DiagonalGaussianDistribution, which the original uses
+DOWN_BLOCKS = ("SpatialDownBlock3D",) + (TEMPORAL_DOWN,) * 3
+UP_BLOCKS = ("SpatialUpBlock3D",) + (TEMPORAL_UP,) * 3
+
+
+@VAES.register("magvit")
+class MagvitVAE3D(nn.Module):
+    """MagViT VAE: ``encode(video (B, 3, F, H, W)) -> (mean, logvar)`` each ``(B, 16, F', H/8, W/8)``;
+    ``decode(latents (B, 16, F', h, w)) -> video (B, 3, F, 8h, 8w)``; F' = F / 4 (F = 1 -> F' = 1).
+
+    Keyword names are those of the checkpoint's ``vae/config.json``; the defaults describe
+    Ruyi-Mini-7B. Options this class does not reproduce raise ``ValueError`` naming the option.
+    Config fields that only matter in such modes or block types (``slice_mag_vae``,
+    ``slice_compression_vae``, ``num_attention_heads``, ``tile_*``) are not parameters, so a
+    config-driven loader drops them; the original ignores them too when ``cache_compression_vae`` is on.
+
+    ``decode_chunks`` yields the video mini-batch by mini-batch, for callers that want to bound
+    the memory of long videos.
+    """
+
+    subfolder = "vae"
+    _no_split_modules = ["MagvitEncoder", "MagvitDecoder"]
+    _keep_in_fp32_modules: list[str] = []
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    spatial_compression: int
+    temporal_compression: int
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 4, 4),
+        block_out_channels: Sequence[int] | None = None,
+        layers_per_block: int = 2,
+        latent_channels: int = 16,
+        down_block_types: Sequence[str] = DOWN_BLOCKS,
+        up_block_types: Sequence[str] = UP_BLOCKS,
+        mid_block_type: str = "MidBlock3D",
+        mid_block_use_attention: bool = True,
+        mid_block_attention_type: str = "3d",
+        mid_block_num_attention_heads: int = 1,
+        norm_num_groups: int = 32,
+        act_fn: str = "silu",
+        mini_batch_encoder: int = 8,
+        mini_batch_decoder: int = 2,
+        scaling_factor: float = 0.7125,
+        cache_compression_vae: bool = True,
+        spatial_group_norm: bool = False,
+        use_gc_blocks: Sequence[bool] | None = None,
+        upcast_vae: bool = False,
+        use_tiling: bool = False,
+        use_tiling_encoder: bool = False,
+        use_tiling_decoder: bool = False,
+    ) -> None:
+        super().__init__()
+        channels = [ch * m for m in ch_mult]
+        _check_config(
+            channels=channels, block_out_channels=block_out_channels, down_block_types=down_block_types,
+            up_block_types=up_block_types, mid_block_type=mid_block_type,
+            mid_block_attention_type=mid_block_attention_type, mini_batch_encoder=mini_batch_encoder,
+            mini_batch_decoder=mini_batch_decoder, cache_compression_vae=cache_compression_vae,
+            spatial_group_norm=spatial_group_norm, use_gc_blocks=use_gc_blocks, upcast_vae=upcast_vae,
+            use_tiling=use_tiling, use_tiling_encoder=use_tiling_encoder,
+            use_tiling_decoder=use_tiling_decoder,
+        )  # fmt: skip
+        shared = dict(
+            block_out_channels=channels, layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+            act_fn=act_fn, mid_block_use_attention=mid_block_use_attention,
+            mid_block_num_attention_heads=mid_block_num_attention_heads,
+        )  # fmt: skip
+        self.encoder = MagvitEncoder(
+            in_channels=in_channels, latent_channels=latent_channels, down_block_types=down_block_types,
+            **shared,
+        )  # fmt: skip
+        self.decoder = MagvitDecoder(
+            latent_channels=latent_channels, out_channels=out_channels, up_block_types=up_block_types,
+            **shared,
+        )  # fmt: skip
+        self.quant_conv = nn.Conv3d(2 * latent_channels, 2 * latent_channels, kernel_size=1)
+        self.post_quant_conv = nn.Conv3d(latent_channels, latent_channels, kernel_size=1)
+
+        self.scaling_factor = float(scaling_factor)
+        self.latent_channels = latent_channels
+        self.mini_batch_encoder = mini_batch_encoder
+        self.mini_batch_decoder = mini_batch_decoder
+        self.spatial_compression = 2 ** (len(channels) - 1)
+        self.temporal_compression = mini_batch_encoder // mini_batch_decoder
+
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, F, H, W) in [-1, 1] -> posterior (mean, logvar), each (B, 16, F', H/8, W/8).
+
+        F must be 1 (an image, F' = 1) or a multiple of ``mini_batch_encoder`` (F' = F / 4);
+        H and W multiples of 8. ``logvar`` is clamped to [-30, 20] like the original's posterior.
+        """
+        _check_ndim("video", video)
+        frames = video.shape[2]
+        if frames != 1 and frames % self.mini_batch_encoder:
+            n = self.mini_batch_encoder
+            raise ValueError(
+                f"MagvitVAE3D.encode needs 1 frame or a multiple of mini_batch_encoder={n} frames, "
+                f"got {frames}; round the video length down to a multiple of {n}"
+            )
+        step = 1 if frames == 1 else self.mini_batch_encoder
+        moments = torch.cat(
+            [self.quant_conv(self.encoder(video[:, :, i : i + step])) for i in range(0, frames, step)], dim=2
+        )
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, 16, F', h, w), not scaled by ``scaling_factor`` -> video (B, 3, F, 8h, 8w), unclamped.
+
+        F = 4 F' (F = 1 for F' = 1). See ``decode_chunks`` to receive the frames mini-batch by mini-batch.
+        """
+        return torch.cat(list(self.decode_chunks(latents)), dim=2)
+
+    def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """latents (B, 16, F', h, w) -> yields video pieces (B, 3, 4 * mini_batch_decoder, 8h, 8w) in order.
+
+        Mini-batches run one after another and only the causal history (two frames per conv) is
+        kept between them, so a caller may move or write out each piece before the next is made.
+        F' must be 1 (one piece of 1 frame) or a multiple of ``mini_batch_decoder``.
+        """
+        _check_ndim("latents", latents)
+        frames = latents.shape[2]
+        if frames != 1 and frames % self.mini_batch_decoder:
+            raise ValueError(
+                "MagvitVAE3D.decode needs 1 latent frame or a multiple of "
+                f"mini_batch_decoder={self.mini_batch_decoder}, got {frames}"
+            )
+        latents = self.post_quant_conv(latents)
+        if frames == 1:
+            yield self.decoder(latents)
+            return
+        cache: TimeCache = {}
+        for i in range(0, frames, self.mini_batch_decoder):
+            yield self.decoder(latents[:, :, i : i + self.mini_batch_decoder], cache)
+
+
+def _check_ndim(name: str, x: torch.Tensor) -> None:
+    if x.ndim != 5:
+        raise ValueError(f"{name} must be 5-D (B, C, F, H, W), got shape {tuple(x.shape)}")
+
+
+def _check_config(
+    *,
+    channels: list[int],
+    block_out_channels: Sequence[int] | None,
+    down_block_types: Sequence[str],
+    up_block_types: Sequence[str],
+    mid_block_type: str,
+    mid_block_attention_type: str,
+    mini_batch_encoder: int,
+    mini_batch_decoder: int,
+    cache_compression_vae: bool,
+    spatial_group_norm: bool,
+    use_gc_blocks: Sequence[bool] | None,
+    upcast_vae: bool,
+    use_tiling: bool,
+    use_tiling_encoder: bool,
+    use_tiling_decoder: bool,
+) -> None:
+    """Reject configurations this reimplementation does not reproduce, naming the option."""
+    if not cache_compression_vae:
+        raise ValueError(
+            "cache_compression_vae=False is not supported: only the cached mini-batch mode of Ruyi-Mini-7B "
+            "is implemented, not the slice_mag_vae / slice_compression_vae / whole-video modes"
+        )
+    off = {
+        "spatial_group_norm": spatial_group_norm,
+        "upcast_vae": upcast_vae,  # precision is the loader's dtype: load the VAE in float32 instead
+        "use_tiling": use_tiling,
+        "use_tiling_encoder": use_tiling_encoder,
+        "use_tiling_decoder": use_tiling_decoder,
+        "use_gc_blocks": any(use_gc_blocks or ()),
+    }
+    for name, value in off.items():
+        if value:
+            raise ValueError(f"{name}={value!r} is not supported by MagvitVAE3D; set it to false/null")
+    if block_out_channels is not None and list(block_out_channels) != channels:
+        raise ValueError(
+            f"block_out_channels={list(block_out_channels)} disagrees with ch * ch_mult = {channels}"
+        )
+    for name, types, allowed in (
+        ("down_block_types", down_block_types, DOWN_BLOCK_TYPES),
+        ("up_block_types", up_block_types, UP_BLOCK_TYPES),
+    ):
+        if len(types) != len(channels):
+            raise ValueError(f"{name} has {len(types)} entries but ch_mult has {len(channels)}")
+        unknown = sorted(set(types) - set(allowed))
+        if unknown:
+            raise ValueError(f"{name} {unknown} not supported; use {list(allowed)}")
+    if mid_block_type != "MidBlock3D":
+        raise ValueError(f"mid_block_type={mid_block_type!r} not supported; use 'MidBlock3D'")
+    if mid_block_attention_type != "3d":
+        raise ValueError(f"mid_block_attention_type={mid_block_attention_type!r} not supported; use '3d'")
+    # Only blocks that resample (all but the last) change the frame count.
+    down = 2 ** sum(t == TEMPORAL_DOWN for t in down_block_types[:-1])
+    up = 2 ** sum(t == TEMPORAL_UP for t in up_block_types[:-1])
+    if down != up or mini_batch_encoder != mini_batch_decoder * down:
+        raise ValueError(
+            f"mini_batch_encoder={mini_batch_encoder} and mini_batch_decoder={mini_batch_decoder} do not "
+            f"match the blocks' temporal factor (down x{down}, up x{up}): "
+            f"need mini_batch_encoder = mini_batch_decoder * {down}"
+        )

@@ -16,7 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.components import import_builtins, load_model, parse_dtype
+from ruyi.components import attach_memory_strategies, import_builtins, load_model, parse_dtype
 from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
 from ruyi.offload.base import resolve_device
@@ -91,10 +91,12 @@ def build_pipeline(cfg: DictConfig, path: Path, device: torch.device) -> RuyiPip
         image_conditioning=instantiate(cfg.conditioning.image),
         control=instantiate(cfg.conditioning.control),
         model_path=path,
+        dtype=dtype,
     )
-    offload = instantiate(cfg.offload)
-    log.info("sampler %s, offload %s, device %s, dtype %s", sampler, offload, device, dtype)
-    offload.apply(pipe, device)
+    offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
+    log.info("sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s",
+             sampler, offload, precision, cfg.skip_steps, device, dtype)  # fmt: skip
+    attach_memory_strategies(pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device)
     return pipe
 
 

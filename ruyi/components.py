@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ruyi.models.loading import load_component, read_config
-from ruyi.registry import ALL_REGISTRIES, IMAGE_ENCODERS, OFFLOADS, SAMPLERS, TRANSFORMERS, VAES, Registry
+from ruyi.registry import ALL_REGISTRIES, IMAGE_ENCODERS, OFFLOADS, PRECISIONS, SAMPLERS, TRANSFORMERS, VAES, Registry
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,25 @@ def build_sampler(name: str, root: str | Path, **kwargs: Any):
 def build_offload(name: str, **kwargs: Any):
     import_builtins()
     return OFFLOADS.get(name)(**kwargs)
+
+
+def build_precision(name: str, **kwargs: Any):
+    import_builtins()
+    return PRECISIONS.get(name)(**kwargs)
+
+
+def attach_memory_strategies(pipe, *, precision, offload, skip_steps: int, device: torch.device) -> None:
+    """Apply weight precision, long-skip parking and an offload strategy to a loaded pipeline.
+
+    Order matters: FP8 storage first (so offloading moves the small weights), then the skip
+    stack, then device placement.
+    """
+    from ruyi.offload.skip_steps import apply_skip_offload
+
+    if not isinstance(skip_steps, int) or isinstance(skip_steps, bool) or skip_steps < 0:
+        raise ValueError(f"skip_steps={skip_steps!r} must be an integer >= 0 (0 = off; the original offers 10, 7, 5, 1)")
+    converted = precision.apply(pipe.transformer, pipe.dtype)
+    if converted:
+        log.info("%s: %d transformer layers stored in FP8", precision, converted)
+    apply_skip_offload(pipe.transformer, skip_steps)
+    offload.apply(pipe, device)

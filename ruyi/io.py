@@ -12,6 +12,13 @@ import torch
 from PIL import Image
 
 
+def umask_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def to_frames(video: torch.Tensor) -> np.ndarray:
     """video (1, 3, F, H, W) in [0, 1] -> uint8 frames (F, H, W, 3)."""
     if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
@@ -52,6 +59,7 @@ def write_mp4(video: torch.Tensor, path: str | Path, *, fps: int = 24) -> Path:
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
+        os.chmod(tmp, umask_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,6 +78,7 @@ def write_pngs(video: torch.Tensor, folder: str | Path) -> Path:
             Image.fromarray(frame).save(tmp / f"frame_{i:04d}.png")
         if folder.exists():
             shutil.rmtree(folder)
+        os.chmod(tmp, umask_mode(directory=True))
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

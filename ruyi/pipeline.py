@@ -94,6 +94,7 @@ class RuyiPipeline:
         image_conditioning: StartEndFrames,
         control: CameraMotionControl,
         model_path: str | Path,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -103,6 +104,7 @@ class RuyiPipeline:
         self.control = control
         self.model_path = Path(model_path)
         self.control.load(self.model_path)
+        self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
         self.execution_device = torch.device("cpu")  # offload strategies set this
 
     # -- construction ------------------------------------------------------------------------
@@ -114,11 +116,13 @@ class RuyiPipeline:
         sampler: str = "ddim",
         dtype: torch.dtype = torch.float32,
         offload: str = "none",
+        precision: str = "bf16",
+        skip_steps: int = 0,
         device: str | torch.device = "cpu",
         clip_apply_ratio: float = 0.4,
     ) -> RuyiPipeline:
         """Load every component of a checkpoint folder through the registries (no Hydra needed)."""
-        from ruyi.components import build_models, build_offload, build_sampler
+        from ruyi.components import attach_memory_strategies, build_models, build_offload, build_precision, build_sampler
 
         path = Path(path)
         models = build_models(path, dtype=dtype)
@@ -128,18 +132,18 @@ class RuyiPipeline:
             image_conditioning=StartEndFrames(clip_apply_ratio=clip_apply_ratio),
             control=CameraMotionControl(),
             model_path=path,
+            dtype=dtype,
         )
-        build_offload(offload).apply(pipe, torch.device(device))
+        attach_memory_strategies(
+            pipe, precision=build_precision(precision), offload=build_offload(offload), skip_steps=skip_steps,
+            device=torch.device(device),
+        )  # fmt: skip
         return pipe
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
         """The pipeline's models in execution order (offload strategies walk this)."""
         return {"image_encoder": self.image_encoder, "transformer": self.transformer, "vae": self.vae}
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     # -- the call ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,7 +195,9 @@ class RuyiPipeline:
         frames = self.image_conditioning.prepare(
             start_image, end_image, frames=request.frames, height=request.height, width=request.width
         )
-        return self.image_conditioning.encode(frames, vae=self.vae, image_encoder=self.image_encoder)
+        return self.image_conditioning.encode(
+            frames, vae=self.vae, image_encoder=self.image_encoder, device=self.execution_device, dtype=self.dtype
+        )
 
     def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
         vae = self.vae

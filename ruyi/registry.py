@@ -73,7 +73,8 @@ IMAGE_ENCODERS: Registry[type] = Registry("image_encoder")
 SAMPLERS: Registry[type] = Registry("sampler")
 CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
+PRECISIONS: Registry[type] = Registry("precision")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS)
+    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS)
 }

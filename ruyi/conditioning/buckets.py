@@ -24,13 +24,17 @@ MIN_RESOLUTION, MAX_RESOLUTION = 384, 896
 SIDE_MULTIPLE = 16
 
 
-def bucket_size(image_wh: Sequence[int], base_resolution: int) -> tuple[int, int]:
-    """``(height, width)`` for an image of size ``(width, height)`` at ``base_resolution``."""
-    if not MIN_RESOLUTION <= base_resolution <= MAX_RESOLUTION:
+def check_base_resolution(base_resolution: int) -> None:
+    if not isinstance(base_resolution, int) or not MIN_RESOLUTION <= base_resolution <= MAX_RESOLUTION:
         raise ValueError(
             f"base_resolution={base_resolution} is out of range; use {MIN_RESOLUTION}..{MAX_RESOLUTION} "
             "(512 or 768 are the trained ones)"
         )
+
+
+def bucket_size(image_wh: Sequence[int], base_resolution: int) -> tuple[int, int]:
+    """``(height, width)`` for an image of size ``(width, height)`` at ``base_resolution``."""
+    check_base_resolution(base_resolution)
     width, height = image_wh
     aspect = height / width
     # Buckets are compared by their h/w rounded to 2 decimals, as the original keys them.
@@ -43,6 +47,7 @@ def resolve_size(
     image_wh: Sequence[int], base_resolution: int = 512, video_size: Sequence[int] | None = None
 ) -> tuple[int, int]:
     """The generation size: ``video_size=[h, w]`` if given (multiples of 16), else the bucket."""
+    check_base_resolution(base_resolution)
     if video_size is None:
         return bucket_size(image_wh, base_resolution)
     if len(video_size) != 2 or any(int(s) != s or s <= 0 or s % SIDE_MULTIPLE for s in video_size):

@@ -8,6 +8,7 @@ into VAE latents (posterior mean, so runs are deterministic) and CLIP image feat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ class ImageLatents:
     clip_features: torch.Tensor
 
 
-def _to_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
-    if isinstance(image, str):
+def _to_rgb(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+    if isinstance(image, (str, Path)):
         with Image.open(image) as img:
             return img.convert("RGB")
     if isinstance(image, np.ndarray):
@@ -102,16 +103,17 @@ class StartEndFrames:
         return step >= num_steps * (1.0 - self.clip_apply_ratio)
 
     @torch.no_grad()
-    def encode(self, frames: FrameConditioning, *, vae, image_encoder) -> ImageLatents:
-        """VAE-encode the mask and the masked video; CLIP-encode the start image."""
-        param = next(vae.parameters())
-        video = frames.video.to(param.device, param.dtype) * 2.0 - 1.0
-        generate = (frames.mask.to(param.device, param.dtype) >= 0.5).to(param.dtype)
+    def encode(
+        self, frames: FrameConditioning, *, vae, image_encoder, device: torch.device, dtype: torch.dtype
+    ) -> ImageLatents:
+        """VAE-encode the mask and the masked video; CLIP-encode the start image (on ``device``)."""
+        video = frames.video.to(device, dtype) * 2.0 - 1.0
+        generate = (frames.mask.to(device) >= 0.5).to(dtype)
         mask_video = generate.repeat(1, 3, 1, 1, 1)
         masked_video = torch.where(mask_video > 0.5, torch.full_like(video, -1.0), video)
         mask_latents = vae.encode(mask_video)[0] * vae.scaling_factor
         video_latents = vae.encode(masked_video)[0] * vae.scaling_factor
-        pixel_values = image_encoder.preprocess(frames.clip_image.astype(np.uint8))
+        pixel_values = image_encoder.preprocess(frames.clip_image.astype(np.uint8)).to(device, dtype)
         return ImageLatents(
             inpaint_latents=torch.cat([mask_latents, video_latents], dim=1),
             clip_features=image_encoder(pixel_values),

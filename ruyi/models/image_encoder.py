@@ -71,6 +71,6 @@ class CLIPImageEncoder(torch.nn.Module):
         return self.processor(images=image, return_tensors="pt")["pixel_values"]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        param = next(self.vision.parameters())
-        hidden = self.vision(pixel_values=pixel_values.to(param.device, param.dtype)).last_hidden_state
+        # dtype only: under an offload hook the weights' device is not where the model runs
+        hidden = self.vision(pixel_values=pixel_values.to(dtype=next(self.vision.parameters()).dtype)).last_hidden_state
         return hidden[:, 1:]

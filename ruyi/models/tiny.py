@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ruyi.io import umask_mode
+
 log = logging.getLogger(__name__)
 
 CAMERAS = ("static", "left", "right", "up", "down", "auto")
@@ -85,6 +87,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))
         if path.exists():
             shutil.rmtree(path)
+        os.chmod(tmp, umask_mode(directory=True))
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,22 @@
 """Memory strategies. They attach to a pipeline from outside (hooks) and can be removed again."""
 
 from ruyi.offload.base import OffloadStrategy, resolve_device
+from ruyi.offload.group import GroupOffload
 from ruyi.offload.model import ModelOffload
 from ruyi.offload.none import NoOffload
+from ruyi.offload.precision import FP8Extreme, FP8Lite, FP8Strong, PipelineDtype, WeightPrecision
 from ruyi.offload.sequential import SequentialOffload
 
-__all__ = ["ModelOffload", "NoOffload", "OffloadStrategy", "SequentialOffload", "resolve_device"]
+__all__ = [
+    "FP8Extreme",
+    "FP8Lite",
+    "FP8Strong",
+    "GroupOffload",
+    "ModelOffload",
+    "NoOffload",
+    "OffloadStrategy",
+    "PipelineDtype",
+    "SequentialOffload",
+    "WeightPrecision",
+    "resolve_device",
+]

@@ -17,5 +17,6 @@ class SequentialOffload(OffloadStrategy):
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
         for module in pipe.modules.values():
             module.to("cpu")
-            cpu_offload(module, execution_device=device)
+            preload = getattr(module, "_preload_module_classes", None)
+            cpu_offload(module, execution_device=device, preload_module_classes=preload)
         pipe.execution_device = device

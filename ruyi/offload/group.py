@@ -1,0 +1,57 @@
+"""Blocks streamed from CPU RAM in groups, prefetched on a side CUDA stream (diffusers' hooks).
+
+Between ``model`` (whole models in and out) and ``sequential`` (every leaf, synchronously): with
+``use_stream`` the next group's weights are copied from pinned memory while the current group
+computes, so transfers hide behind compute.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import apply_group_offloading
+
+from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.registry import OFFLOADS
+
+
+@OFFLOADS.register("group")
+class GroupOffload(OffloadStrategy):
+    def __init__(self, *, blocks_per_group: int = 1, use_stream: bool = True, record_stream: bool = True) -> None:
+        if blocks_per_group < 1:
+            raise ValueError(f"offload.blocks_per_group={blocks_per_group} must be >= 1")
+        self.blocks_per_group = blocks_per_group
+        self.use_stream = use_stream
+        self.record_stream = record_stream
+
+    def __repr__(self) -> str:
+        return f"GroupOffload(blocks_per_group={self.blocks_per_group}, use_stream={self.use_stream})"
+
+    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+        if self.use_stream and device.type != "cuda":
+            raise RuntimeError(
+                f"offload=group with use_stream=true prefetches on a CUDA stream, but the device is {device}; "
+                "run on a GPU or set offload.use_stream=false"
+            )
+        for module in pipe.modules.values():
+            module.to("cpu")
+            apply_group_offloading(
+                module,
+                onload_device=device,
+                offload_type="block_level",
+                num_blocks_per_group=self.blocks_per_group,
+                use_stream=self.use_stream,
+                record_stream=self.record_stream and self.use_stream,
+                non_blocking=self.use_stream,
+            )
+        pipe.execution_device = device
+
+    def remove(self, pipe: Offloadable) -> None:
+        from diffusers.hooks import HookRegistry
+
+        for module in pipe.modules.values():
+            for sub in module.modules():
+                registry = getattr(sub, "_diffusers_hook", None)
+                if isinstance(registry, HookRegistry):
+                    for name in list(registry.hooks):
+                        registry.remove_hook(name, recurse=False)
+        super().remove(pipe)

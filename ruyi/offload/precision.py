@@ -1,0 +1,100 @@
+"""Weight precision of the transformer: stored in FP8, computed in the pipeline's dtype.
+
+The original's modes, by which ``nn.Linear`` / leaf modules keep FP8 storage:
+- ``fp8_lite``: linear layers with more weights than hidden x hidden (the MLPs);
+- ``fp8_strong``: linear layers with at least hidden x hidden weights (MLPs and attention projections);
+- ``fp8_extreme``: every leaf with parameters except embeddings, norms and convolutions.
+Each selected layer is upcast right before its forward by diffusers' layerwise-casting hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
+
+from ruyi.registry import PRECISIONS
+
+FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+KEEP_CLASSES = (
+    torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.Conv2d, torch.nn.Conv3d,
+    torch.nn.modules.linear.NonDynamicallyQuantizableLinear,  # attention-pool projections, as the original
+)  # fmt: skip
+
+
+class WeightPrecision:
+    """Base: ``apply(transformer, compute_dtype)``; returns how many layers were converted."""
+
+    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@PRECISIONS.register("bf16")
+class PipelineDtype(WeightPrecision):
+    """No storage change: weights stay in the pipeline's dtype (bfloat16 on GPU)."""
+
+    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+        return 0
+
+
+class FP8Weights(WeightPrecision):
+    def __init__(self, *, fp8_dtype: str = "e4m3fn") -> None:
+        if fp8_dtype not in FP8_DTYPES:
+            raise ValueError(f"fp8_dtype={fp8_dtype!r} is not one of {', '.join(FP8_DTYPES)}")
+        self.fp8_dtype = fp8_dtype
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fp8_dtype={self.fp8_dtype})"
+
+    def select(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        raise NotImplementedError
+
+    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+        storage = FP8_DTYPES[self.fp8_dtype]
+        chosen = list(self.select(model))
+        for module in chosen:
+            apply_layerwise_casting_hook(module, storage, compute_dtype, non_blocking=False)
+        return len(chosen)
+
+
+def _square_size(model: torch.nn.Module) -> int:
+    hidden = getattr(model, "hidden_size", None)
+    if not isinstance(hidden, int):
+        raise TypeError(f"{type(model).__name__} must expose an int hidden_size for the fp8_lite/strong rules")
+    return hidden * hidden
+
+
+def _leaves_with_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
+            yield name, module
+
+
+@PRECISIONS.register("fp8_lite")
+class FP8Lite(FP8Weights):
+    strict = True  # weights > hidden^2
+
+    def select(self, model):
+        limit = _square_size(model)
+        for _, module in _leaves_with_weights(model):
+            if isinstance(module, torch.nn.Linear):
+                size = module.weight.numel()
+                if size > limit or (not self.strict and size == limit):
+                    yield module
+
+
+@PRECISIONS.register("fp8_strong")
+class FP8Strong(FP8Lite):
+    strict = False  # weights >= hidden^2
+
+
+@PRECISIONS.register("fp8_extreme")
+class FP8Extreme(FP8Weights):
+    def select(self, model):
+        for _, module in _leaves_with_weights(model):
+            if not isinstance(module, KEEP_CLASSES):
+                yield module

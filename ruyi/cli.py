@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from ruyi.components import attach_memory_strategies, import_builtins, load_model, parse_dtype
 from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
-from ruyi.offload.base import resolve_device
+from ruyi.offload.base import AcceleratorRequired, resolve_device
 from ruyi.pipeline import RuyiPipeline, validate_request
 
 log = logging.getLogger("ruyi")
@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> int:
     """Generate one video as the config says; returns the process exit code."""
     try:
         return _run(cfg)
-    except (ValueError, KeyError, FileNotFoundError, CheckpointError) as err:
+    except (ValueError, KeyError, FileNotFoundError, CheckpointError, AcceleratorRequired) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

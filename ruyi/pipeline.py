@@ -116,6 +116,7 @@ class RuyiPipeline:
         sampler: str = "ddim",
         dtype: torch.dtype = torch.float32,
         offload: str = "none",
+        offload_kwargs: dict[str, Any] | None = None,
         precision: str = "bf16",
         skip_steps: int = 0,
         device: str | torch.device = "cpu",
@@ -135,7 +136,7 @@ class RuyiPipeline:
             dtype=dtype,
         )
         attach_memory_strategies(
-            pipe, precision=build_precision(precision), offload=build_offload(offload), skip_steps=skip_steps,
+            pipe, precision=build_precision(precision), offload=build_offload(offload, **(offload_kwargs or {})), skip_steps=skip_steps,
             device=torch.device(device),
         )  # fmt: skip
         return pipe

@@ -78,6 +78,8 @@ BAD_INPUTS = {
     "cfg=-1": "cfg=-1 must be a number >= 0",
     "image=/no/such.png": "image /no/such.png does not exist",
     "dtype=float8": "dtype='float8' is not one of",
+    "offload=group": "use_stream=false",
+    "skip_steps=-2": "skip_steps=-2 must be an integer >= 0",
 }
 
 

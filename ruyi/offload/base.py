@@ -7,6 +7,10 @@ from typing import Protocol
 import torch
 
 
+class AcceleratorRequired(RuntimeError):
+    """A strategy or device choice needs a CUDA GPU and none is visible."""
+
+
 class Offloadable(Protocol):
     """The part of a pipeline an offload strategy touches."""
 
@@ -43,7 +47,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise AcceleratorRequired(
             f"device={device} was asked for but no CUDA GPU is visible; use device=cpu (slow) or run on a GPU"
         )
     return device

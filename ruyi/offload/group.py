@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import apply_group_offloading
 
-from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.offload.base import AcceleratorRequired, Offloadable, OffloadStrategy
 from ruyi.registry import OFFLOADS
 
 
@@ -28,7 +28,7 @@ class GroupOffload(OffloadStrategy):
 
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
         if self.use_stream and device.type != "cuda":
-            raise RuntimeError(
+            raise AcceleratorRequired(
                 f"offload=group with use_stream=true prefetches on a CUDA stream, but the device is {device}; "
                 "run on a GPU or set offload.use_stream=false"
             )

@@ -69,7 +69,13 @@ def _square_size(model: torch.nn.Module) -> int:
 
 
 def _leaves_with_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Leaf modules owning parameters, except inside modules that read their children's weights
+    directly (the model's ``_preload_module_classes``): a forward hook on such a child never runs."""
+    whole = set(getattr(model, "_preload_module_classes", None) or ())
+    opaque = [name for name, m in model.named_modules() if type(m).__name__ in whole]
     for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in opaque):
+            continue
         if next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
             yield name, module
 

@@ -18,6 +18,14 @@ from ruyi.models.loading import CheckpointError, check_keys, load_state_dict, re
 from ruyi.registry import IMAGE_ENCODERS
 
 
+def restore_position_ids(vision: CLIPVisionModelWithProjection) -> None:
+    """Recreate the non-persistent ``position_ids`` buffer after a meta-device build."""
+    embeddings = vision.vision_model.embeddings
+    if hasattr(embeddings, "position_ids"):
+        device = embeddings.patch_embedding.weight.device
+        embeddings.position_ids = torch.arange(embeddings.num_positions, device=device)[None]
+
+
 @IMAGE_ENCODERS.register("clip_vision")
 class CLIPImageEncoder(torch.nn.Module):
     """Start image -> CLIP patch features that the transformer attends to.
@@ -47,9 +55,7 @@ class CLIPImageEncoder(torch.nn.Module):
         state.pop("vision_model.embeddings.position_ids", None)
         check_keys(set(vision.state_dict()) - {"vision_model.embeddings.position_ids"}, set(state), str(folder))
         vision.load_state_dict(state, strict=False, assign=True)
-        embeddings = vision.vision_model.embeddings
-        if hasattr(embeddings, "position_ids"):
-            embeddings.position_ids = torch.arange(embeddings.num_positions).unsqueeze(0)
+        restore_position_ids(vision)
         meta = [n for n, t in vision.state_dict().items() if t.is_meta]
         if meta:
             raise CheckpointError(f"{folder}: tensors {meta[:5]} were not loaded")

@@ -35,7 +35,8 @@ def _save_component(model: torch.nn.Module, config: Mapping[str, Any], folder: P
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
 
 
-def _embeddings(arch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_control_embeddings(arch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random ``embeddings.safetensors`` table with every key the real one has, for ``arch``'s sizes."""
     text_len, text_len_t5 = arch["text_len"], arch["text_len_t5"]
     dim, dim_t5 = arch["cross_attention_dim"], arch["cross_attention_dim_t5"]
 
@@ -83,7 +84,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         scheduler = {"_class_name": "DDPMScheduler", **preset["scheduler_config"]}
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         generator = torch.Generator().manual_seed(int(preset.get("seed", 0)))
-        save_file(_embeddings(t_arch, generator), str(tmp / "embeddings.safetensors"))
+        save_file(random_control_embeddings(t_arch, generator), str(tmp / "embeddings.safetensors"))
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))
         if path.exists():
             shutil.rmtree(path)

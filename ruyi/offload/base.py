@@ -20,6 +20,13 @@ class Offloadable(Protocol):
     def modules(self) -> dict[str, torch.nn.Module]: ...
 
 
+def offload_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules whose ``forward`` a model's public methods call (``_offload_units``), or the
+    model itself. Hooks on ``forward`` only fire for these: a VAE is used through encode/decode."""
+    names = getattr(model, "_offload_units", None)
+    return [model.get_submodule(n) for n in names] if names else [model]
+
+
 class OffloadStrategy:
     """Base: ``apply(pipe, device)`` places the models and sets ``pipe.execution_device``."""
 

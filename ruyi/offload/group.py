@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import apply_group_offloading
 
-from ruyi.offload.base import AcceleratorRequired, Offloadable, OffloadStrategy
+from ruyi.offload.base import AcceleratorRequired, Offloadable, OffloadStrategy, offload_units
 from ruyi.registry import OFFLOADS
 
 
@@ -32,18 +32,24 @@ class GroupOffload(OffloadStrategy):
                 f"offload=group with use_stream=true prefetches on a CUDA stream, but the device is {device}; "
                 "run on a GPU or set offload.use_stream=false"
             )
-        for module in pipe.modules.values():
-            module.to("cpu")
-            apply_group_offloading(
-                module,
-                onload_device=device,
-                offload_type="block_level",
-                num_blocks_per_group=self.blocks_per_group,
-                use_stream=self.use_stream,
-                record_stream=self.record_stream and self.use_stream,
-                non_blocking=self.use_stream,
-            )
+        for model in pipe.modules.values():
+            model.to("cpu")
+            for unit in offload_units(model):
+                self._attach(unit, device)
         pipe.execution_device = device
+
+    def _attach(self, unit: torch.nn.Module, device: torch.device) -> None:
+        # block-level groups need a ModuleList/Sequential child to stream; a plain layer is one group
+        blocks = any(isinstance(c, (torch.nn.ModuleList, torch.nn.Sequential)) for c in unit.children())
+        apply_group_offloading(
+            unit,
+            onload_device=device,
+            offload_type="block_level" if blocks else "leaf_level",
+            num_blocks_per_group=self.blocks_per_group if blocks else None,
+            use_stream=self.use_stream,
+            record_stream=self.record_stream and self.use_stream,
+            non_blocking=self.use_stream,
+        )
 
     def remove(self, pipe: Offloadable) -> None:
         from diffusers.hooks import HookRegistry

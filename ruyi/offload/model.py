@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from accelerate import cpu_offload_with_hook
 
-from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.offload.base import Offloadable, OffloadStrategy, offload_units
 from ruyi.registry import OFFLOADS
 
 
@@ -16,7 +16,8 @@ from ruyi.registry import OFFLOADS
 class ModelOffload(OffloadStrategy):
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
         hook = None
-        for module in pipe.modules.values():
-            module.to("cpu")
-            _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+        for model in pipe.modules.values():
+            model.to("cpu")
+            for unit in offload_units(model):
+                _, hook = cpu_offload_with_hook(unit, device, prev_module_hook=hook)
         pipe.execution_device = device

@@ -1,0 +1,61 @@
+"""Memory/time sweep driven by Hydra multirun; every job measured in a fresh process.
+
+    python benchmarks/sweep.py -m frames=24,72,120 offload=none,group precision=bf16,fp8_strong \
+        skip_steps=0,5 bench.resolution=512
+
+Each job runs ``benchmarks/measure.py`` with its overrides in a subprocess (one job's CUDA cache
+cannot skew the next one's peak), appends its result to ``bench.results`` (JSON lines), and an
+out-of-memory or crashed job is recorded as such while the sweep goes on. ``benchmarks/report.py``
+turns the results into the original's table layout and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_job(overrides: list[str], timeout_s: int) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "measure.py"), *overrides]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "error": f"no result within {timeout_s} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    status = "oom" if any("out of memory" in t.lower() for t in tail) else "failed"
+    return {"status": status, "error": " | ".join(tail)[-500:], "returncode": proc.returncode}
+
+
+@hydra.main(version_base=None, config_path="../configs", config_name="benchmark")
+def main(cfg: DictConfig) -> None:
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+    result = run_job(overrides, int(cfg.bench.timeout_s))
+    result.update(
+        overrides=overrides, frames=int(cfg.frames), resolution=int(cfg.bench.resolution),
+        offload=HydraConfig.get().runtime.choices["offload"], precision=HydraConfig.get().runtime.choices["precision"],
+        skip_steps=int(cfg.skip_steps), weights=cfg.bench.weights, when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    path = Path(to_absolute_path(cfg.bench.results))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    status = result["status"]
+    summary = f"{result['peak_gib']:.1f} GiB, {result['step_s']:.2f} s/step" if status == "ok" else result.get("error", "")
+    print(f"[{status}] {' '.join(overrides)}: {summary}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -58,7 +58,10 @@ def measure(cfg) -> dict:
     offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
     home = "cuda" if type(offload).__name__ == "NoOffload" else "cpu"
     pipe = build_random_pipeline(cfg, device, home)
-    attach_memory_strategies(pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device)
+    attach_memory_strategies(
+        pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
+        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap,
+    )  # fmt: skip
     torch.cuda.empty_cache()
     bench = cfg.bench
     steps = bench.warmup_steps + bench.measured_steps

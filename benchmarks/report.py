@@ -12,12 +12,9 @@ from pathlib import Path
 
 
 def strategy(row: dict) -> str:
-    parts = [row["offload"]]
-    if row.get("precision", "bf16") != "bf16":
-        parts.append(row["precision"])
-    if row.get("skip_steps"):
-        parts.append(f"skip{row['skip_steps']}")
-    return "+".join(parts)
+    """The job's own overrides minus the grid axes: e.g. ``offload=group skip_steps=1``."""
+    axes = ("frames=", "bench.")
+    return " ".join(o for o in row["overrides"] if not o.startswith(axes)) or "defaults"
 
 
 def cell(row: dict | None) -> str:
@@ -36,7 +33,7 @@ def tables(rows: list[dict]) -> str:
     out = []
     for res in sorted(by_res):
         grid = by_res[res]
-        strategies = sorted({s for _, s in grid}, key=lambda s: (s != "none", s))
+        strategies = sorted({s for _, s in grid}, key=lambda s: (s != "offload=none", len(s), s))
         frames = sorted({f for f, _ in grid})
         out.append(f"### {res} x {res}, peak MiB / time for 25 steps incl. encode + decode (s per step)\n")
         out.append("| frames | " + " | ".join(strategies) + " |")

@@ -96,7 +96,10 @@ def build_pipeline(cfg: DictConfig, path: Path, device: torch.device) -> RuyiPip
     offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
     log.info("sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s",
              sampler, offload, precision, cfg.skip_steps, device, dtype)  # fmt: skip
-    attach_memory_strategies(pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device)
+    attach_memory_strategies(
+        pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
+        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap,
+    )  # fmt: skip
     return pipe
 
 

@@ -80,8 +80,10 @@ def build_precision(name: str, **kwargs: Any):
     return PRECISIONS.get(name)(**kwargs)
 
 
-def attach_memory_strategies(pipe, *, precision, offload, skip_steps: int, device: torch.device) -> None:
-    """Apply weight precision, long-skip parking and an offload strategy to a loaded pipeline.
+def attach_memory_strategies(
+    pipe, *, precision, offload, skip_steps: int, device: torch.device, vae_tile_size: int = 0, vae_tile_overlap: int = 96
+) -> None:
+    """Apply weight precision, long-skip parking, VAE tiling and an offload strategy to a pipeline.
 
     Order matters: FP8 storage first (so offloading moves the small weights), then the skip
     stack, then device placement.
@@ -94,4 +96,6 @@ def attach_memory_strategies(pipe, *, precision, offload, skip_steps: int, devic
     if converted:
         log.info("%s: %d transformer layers stored in FP8", precision, converted)
     apply_skip_offload(pipe.transformer, skip_steps)
+    if vae_tile_size:
+        pipe.vae.enable_tiling(tile_sample_size=int(vae_tile_size), tile_overlap=int(vae_tile_overlap))
     offload.apply(pipe, device)

@@ -1,9 +1,12 @@
-"""The 3D transformer: strict loading, the long-skip stack, the rotary helper, the real shape.
+"""The 3D transformer: strict loading, the long-skip store, the rotary helper, edge inputs, the real shape.
 
-Golden parity of the forward pass (and its trace) runs in tests/test_golden.py.
+Golden parity of every ``transformer_forward`` case (output and trace, with the skip offload of
+its ``hidden_cache_size``) runs in tests/test_golden.py with the other kinds.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -12,10 +15,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ruyi.components import load_model
-from ruyi.models.loading import build_empty
+from ruyi.models.loading import build_empty, constructor_kwargs
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
 from ruyi.offload.skip_steps import CPUSkipStack, apply_skip_offload, remove_skip_offload
 from tests.conftest import REPO
+
+no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +29,62 @@ def model(fixture_dir):
 
 
 @pytest.fixture(scope="module")
+def arch(fixture_dir) -> dict:
+    config = json.loads((fixture_dir / "transformer" / "config.json").read_text())
+    return {**config, **RuyiTransformer3D.config_overrides}
+
+
+@pytest.fixture(scope="module")
 def inputs(golden):
+    """The first transformer case's inputs: (tensor kwargs, (cos, sin))."""
     prefix = "transformer.in."
     found = {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix)}
     rotary = (found.pop("image_rotary_emb_cos"), found.pop("image_rotary_emb_sin"))
     return found, rotary
 
 
+def run(model, inputs, **changes):
+    found, rotary = inputs
+    kwargs = {**found, "image_rotary_emb": rotary, **changes}
+    return model(kwargs.pop("hidden_states"), kwargs.pop("timestep"), **kwargs)
+
+
+def deep_model(arch, num_layers: int = 10) -> RuyiTransformer3D:
+    """The fixture's widths with more blocks (random weights), so that several long skips exist."""
+    torch.manual_seed(0)
+    kwargs = constructor_kwargs(RuyiTransformer3D, {**arch, "num_layers": num_layers})
+    return RuyiTransformer3D(**kwargs).eval()
+
+
 def test_strict_load_uses_every_checkpoint_tensor(model, fixture_dir):
     state = load_file(str(fixture_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert set(model.state_dict()) == set(state)
-    assert torch.equal(model.blocks[0].t_embed.pe, state["blocks.0.t_embed.pe"])  # stored table, not recomputed
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    # the fixture perturbs the stored time tables away from a sinusoid: they must be the loaded ones
+    assert not torch.equal(model.blocks[0].t_embed.pe, type(model.blocks[0].t_embed)(model.hidden_size).pe)
 
 
-@pytest.mark.parametrize("group", [1, 2, 3])
-def test_cpu_skip_stack_matches_the_plain_path(model, inputs, group):
-    found, rotary = inputs
-    args = {k: v for k, v in found.items() if k not in ("hidden_states", "timestep")}
-    expected = model(found["hidden_states"], found["timestep"], image_rotary_emb=rotary, **args)
-    apply_skip_offload(model, group)
-    try:
-        got = model(found["hidden_states"], found["timestep"], image_rotary_emb=rotary, **args)
-    finally:
-        remove_skip_offload(model)
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5])
+def test_cpu_skip_stack_matches_the_plain_path(arch, inputs, group):
+    model = deep_model(arch)  # 10 blocks: 4 long skips, so groups 1..4 park and 5 never fills
+    with torch.no_grad():
+        expected = run(model, inputs)
+        apply_skip_offload(model, group)
+        try:
+            got = run(model, inputs)
+        finally:
+            remove_skip_offload(model)
     assert torch.equal(got, expected)
+
+
+def test_skip_offload_zero_is_off_and_negative_is_an_error(model):
+    apply_skip_offload(model, 3)
+    assert isinstance(model.skip_stack_factory(), CPUSkipStack)
+    apply_skip_offload(model, 0)
+    assert not isinstance(model.skip_stack_factory(), CPUSkipStack)
+    with pytest.raises(ValueError, match="group_size=-1"):
+        apply_skip_offload(model, -1)
 
 
 def test_skip_stack_is_lifo_across_groups():
@@ -55,17 +92,36 @@ def test_skip_stack_is_lifo_across_groups():
     for i in range(5):
         stack.push(torch.full((1,), float(i)))
     assert len(stack) == 5
-    assert [float(stack.pop()) for _ in range(5)] == [4.0, 3.0, 2.0, 1.0, 0.0]
+    popped = []
+    for remaining in range(4, -1, -1):
+        popped.append(float(stack.pop()))
+        assert len(stack) == remaining
+    assert popped == [4.0, 3.0, 2.0, 1.0, 0.0]
     with pytest.raises(IndexError):
         stack.pop()
     with pytest.raises(ValueError, match="group_size"):
         CPUSkipStack(0)
 
 
+@pytest.mark.gpu
+@no_cuda
+@pytest.mark.parametrize("group", [1, 3])
+def test_cpu_skip_stack_on_cuda_matches_the_plain_path(arch, inputs, group):
+    model = deep_model(arch).cuda()
+    found, rotary = inputs
+    cuda_inputs = ({k: v.cuda() for k, v in found.items()}, tuple(t.cuda() for t in rotary))
+    with torch.no_grad():
+        expected = run(model, cuda_inputs)
+        apply_skip_offload(model, group)
+        got = run(model, cuda_inputs)
+    assert torch.equal(got, expected)
+
+
 def test_rotary_helper_matches_the_golden_table(model, inputs):
     found, (cos, sin) = inputs
     _, _, _, height, width = found["hidden_states"].shape
     got_cos, got_sin = rotary_embedding(height, width, head_dim=model.head_dim, patch_size=model.patch_size)
+    assert got_cos.shape == cos.shape
     assert torch.allclose(got_cos.float(), cos, atol=1e-6) and torch.allclose(got_sin.float(), sin, atol=1e-6)
 
 
@@ -73,6 +129,31 @@ def test_rotary_fits_wide_and_tall_grids_into_the_base_square():
     wide = rotary_embedding(24, 48, head_dim=8)[0]
     tall = rotary_embedding(48, 24, head_dim=8)[0]
     assert wide.shape == tall.shape == (12 * 24, 8) and not torch.equal(wide, tall)
+
+
+def test_no_clip_features_means_all_padding(model, inputs):
+    """Without CLIP features the model sees what the original pipeline feeds for 'no image'."""
+    found, _ = inputs
+    zeros = torch.zeros_like(found["clip_encoder_hidden_states"])
+    with torch.no_grad():
+        no_image = torch.zeros_like(found["clip_attention_mask"])
+        expected = run(model, inputs, clip_encoder_hidden_states=zeros, clip_attention_mask=no_image)
+        got = run(model, inputs, clip_encoder_hidden_states=None, clip_attention_mask=None)
+    assert torch.equal(got, expected)
+
+
+def test_a_single_frame_skips_the_time_table(arch, inputs):
+    found, _ = inputs
+    one_frame = {k: found[k][:, :, :1] for k in ("hidden_states", "inpaint_latents")}
+    model = deep_model(arch, num_layers=4)
+    with torch.no_grad():
+        before = run(model, inputs, **one_frame)
+        for block in model.blocks:
+            block.t_embed.pe.add_(1.0)
+        after = run(model, inputs, **one_frame)
+        video = run(model, inputs)
+    assert before.shape[2] == 1 and torch.equal(before, after)
+    assert video.shape[2] == found["hidden_states"].shape[2]
 
 
 def test_real_preset_has_7_19b_parameters():
@@ -84,11 +165,10 @@ def test_real_preset_has_7_19b_parameters():
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - 7.19e9) / 7.19e9 < 0.005, params
     assert model.hidden_size == 2816 and len(model.blocks) == 40 and model.head_dim == 88
+    assert all(p.is_meta for p in model.parameters())
 
 
 def test_tiny_preset_equals_the_fixture_architecture(fixture_dir):
-    import json
-
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose(config_name="infer")
     fixture = json.loads((fixture_dir / "transformer" / "config.json").read_text())
@@ -96,6 +176,12 @@ def test_tiny_preset_equals_the_fixture_architecture(fixture_dir):
     assert {k: v for k, v in fixture.items() if not k.startswith("_")} == arch
 
 
-def test_unsupported_block_type_names_itself():
+def test_unsupported_options_name_themselves():
     with pytest.raises(NotImplementedError, match="basic_block_type='motionmodule'"):
         build_empty(RuyiTransformer3D, {"basic_block_type": "motionmodule"})
+    with pytest.raises(NotImplementedError, match="after_norm"):
+        build_empty(RuyiTransformer3D, {"after_norm": True})
+    with pytest.raises(ValueError, match="hidden_size=100"):
+        build_empty(RuyiTransformer3D, {"hidden_size": 100})
+    with pytest.raises(ValueError, match="num_layers=5 must be even"):
+        build_empty(RuyiTransformer3D, {"num_layers": 5})

@@ -1,9 +1,14 @@
-"""One attention entry point for every model, with a memory-bounded fallback.
+"""The one attention entry point of every ruyi model, with a memory-bounded fallback.
 
-Order: ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where the GPU and dtype have them); if the score matrix of the math kernel would exceed
-``max_score_bytes`` (a GPU without flash kernels, e.g. V100 with bf16), queries are processed in
-chunks so memory stays bounded instead of trying a multi-GiB allocation.
+Fallback order of :func:`attention`:
+
+1. ``torch.nn.functional.scaled_dot_product_attention`` as is, when the score matrix is small
+   or torch has a fused kernel (flash / memory-efficient) for these inputs: it never materialises
+   the (Lq, Lk) scores.
+2. Otherwise (CPU, or a GPU whose fused kernels do not cover the dtype, e.g. bf16 on a V100) the
+   same call over slices of the queries, each slice's scores within ``max_score_bytes``. Without
+   this the math kernel asks for the whole score matrix at once, which for a 7B video DiT is
+   ~100 GiB.
 """
 
 from __future__ import annotations
@@ -11,16 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_MAX_SCORE_BYTES = 2 * 1024**3
-
-
-def _has_fused_kernel(query: torch.Tensor) -> bool:
-    """Whether SDPA will pick a kernel that never materialises the (Lq, Lk) scores."""
-    if query.device.type != "cuda":
-        return False
-    major, _ = torch.cuda.get_device_capability(query.device)
-    # flash / mem-efficient cover fp16 & bf16 on sm80+; fp32 and older GPUs may fall to math
-    return major >= 8 and query.dtype in (torch.float16, torch.bfloat16)
+DEFAULT_MAX_SCORE_BYTES = 1 << 30
 
 
 def attention(
@@ -31,14 +27,12 @@ def attention(
     mask: torch.Tensor | None = None,
     max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES,
 ) -> torch.Tensor:
-    """Softmax attention. query (B, heads, Lq, D), key/value (B, heads, Lk, D) -> (B, heads, Lq, D).
+    """query (B, heads, Lq, D), key (B, heads, Lk, D), value (B, heads, Lk, Dv) -> (B, heads, Lq, Dv).
 
-    ``mask`` (broadcastable to (B, heads, Lq, Lk)): bool (True = attend) or additive float.
+    softmax(q kᵀ / sqrt(D)) v. ``mask`` broadcasts to (B, heads, Lq, Lk): bool (True = attend) or
+    additive float.
     """
-    batch, heads, lq, _ = query.shape
-    lk = key.shape[-2]
-    score_bytes = batch * heads * lq * lk * 4
-    if score_bytes <= max_score_bytes or _has_fused_kernel(query):
+    if _score_bytes(query, key) <= max_score_bytes or _fused_kernel_applies(query, key, value, mask):
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     return chunked_attention(query, key, value, mask=mask, max_score_bytes=max_score_bytes)
 
@@ -51,17 +45,40 @@ def chunked_attention(
     mask: torch.Tensor | None = None,
     max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES,
 ) -> torch.Tensor:
-    """SDPA over slices of the queries, each with at most ``max_score_bytes`` of scores."""
-    batch, heads, lq, _ = query.shape
-    lk = key.shape[-2]
-    rows = max(1, max_score_bytes // max(1, batch * heads * lk * 4))
-    out = torch.empty_like(query[..., : value.shape[-1]])
+    """Same contract as :func:`attention`, computed over query slices whose scores fit ``max_score_bytes``.
+
+    Softmax runs along keys only, so every query row is independent and slicing is exact.
+    """
+    lq = query.shape[-2]
+    rows = max(1, max_score_bytes // max(1, _score_bytes(query, key) // max(1, lq)))
+    out = query.new_empty(*query.shape[:-1], value.shape[-1])
     for start in range(0, lq, rows):
         stop = min(lq, start + rows)
-        part_mask = None
+        part = None
         if mask is not None:
-            part_mask = mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
-        out[..., start:stop, :] = F.scaled_dot_product_attention(
-            query[..., start:stop, :], key, value, attn_mask=part_mask
-        )
+            part = mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
+        rows_q = query[..., start:stop, :]
+        out[..., start:stop, :] = F.scaled_dot_product_attention(rows_q, key, value, attn_mask=part)
     return out
+
+
+def _score_bytes(query: torch.Tensor, key: torch.Tensor) -> int:
+    # the math kernel keeps fp32 scores (and their softmax) whatever the input dtype
+    return query.shape[:-1].numel() * key.shape[-2] * 4
+
+
+def _fused_kernel_applies(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+) -> bool:
+    """Whether a CUDA flash / memory-efficient kernel accepts these inputs (torch's own checks)."""
+    if query.device.type != "cuda":
+        return False
+    from torch.backends import cuda
+
+    try:
+        params = cuda.SDPAParams(query, key, value, mask, 0.0, False, False)
+    except TypeError:  # torch < 2.5: no enable_gqa argument
+        params = cuda.SDPAParams(query, key, value, mask, 0.0, False)
+    # the backend switches count too: with both disabled (sdpa_kernel(MATH)) SDPA falls to math
+    flash = cuda.flash_sdp_enabled() and cuda.can_use_flash_attention(params)
+    return flash or (cuda.mem_efficient_sdp_enabled() and cuda.can_use_efficient_attention(params))

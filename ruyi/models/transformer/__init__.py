@@ -1,5 +1,9 @@
 """Ruyi's 3D diffusion transformer."""
 
-from ruyi.models.transformer.transformer3d import RuyiTransformer3D, SkipStack, rotary_embedding
+from ruyi.models.transformer.block import RuyiDiTBlock
+from ruyi.models.transformer.processor import RuyiAttnProcessor
+from ruyi.models.transformer.transformer3d import RuyiTransformer3D, SkipStack, SkipStore, rotary_embedding
 
-__all__ = ["RuyiTransformer3D", "SkipStack", "rotary_embedding"]
+__all__ = [
+    "RuyiAttnProcessor", "RuyiDiTBlock", "RuyiTransformer3D", "SkipStack", "SkipStore", "rotary_embedding",
+]  # fmt: skip

@@ -1,61 +1,55 @@
-"""One transformer block of Ruyi's 3D DiT (HunyuanDiT block + time table + CLIP cross-attention)."""
+"""One block of Ruyi's 3D DiT: diffusers' HunyuanDiT block plus a time table and CLIP cross-attention."""
 
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention import FeedForward
+from diffusers.models.activations import GEGLU
 from diffusers.models.attention_processor import Attention
-from einops import rearrange
-from torch import nn
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
 
-from ruyi.models.transformer.layers import ClipGate, FP32LayerNorm, FramePositionTable, RotaryAttnProcessor, ShiftNorm
-
-
-def _attention(dim: int, heads: int, context_dim: int | None) -> Attention:
-    return Attention(
-        query_dim=dim, cross_attention_dim=context_dim, dim_head=dim // heads, heads=heads,
-        qk_norm="layer_norm", eps=1e-6, bias=True, processor=RotaryAttnProcessor(),
-    )  # fmt: skip
+from ruyi.models.transformer.processor import RuyiAttnProcessor
 
 
-class RuyiDiTBlock(nn.Module):
-    """hidden_states (B, F*h*w, D) frame-major -> same shape.
+class RuyiDiTBlock(HunyuanDiTBlock):
+    """hidden_states (B, F*h*w, D), tokens frame-major -> same shape.
 
-    Order: [long skip merge] -> time table along frames -> self-attention (rotary on q, k) ->
-    text cross-attention (rotary on q) -> [gated CLIP cross-attention] -> feed-forward.
+    Order: [long-skip merge] -> time table along frames -> self-attention (rotary on q and k) ->
+    text cross-attention (rotary on q) -> [gated CLIP-image cross-attention] -> feed-forward.
+    The parent provides norm1 (timestep shift), attn1, norm2, attn2, norm3, ff, skip_norm/skip_linear.
     """
 
     def __init__(
         self,
         dim: int,
-        heads: int,
+        num_attention_heads: int,
         *,
         cross_attention_dim: int,
         ff_inner_dim: int,
         activation_fn: str,
-        long_skip: bool,
+        skip: bool,
         time_position_encoding: bool,
         clip_attention: bool,
-        eps: float = 1e-6,
+        norm_eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        self.norm1 = ShiftNorm(dim, eps)
+        super().__init__(
+            dim, num_attention_heads, cross_attention_dim=cross_attention_dim, activation_fn=activation_fn,
+            norm_eps=norm_eps, ff_inner_dim=ff_inner_dim, skip=skip, qk_norm=True,
+        )  # fmt: skip
+        self.attn1.set_processor(RuyiAttnProcessor())
+        self.attn2.set_processor(RuyiAttnProcessor())
         self.t_embed = FramePositionTable(dim) if time_position_encoding else None
-        self.attn1 = _attention(dim, heads, None)
-        self.norm2 = FP32LayerNorm(dim, eps)
-        self.attn2 = _attention(dim, heads, cross_attention_dim)
+        self.attn_clip = None
         if clip_attention:
-            self.norm_clip = FP32LayerNorm(dim, eps)
-            self.attn_clip = _attention(dim, heads, cross_attention_dim)
+            self.norm_clip = FP32LayerNorm(dim, norm_eps)
+            self.attn_clip = Attention(
+                query_dim=dim, cross_attention_dim=cross_attention_dim, dim_head=dim // num_attention_heads,
+                heads=num_attention_heads, qk_norm="layer_norm", eps=1e-6, bias=True,
+                processor=RuyiAttnProcessor(),
+            )  # fmt: skip
             self.gate_clip = ClipGate(dim)
-            self.norm_clip_out = FP32LayerNorm(dim, eps)
-        self.clip_attention = clip_attention
-        self.norm3 = FP32LayerNorm(dim, eps)
-        self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=True)
-        if long_skip:
-            self.skip_norm = FP32LayerNorm(2 * dim, eps)
-            self.skip_linear = nn.Linear(2 * dim, dim)
-        self.long_skip = long_skip
+            self.norm_clip_out = FP32LayerNorm(dim, norm_eps)
 
     def forward(
         self,
@@ -68,24 +62,59 @@ class RuyiDiTBlock(nn.Module):
         clip_encoder_hidden_states: torch.Tensor | None = None,
         skip: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """temb (B, D); encoder_hidden_states (B, text tokens, Dc); rotary tables (h*w, head_dim)
-        for one frame; skip (B, F*h*w, D) from the mirrored block of the first half."""
-        if self.long_skip:
+        """temb (B, D); encoder_hidden_states (B, text tokens, Dc); image_rotary_emb (cos, sin), each
+        (F*h*w, head_dim); clip_encoder_hidden_states (B, n_query, Dc), required when the block has
+        CLIP attention; skip (B, F*h*w, D) from the mirrored first-half block, required when it has
+        a long skip."""
+        if self.skip_linear is not None:
             hidden_states = self.skip_linear(self.skip_norm(torch.cat([hidden_states, skip], dim=-1)))
-        if num_frames != 1:
-            image_rotary_emb = tuple(t.repeat(num_frames, 1) for t in image_rotary_emb)
-            if self.t_embed is not None:
-                hidden_states = rearrange(hidden_states, "b (f d) c -> (b d) f c", f=num_frames)
-                hidden_states = self.t_embed(hidden_states)
-                hidden_states = rearrange(hidden_states, "(b d) f c -> b (f d) c", b=temb.shape[0])
-        hidden_states = hidden_states + self.attn1(self.norm1(hidden_states, temb), image_rotary_emb=image_rotary_emb)
-        hidden_states = hidden_states + self.attn2(
-            self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states, image_rotary_emb=image_rotary_emb
+        # the original adds the table only to videos; a single frame passes through unchanged
+        if self.t_embed is not None and num_frames != 1:
+            hidden_states = self.t_embed(hidden_states, num_frames)
+
+        hidden_states = hidden_states + self.attn1(
+            self.norm1(hidden_states, temb), image_rotary_emb=image_rotary_emb, num_frames=num_frames
         )
-        if self.clip_attention and clip_encoder_hidden_states is not None:
-            clip_out = self.attn_clip(
+        hidden_states = hidden_states + self.attn2(
+            self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states,
+            image_rotary_emb=image_rotary_emb,
+        )  # fmt: skip
+        if self.attn_clip is not None:
+            clip = self.attn_clip(
                 self.norm_clip(hidden_states), encoder_hidden_states=clip_encoder_hidden_states,
                 image_rotary_emb=image_rotary_emb,
             )  # fmt: skip
-            hidden_states = hidden_states + self.norm_clip_out(self.gate_clip(clip_out))
+            hidden_states = hidden_states + self.norm_clip_out(self.gate_clip(clip))
         return hidden_states + self.ff(self.norm3(hidden_states))
+
+
+class FramePositionTable(SinusoidalPositionalEmbedding):
+    """Adds row f of the table ``pe`` (1, 512, D) to every token of frame f.
+
+    x (B, F*S, D) frame-major -> same shape. ``pe`` starts as diffusers' sinusoid, but the
+    checkpoint stores its own (trained) values, which replace it on load.
+    """
+
+    def __init__(self, dim: int, max_frames: int = 512) -> None:
+        super().__init__(dim, max_seq_length=max_frames)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        # broadcasting over the spatial axis gives the original's per-pixel-sequence addition
+        # without transposing the whole activation twice
+        frames = x.unflatten(1, (num_frames, -1))
+        return (frames + self.pe[0, :num_frames, None]).flatten(1, 2)
+
+
+class ClipGate(GEGLU):
+    """GEGLU on a LayerNorm of its input: x (B, L, D) -> (B, L, D).
+
+    The released weights were trained with this LayerNorm's epsilon equal to the width D (the
+    original passes D in the epsilon position); keeping it is what reproduces the outputs.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, dim)
+        self.norm = FP32LayerNorm(dim, eps=float(dim))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.norm(hidden_states))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from diffusers.models.embeddings import (
@@ -17,12 +17,20 @@ from einops import rearrange
 from torch import nn
 
 from ruyi.models.transformer.block import RuyiDiTBlock
-from ruyi.models.transformer.layers import ClipResampler
+from ruyi.models.transformer.resampler import ClipResampler
 from ruyi.registry import TRANSFORMERS
 
 
+class SkipStore(Protocol):
+    """Where the first half's block outputs wait for the second half (last in, first out)."""
+
+    def push(self, tensor: torch.Tensor) -> None: ...
+
+    def pop(self) -> torch.Tensor: ...
+
+
 class SkipStack(list):
-    """Default long-skip store: a plain in-memory LIFO (``push`` / ``pop``)."""
+    """Default :class:`SkipStore`: a plain in-memory LIFO."""
 
     def push(self, tensor: torch.Tensor) -> None:
         self.append(tensor)
@@ -30,25 +38,28 @@ class SkipStack(list):
 
 @TRANSFORMERS.register("ruyi_transformer3d")
 class RuyiTransformer3D(nn.Module):
-    """HunyuanDiT-based video DiT with U-ViT long skips, a per-block time table, and CLIP-image
-    cross-attention for inpainting.
+    """HunyuanDiT-based video DiT with U-ViT long skips, a per-block time table and CLIP-image
+    cross-attention, for image-to-video inpainting.
 
-    ``forward(hidden_states (B, 16, F, H, W), timestep (B,), ...) -> (B, out_channels, F, H, W)``:
-    the first 16 output channels are the v-prediction, the rest the unused learned variance.
-    ``skip_stack_factory`` makes the long-skip store of each forward: offload strategies replace
-    it (``ruyi.offload.skip_steps``) to park those activations elsewhere.
+    ``forward(hidden_states (B, 16, F, H, W), timestep (B,), ...) -> (B, out_channels, F, H, W)``;
+    with learn-sigma the first 16 output channels are the prediction, the rest the unused variance.
+
+    ``skip_stack_factory`` makes the long-skip store of each forward; memory strategies replace it
+    (``ruyi.offload.skip_steps``) to park those activations elsewhere.
     """
 
     subfolder: ClassVar[str] = "transformer"
-    # The original applies these on top of config.json when loading; the released weights need them.
+    # The original sets these on top of config.json when loading; the released weights need them.
     config_overrides: ClassVar[dict[str, Any]] = {
         "basic_block_type": "basic", "after_norm": False, "time_position_encoding": True,
     }  # fmt: skip
     _no_split_modules: ClassVar[list[str]] = ["RuyiDiTBlock"]
-    # reads its children's weights directly (no child forward): must be loaded whole by offload hooks
+    # these read their children's weights directly (no child forward): hooks must treat them whole
     _preload_module_classes: ClassVar[list[str]] = ["HunyuanDiTAttentionPool", "MultiheadAttention"]
     _keep_in_fp32_modules: ClassVar[list[str]] = []
-    _skip_layerwise_casting_patterns: ClassVar[list[str]] = ["pos_embed", "norm", "t_embed", "padding", "clip_projection"]
+    _skip_layerwise_casting_patterns: ClassVar[list[str]] = [
+        "pos_embed", "norm", "pooler", "t_embed", "padding", "clip_projection",
+    ]  # fmt: skip
 
     def __init__(
         self,
@@ -78,18 +89,27 @@ class RuyiTransformer3D(nn.Module):
     ) -> None:
         super().__init__()
         if basic_block_type != "basic":
-            raise NotImplementedError(f"basic_block_type={basic_block_type!r}: only 'basic' (Ruyi-Mini-7B) is implemented")
+            raise NotImplementedError(
+                f"basic_block_type={basic_block_type!r}: only 'basic' (Ruyi-Mini-7B) is implemented; "
+                "motion-module and hybrid-attention blocks are not"
+            )
         if after_norm:
             raise NotImplementedError("after_norm=true is not used by Ruyi-Mini-7B and is not implemented")
         if norm_type != "layer_norm":
             raise NotImplementedError(f"norm_type={norm_type!r}: only 'layer_norm' is implemented")
-        inner = num_attention_heads * attention_head_dim
-        if inner != hidden_size:
-            raise ValueError(f"hidden_size={hidden_size} must equal heads x head_dim = {inner}")
+        if num_attention_heads * attention_head_dim != hidden_size:
+            raise ValueError(
+                f"hidden_size={hidden_size} must equal num_attention_heads x attention_head_dim "
+                f"= {num_attention_heads * attention_head_dim}"
+            )
+        if num_layers % 2:
+            raise ValueError(
+                f"num_layers={num_layers} must be even: long skips pair block i with block num_layers-1-i"
+            )
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_attention_heads, attention_head_dim
         self.patch_size, self.n_query, self.num_layers = patch_size, n_query, num_layers
         self.out_channels = out_channels
-        # in = noisy latents + inpaint latents (mask + masked video); a plain learn-sigma model has in*2 = out
+        # extra input channels beyond the (doubled, with learn-sigma) output are inpaint latents
         self.inpaint = in_channels * 2 != out_channels if learn_sigma else in_channels != out_channels
 
         self.text_embedder = PixArtAlphaTextProjection(
@@ -109,30 +129,46 @@ class RuyiTransformer3D(nn.Module):
             RuyiDiTBlock(
                 hidden_size, num_attention_heads, cross_attention_dim=cross_attention_dim,
                 ff_inner_dim=int(hidden_size * mlp_ratio), activation_fn=activation_fn,
-                long_skip=layer > num_layers // 2, time_position_encoding=time_position_encoding,
+                skip=layer > num_layers // 2, time_position_encoding=time_position_encoding,
                 clip_attention=self.inpaint,
             )  # fmt: skip
             for layer in range(num_layers)
         )
         if self.inpaint:
             self.clip_padding = nn.Parameter(torch.randn(n_query, cross_attention_dim) * 0.02)
-            self.clip_projection = ClipResampler(n_query, cross_attention_dim, num_attention_heads, projection_dim)
+            self.clip_projection = ClipResampler(
+                n_query, cross_attention_dim, num_heads=num_attention_heads, kv_dim=projection_dim
+            )
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.skip_stack_factory: Callable[[], Any] = SkipStack
+        self.skip_stack_factory: Callable[[], SkipStore] = SkipStack
 
-    # -- inputs --------------------------------------------------------------------------------
-    def embed_text(self, emb1, mask1, emb2, mask2) -> torch.Tensor:
-        """Both text encoders' states -> (B, text_len + text_len_t5, Dc), padding where masked."""
-        batch, tokens, _ = emb2.shape
-        emb2 = self.text_embedder(emb2.reshape(batch * tokens, -1)).reshape(batch, tokens, -1)
-        text = torch.cat([emb1, emb2], dim=1)
-        mask = torch.cat([mask1, mask2], dim=-1)[..., None].bool()
-        return torch.where(mask, text, self.text_embedding_padding)
+    def embed_text(
+        self, emb: torch.Tensor, mask: torch.Tensor, emb_t5: torch.Tensor, mask_t5: torch.Tensor
+    ) -> torch.Tensor:
+        """emb (B, text_len, Dc) + mask, emb_t5 (B, text_len_t5, Dt5) + mask
+        -> (B, text_len + text_len_t5, Dc).
 
-    def embed_clip(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """CLIP features (B, tokens, clip_hidden) -> (B, n_query, Dc); masked rows get the padding."""
-        clip = self.clip_projection(features).reshape(features.shape[0], -1, self.text_embedding_padding.shape[-1])
+        Masked-out tokens are replaced by learned padding rows instead of being masked in attention.
+        """
+        emb_t5 = self.text_embedder(emb_t5.flatten(0, 1)).unflatten(0, emb_t5.shape[:2])
+        text = torch.cat([emb, emb_t5], dim=1)
+        keep = torch.cat([mask, mask_t5], dim=-1)[..., None].bool()
+        return torch.where(keep, text, self.text_embedding_padding)
+
+    def embed_clip(
+        self, features: torch.Tensor | None, mask: torch.Tensor | None, batch: int
+    ) -> torch.Tensor:
+        """CLIP patch features (B, tokens, projection_dim) + mask (B, n_query) -> (B, n_query, Dc).
+
+        Masked-out rows get the learned padding. No features means no image: all padding, which is
+        what the original pipeline feeds in that case (zeros with mask 0).
+        """
+        if features is None:
+            return self.clip_padding.expand(batch, -1, -1)
+        clip = self.clip_projection(features)
+        if mask is None:
+            return clip
         return torch.where(mask[..., None].bool(), clip, self.clip_padding)
 
     def forward(
@@ -151,58 +187,65 @@ class RuyiTransformer3D(nn.Module):
         clip_encoder_hidden_states: torch.Tensor | None = None,
         clip_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """hidden_states (B, 16, F, H, W); timestep (B,); encoder_hidden_states (B, text_len, Dc)
-        + text_embedding_mask (B, text_len); encoder_hidden_states_t5 (B, text_len_t5, Dt5) + mask;
-        image_meta_size (B, 6); style (B,); image_rotary_emb: (cos, sin) each (h*w, head_dim) for
-        one frame's patch grid; inpaint_latents (B, 32, F, H, W); clip_encoder_hidden_states
-        (B, tokens, clip_hidden) + clip_attention_mask (B, n_query)."""
+        """hidden_states (B, 16, F, H, W); timestep (B,); encoder_hidden_states (B, text_len, Dc) +
+        text_embedding_mask (B, text_len); encoder_hidden_states_t5 (B, text_len_t5, Dt5) +
+        text_embedding_mask_t5 (B, text_len_t5); image_meta_size (B, 6); style (B,);
+        image_rotary_emb (cos, sin), each (H/p * W/p, head_dim), for ONE frame's patch grid;
+        inpaint_latents (B, in_channels - 16, F, H, W); clip_encoder_hidden_states
+        (B, tokens, projection_dim) + clip_attention_mask (B, n_query)
+        -> (B, out_channels, F, H, W)."""
         if inpaint_latents is not None:
             hidden_states = torch.cat([hidden_states, inpaint_latents], dim=1)
         batch, _, frames, height, width = hidden_states.shape
         p = self.patch_size
-        h, w = height // p, width // p
-        tokens = self.pos_embed(rearrange(hidden_states, "b c f h w -> (b f) c h w"))
-        hidden_states = rearrange(tokens, "(b f) n c -> b (f n) c", b=batch)
 
+        # tokens frame-major: (B, F*h*w, D), each frame patchified like an image
+        frames_as_images = hidden_states.transpose(1, 2).flatten(0, 1)
+        hidden_states = self.pos_embed(frames_as_images).unflatten(0, (batch, frames)).flatten(1, 2)
         temb = self.time_extra_emb(
             timestep, encoder_hidden_states_t5, image_meta_size, style, hidden_dtype=timestep.dtype
         )
-        text = self.embed_text(encoder_hidden_states, text_embedding_mask, encoder_hidden_states_t5, text_embedding_mask_t5)
+        text = self.embed_text(
+            encoder_hidden_states, text_embedding_mask, encoder_hidden_states_t5, text_embedding_mask_t5
+        )
         clip = None
-        if clip_encoder_hidden_states is not None:
-            clip = self.embed_clip(clip_encoder_hidden_states, clip_attention_mask)
+        if self.inpaint:
+            clip = self.embed_clip(clip_encoder_hidden_states, clip_attention_mask, batch)
+        rotary = tuple(t.repeat(frames, 1) for t in image_rotary_emb)  # same 2D table for every frame
 
+        # U-ViT long skips: block i of the first half feeds block num_layers-1-i of the second half;
+        # the two middle blocks neither push nor pop
         skips = self.skip_stack_factory()
         half = self.num_layers // 2
         for layer, block in enumerate(self.blocks):
             hidden_states = block(
-                hidden_states, temb=temb, encoder_hidden_states=text, image_rotary_emb=image_rotary_emb,
-                num_frames=frames, clip_encoder_hidden_states=clip, skip=skips.pop() if layer > half else None,
+                hidden_states, temb=temb, encoder_hidden_states=text, image_rotary_emb=rotary,
+                num_frames=frames, clip_encoder_hidden_states=clip,
+                skip=skips.pop() if layer > half else None,
             )  # fmt: skip
             if layer < half - 1:
                 skips.push(hidden_states)
 
-        hidden_states = self.norm_out(hidden_states, temb.float())
-        hidden_states = self.proj_out(hidden_states)
-        return rearrange(
-            hidden_states, "b (f h w) (p q c) -> b c f (h p) (w q)", f=frames, h=h, w=w, p=p, q=p
-        )
+        hidden_states = self.proj_out(self.norm_out(hidden_states, temb.float()))
+        grid = dict(f=frames, h=height // p, w=width // p, p=p, q=p)
+        return rearrange(hidden_states, "b (f h w) (p q c) -> b c f (h p) (w q)", **grid)
 
 
 def rotary_embedding(
-    height: int, width: int, *, head_dim: int, patch_size: int = 2, base_size: int = 32
+    height: int, width: int, *, head_dim: int, patch_size: int = 2, base_size: int = 512 // 8 // 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin), each (h*w, head_dim), for one latent frame of ``height`` x ``width``.
+    """(cos, sin), each (height/p * width/p, head_dim), for one latent frame of ``height`` x ``width``.
 
-    The patch grid is fitted into a ``base_size`` square (the training grid) keeping its aspect,
-    as the original pipeline does; ``base_size`` is 512 px / 8 / patch_size = 32.
+    As the original pipeline does, the patch grid is fitted into the ``base_size`` square grid
+    (512 px / 8 / patch 2 = 32) keeping its aspect ratio and centred; the rotary positions are
+    that crop region sampled at the actual grid size.
     """
-    grid_h, grid_w = height // patch_size, width // patch_size
-    if grid_h > grid_w:
-        rows, cols = base_size, int(round(base_size / grid_h * grid_w))
+    rows, cols = height // patch_size, width // patch_size
+    if rows > cols:
+        fit_rows, fit_cols = base_size, int(round(base_size / rows * cols))
     else:
-        rows, cols = int(round(base_size / grid_w * grid_h)), base_size
-    top, left = int(round((base_size - rows) / 2.0)), int(round((base_size - cols) / 2.0))
-    crops = ((top, left), (top + rows, left + cols))
-    cos, sin = get_2d_rotary_pos_embed(head_dim, crops, (grid_h, grid_w))
+        fit_rows, fit_cols = int(round(base_size / cols * rows)), base_size
+    top, left = int(round((base_size - fit_rows) / 2.0)), int(round((base_size - fit_cols) / 2.0))
+    region = ((top, left), (top + fit_rows, left + fit_cols))
+    cos, sin = get_2d_rotary_pos_embed(head_dim, region, (rows, cols), output_type="pt")
     return cos, sin

@@ -1,0 +1,61 @@
+"""The attention processor of every attention layer in the transformer's blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import apply_rotary_emb
+
+from ruyi.models.attention import attention
+
+# (query, key, num_frames) -> factor the layer's output is multiplied by; both (B, heads, L, head_dim)
+ScoreHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor | float]
+
+
+class RuyiAttnProcessor:
+    """For diffusers' ``Attention``: per-head LayerNorm on q and k, 2D rotary on q (and on k in
+    self-attention, where keys are image tokens too), then :func:`ruyi.models.attention.attention`.
+
+    hidden_states (B, L, D), encoder_hidden_states (B, Lk, Dc) or None -> (B, L, D).
+
+    ``score_hook`` (None by default) is where plugins such as Enhance-A-Video attach: it sees the
+    normalised q and k before rotary and returns a factor for the output.
+    """
+
+    def __init__(self) -> None:
+        self.score_hook: ScoreHook | None = None
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_frames: int = 1,
+    ) -> torch.Tensor:
+        self_attention = encoder_hidden_states is None
+        context = hidden_states if self_attention else encoder_hidden_states
+        batch = hidden_states.shape[0]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+        query = heads(attn.to_q(hidden_states))
+        key, value = heads(attn.to_k(context)), heads(attn.to_v(context))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        factor = None if self.score_hook is None else self.score_hook(query, key, num_frames)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb)
+            if self_attention:
+                key = apply_rotary_emb(key, image_rotary_emb)
+
+        out = attention(query, key, value, mask=attention_mask)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        return out if factor is None else out * factor

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
 from ruyi.offload.base import AcceleratorRequired, resolve_device
 from ruyi.pipeline import RuyiPipeline, validate_request
+from ruyi.plugins import Plugin, attach_plugins, build_plugins, check_offload_compatible
 
 log = logging.getLogger("ruyi")
 
@@ -75,7 +77,7 @@ def ensure_checkpoint(model_cfg: DictConfig, *, download: bool) -> Path:
     return path
 
 
-def build_pipeline(cfg: DictConfig, path: Path, device: torch.device) -> RuyiPipeline:
+def build_pipeline(cfg: DictConfig, path: Path, device: torch.device, plugins: Sequence[Plugin] = ()) -> RuyiPipeline:
     """Instantiate every component named by the composed config."""
     dtype = parse_dtype(cfg.dtype)
     models = {}
@@ -93,6 +95,7 @@ def build_pipeline(cfg: DictConfig, path: Path, device: torch.device) -> RuyiPip
         model_path=path,
         dtype=dtype,
     )
+    attach_plugins(pipe, plugins)  # before memory strategies: LoRA merges into the stored weights
     offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
     log.info("sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s",
              sampler, offload, precision, cfg.skip_steps, device, dtype)  # fmt: skip
@@ -130,11 +133,13 @@ def _run(cfg: DictConfig) -> int:
     output = check_output_path(to_absolute_path(cfg.output))
     parse_dtype(cfg.dtype)
     device = resolve_device(cfg.device)
+    plugins = build_plugins(cfg)
+    check_offload_compatible(plugins, getattr(get_class(cfg.offload._target_), "registry_name", ""))
     log.info("request: %s", request)
     # 2. weights
     path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
     # 3. build and run
-    pipe = build_pipeline(cfg, path, device)
+    pipe = build_pipeline(cfg, path, device, plugins)
     began = time.perf_counter()
     video = pipe(start, end, progress=bool(cfg.progress), **_request_kwargs(cfg))
     seconds = time.perf_counter() - began

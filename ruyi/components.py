@@ -25,6 +25,7 @@ BUILTIN_MODULES = (
     "ruyi.samplers",
     "ruyi.conditioning",
     "ruyi.offload",
+    "ruyi.plugins",
 )
 
 DEFAULT_MODELS = {"transformer": "ruyi_transformer3d", "vae": "magvit", "image_encoder": "clip_vision"}

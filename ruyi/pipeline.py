@@ -106,6 +106,7 @@ class RuyiPipeline:
         self.control.load(self.model_path)
         self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
         self.execution_device = torch.device("cpu")  # offload strategies set this
+        self.callbacks: list[object] = []  # denoising-loop callbacks of attached plugins (ruyi.plugins)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -121,8 +122,12 @@ class RuyiPipeline:
         skip_steps: int = 0,
         device: str | torch.device = "cpu",
         clip_apply_ratio: float = 0.4,
+        plugins: Sequence[object] = (),
     ) -> RuyiPipeline:
-        """Load every component of a checkpoint folder through the registries (no Hydra needed)."""
+        """Load every component of a checkpoint folder through the registries (no Hydra needed).
+
+        ``plugins`` (``ruyi.plugins``: LoRAWeights, TeaCache, EnhanceAVideo) attach before the memory
+        strategies, so LoRAs merge into the weights as loaded."""
         from ruyi.components import attach_memory_strategies, build_models, build_offload, build_precision, build_sampler
 
         path = Path(path)
@@ -135,6 +140,8 @@ class RuyiPipeline:
             model_path=path,
             dtype=dtype,
         )
+        for plugin in plugins:
+            plugin.attach(pipe)
         attach_memory_strategies(
             pipe, precision=build_precision(precision), offload=build_offload(offload, **(offload_kwargs or {})), skip_steps=skip_steps,
             device=torch.device(device),
@@ -182,7 +189,7 @@ class RuyiPipeline:
         model_fn = self.model_fn(request, control, image)
         latents = denoise(
             model_fn, latents, self.sampler, timesteps, guidance_scale=request.guidance_scale,
-            generator=generator, callbacks=callbacks, progress=progress,
+            generator=generator, callbacks=[*self.callbacks, *callbacks], progress=progress,
         )  # fmt: skip
         if output_latents:
             return latents

@@ -74,7 +74,8 @@ SAMPLERS: Registry[type] = Registry("sampler")
 CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
+PLUGINS: Registry[type] = Registry("plugin")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS)
+    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS)
 }

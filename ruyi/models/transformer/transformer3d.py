@@ -36,6 +36,12 @@ class SkipStack(list):
         self.append(tensor)
 
 
+class BlocksRunner(Protocol):
+    """Runs (or replaces) ``run_blocks``: ``(run_blocks, tokens (B, L, D), **kwargs) -> (B, L, D)``."""
+
+    def __call__(self, run_blocks: Callable[..., torch.Tensor], hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
+
+
 @TRANSFORMERS.register("ruyi_transformer3d")
 class RuyiTransformer3D(nn.Module):
     """HunyuanDiT-based video DiT with U-ViT long skips, a per-block time table and CLIP-image
@@ -46,6 +52,10 @@ class RuyiTransformer3D(nn.Module):
 
     ``skip_stack_factory`` makes the long-skip store of each forward; memory strategies replace it
     (``ruyi.offload.skip_steps``) to park those activations elsewhere.
+
+    ``blocks_runner`` (None by default) is called as ``runner(run_blocks, tokens, **kwargs)`` in
+    place of ``run_blocks(tokens, **kwargs)``; caching plugins (``ruyi.plugins.teacache``) set it to
+    decide per step whether the block stack runs at all.
     """
 
     subfolder: ClassVar[str] = "transformer"
@@ -142,6 +152,7 @@ class RuyiTransformer3D(nn.Module):
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.skip_stack_factory: Callable[[], SkipStore] = SkipStack
+        self.blocks_runner: BlocksRunner | None = None
 
     def embed_text(
         self, emb: torch.Tensor, mask: torch.Tensor, emb_t5: torch.Tensor, mask_t5: torch.Tensor
@@ -170,6 +181,36 @@ class RuyiTransformer3D(nn.Module):
         if mask is None:
             return clip
         return torch.where(mask[..., None].bool(), clip, self.clip_padding)
+
+    def run_blocks(
+        self,
+        hidden_states: torch.Tensor,
+        *,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        num_frames: int,
+        clip_encoder_hidden_states: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The block stack and the output norm: tokens (B, F*h*w, D) -> normalised tokens (B, F*h*w, D).
+
+        temb (B, D); encoder_hidden_states (B, text tokens, Dc); image_rotary_emb (cos, sin), each
+        (F*h*w, head_dim); clip_encoder_hidden_states (B, n_query, Dc) or None.
+        """
+        # U-ViT long skips: block i of the first half feeds block num_layers-1-i of the second half;
+        # the two middle blocks neither push nor pop
+        skips = self.skip_stack_factory()
+        half = self.num_layers // 2
+        for layer, block in enumerate(self.blocks):
+            hidden_states = block(
+                hidden_states, temb=temb, encoder_hidden_states=encoder_hidden_states,
+                image_rotary_emb=image_rotary_emb, num_frames=num_frames,
+                clip_encoder_hidden_states=clip_encoder_hidden_states,
+                skip=skips.pop() if layer > half else None,
+            )  # fmt: skip
+            if layer < half - 1:
+                skips.push(hidden_states)
+        return self.norm_out(hidden_states, temb.float())
 
     def forward(
         self,
@@ -213,20 +254,15 @@ class RuyiTransformer3D(nn.Module):
             clip = self.embed_clip(clip_encoder_hidden_states, clip_attention_mask, batch)
         rotary = tuple(t.repeat(frames, 1) for t in image_rotary_emb)  # same 2D table for every frame
 
-        # U-ViT long skips: block i of the first half feeds block num_layers-1-i of the second half;
-        # the two middle blocks neither push nor pop
-        skips = self.skip_stack_factory()
-        half = self.num_layers // 2
-        for layer, block in enumerate(self.blocks):
-            hidden_states = block(
-                hidden_states, temb=temb, encoder_hidden_states=text, image_rotary_emb=rotary,
-                num_frames=frames, clip_encoder_hidden_states=clip,
-                skip=skips.pop() if layer > half else None,
-            )  # fmt: skip
-            if layer < half - 1:
-                skips.push(hidden_states)
-
-        hidden_states = self.proj_out(self.norm_out(hidden_states, temb.float()))
+        blocks_kwargs = dict(
+            temb=temb, encoder_hidden_states=text, image_rotary_emb=rotary, num_frames=frames,
+            clip_encoder_hidden_states=clip,
+        )  # fmt: skip
+        if self.blocks_runner is None:
+            hidden_states = self.run_blocks(hidden_states, **blocks_kwargs)
+        else:
+            hidden_states = self.blocks_runner(self.run_blocks, hidden_states, **blocks_kwargs)
+        hidden_states = self.proj_out(hidden_states)
         grid = dict(f=frames, h=height // p, w=width // p, p=p, q=p)
         return rearrange(hidden_states, "b (f h w) (p q c) -> b c f (h p) (w q)", **grid)
 

@@ -22,6 +22,7 @@ from hydra.utils import instantiate  # noqa: E402
 from benchmarks.random_pipeline import build_random_pipeline  # noqa: E402
 from ruyi.components import attach_memory_strategies, import_builtins  # noqa: E402
 from ruyi.io import procedural_image  # noqa: E402
+from ruyi.plugins import attach_plugins, build_plugins  # noqa: E402
 from ruyi.samplers.loop import denoise  # noqa: E402
 
 GIB = 1024**3
@@ -57,7 +58,9 @@ def measure(cfg) -> dict:
     device = torch.device("cuda")
     offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
     home = "cuda" if type(offload).__name__ == "NoOffload" else "cpu"
+    plugins = build_plugins(cfg)
     pipe = build_random_pipeline(cfg, device, home)
+    attach_plugins(pipe, plugins)
     attach_memory_strategies(
         pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
         vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap,
@@ -79,14 +82,17 @@ def measure(cfg) -> dict:
         model_fn = pipe.model_fn(request, control, image_latents)
         latents, t_denoise, m_denoise = _phase(
             lambda: denoise(model_fn, latents, pipe.sampler, timesteps, guidance_scale=request.guidance_scale,
-                            callbacks=[timer], progress=False)  # fmt: skip
+                            callbacks=[*pipe.callbacks, timer], progress=False)  # fmt: skip
         )
         t_decode = m_decode = 0.0
         if bench.decode:
             _, t_decode, m_decode = _phase(lambda: pipe.decode(latents))
     per_step = sum(timer.times[bench.warmup_steps :]) / bench.measured_steps
+    skipped = {type(p).__name__: p.skipped_steps for p in plugins if hasattr(p, "skipped_steps")}
     return {
         "status": "ok",
+        "denoise_s": t_denoise,
+        "plugin_skipped_steps": skipped,
         "step_s": per_step,
         "step_times_s": timer.times,
         "encode_s": t_encode,

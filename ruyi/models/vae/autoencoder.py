@@ -22,6 +22,7 @@ from torch import nn
 from ruyi.models.vae.conv import TimeCache
 from ruyi.models.vae.decoder import TEMPORAL_UP, UP_BLOCK_TYPES, MagvitDecoder
 from ruyi.models.vae.encoder import DOWN_BLOCK_TYPES, TEMPORAL_DOWN, MagvitEncoder
+from ruyi.models.vae.tiling import SpatialTile, VAETiling, blend_weights, tile_grid
 from ruyi.registry import VAES
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the clamp of diffusers' DiagonalGaussianDistribution, which the original uses
@@ -42,9 +43,25 @@ class MagvitVAE3D(nn.Module):
 
     ``decode_chunks`` yields the video mini-batch by mini-batch, for callers that want to bound
     the memory of long videos.
+
+    Spatial tiling (off by default; then results are exactly the original's): ``enable_tiling(
+    tile_sample_size=512, tile_overlap=96)`` makes ``encode``/``decode``/``decode_chunks`` split
+    the (H, W) plane into overlapping tiles of at most 512 x 512 pixels' area (see ``VAETiling``;
+    a 768 x 768 frame -> 3 tiles of 768 x 320), run each tile on its own and cross-fade the
+    overlaps linearly (in latent space when encoding). ``disable_tiling()`` undoes it. The result
+    is approximate: GroupNorm statistics and the mid-block attention then only see their tile
+    (tests/test_vae_tiling.py states the measured error). A frame within one tile is exact.
+
+    - ``decode`` goes tile by tile, each tile through all mini-batches with its own causal cache,
+      so only one tile's cache and activations are alive (plus a float32 accumulator of the video).
+    - ``decode_chunks`` goes mini-batch by mini-batch over all tiles, so it keeps every tile's
+      cache at once: more memory than ``decode``, same values.
+    - ``encode`` encodes each 8-frame mini-batch tile by tile.
     """
 
     subfolder = "vae"
+    # encode()/decode() are the entry points, not forward(): offload hooks attach to these parts
+    _offload_units = ["encoder", "quant_conv", "post_quant_conv", "decoder"]
     _no_split_modules = ["MagvitEncoder", "MagvitDecoder"]
     _keep_in_fp32_modules: list[str] = []
     _skip_layerwise_casting_patterns = ["norm"]
@@ -114,6 +131,22 @@ class MagvitVAE3D(nn.Module):
         self.mini_batch_decoder = mini_batch_decoder
         self.spatial_compression = 2 ** (len(channels) - 1)
         self.temporal_compression = mini_batch_encoder // mini_batch_decoder
+        self.tiling: VAETiling | None = None
+
+    def enable_tiling(self, tile_sample_size: int = 512, tile_overlap: int = 96) -> VAETiling:
+        """Encode and decode in overlapping spatial tiles (sizes in video pixels); returns the options.
+
+        Raises ``ValueError`` for sizes that are not positive multiples of ``spatial_compression``
+        or an overlap not smaller than the tile.
+        """
+        tiling = VAETiling(tile_sample_size=tile_sample_size, tile_overlap=tile_overlap)
+        tiling.check_divisible(self.spatial_compression)
+        self.tiling = tiling
+        return tiling
+
+    def disable_tiling(self) -> None:
+        """Back to the exact, untiled path."""
+        self.tiling = None
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, 3, F, H, W) in [-1, 1] -> posterior (mean, logvar), each (B, 16, F', H/8, W/8).
@@ -130,9 +163,11 @@ class MagvitVAE3D(nn.Module):
                 f"got {frames}; round the video length down to a multiple of {n}"
             )
         step = 1 if frames == 1 else self.mini_batch_encoder
-        moments = torch.cat(
-            [self.quant_conv(self.encoder(video[:, :, i : i + step])) for i in range(0, frames, step)], dim=2
-        )
+        if self.tiling is None:
+            encode = self._encode_mini_batch
+            moments = torch.cat([encode(video[:, :, i : i + step]) for i in range(0, frames, step)], dim=2)
+        else:
+            moments = self._encode_tiled(video, step)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
@@ -141,15 +176,32 @@ class MagvitVAE3D(nn.Module):
 
         F = 4 F' (F = 1 for F' = 1). See ``decode_chunks`` to receive the frames mini-batch by mini-batch.
         """
-        return torch.cat(list(self.decode_chunks(latents)), dim=2)
+        if self.tiling is None:
+            return torch.cat(list(self.decode_chunks(latents)), dim=2)
+        return self._decode_tiled(latents)
 
     def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """latents (B, 16, F', h, w) -> yields video pieces (B, 3, 4 * mini_batch_decoder, 8h, 8w) in order.
 
         Mini-batches run one after another and only the causal history (two frames per conv) is
         kept between them, so a caller may move or write out each piece before the next is made.
-        F' must be 1 (one piece of 1 frame) or a multiple of ``mini_batch_decoder``.
+        F' must be 1 (one piece of 1 frame) or a multiple of ``mini_batch_decoder``. With tiling
+        on, the history of every tile is kept (see the class docstring).
         """
+        latents = self.post_quant_conv(self._check_latents(latents))
+        if self.tiling is None:
+            yield from self._decode_mini_batches(latents)
+            return
+        tiles, weights = self._tiles(latents.shape[-2:], self.spatial_compression, latents.device)
+        # one generator per tile, each holding its own tile's cache between mini-batches
+        streams = [self._decode_mini_batches(latents[..., t.rows, t.cols]) for t in tiles]
+        for pieces in zip(*streams):
+            video = None
+            for tile, weight, piece in zip(tiles, weights, pieces):
+                video = _accumulate(video, piece, tile, weight, self.spatial_compression, latents.shape[-2:])
+            yield video.to(pieces[0].dtype)
+
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
         _check_ndim("latents", latents)
         frames = latents.shape[2]
         if frames != 1 and frames % self.mini_batch_decoder:
@@ -157,13 +209,83 @@ class MagvitVAE3D(nn.Module):
                 "MagvitVAE3D.decode needs 1 latent frame or a multiple of "
                 f"mini_batch_decoder={self.mini_batch_decoder}, got {frames}"
             )
-        latents = self.post_quant_conv(latents)
+        return latents
+
+    def _decode_mini_batches(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Post-quant latents (B, 16, F', h, w) -> the decoder's pieces, with one causal cache throughout."""
+        frames = latents.shape[2]
         if frames == 1:
             yield self.decoder(latents)
             return
         cache: TimeCache = {}
         for i in range(0, frames, self.mini_batch_decoder):
             yield self.decoder(latents[:, :, i : i + self.mini_batch_decoder], cache)
+
+    def _tiles(
+        self, latent_hw: Sequence[int], scale: int, device: torch.device
+    ) -> tuple[list[SpatialTile], list[torch.Tensor]]:
+        assert self.tiling is not None
+        tiles = tile_grid(latent_hw[0], latent_hw[1], self.tiling, self.spatial_compression)
+        return tiles, blend_weights(tiles, scale, device)
+
+    def _decode_tiled(self, latents: torch.Tensor) -> torch.Tensor:
+        """Tile-major, so only one tile's cache and activations are alive at a time."""
+        latents = self.post_quant_conv(self._check_latents(latents))
+        s = self.spatial_compression
+        tiles, weights = self._tiles(latents.shape[-2:], s, latents.device)
+        pieces_per_tile = 1 if latents.shape[2] == 1 else latents.shape[2] // self.mini_batch_decoder
+        video, dtype = None, latents.dtype
+        for tile, weight in zip(tiles, weights):
+            for i, piece in enumerate(self._decode_mini_batches(latents[..., tile.rows, tile.cols])):
+                n, dtype = piece.shape[2], piece.dtype
+                if video is None:
+                    shape = (*piece.shape[:2], n * pieces_per_tile, *(k * s for k in latents.shape[-2:]))
+                    video = piece.new_zeros(shape, dtype=torch.float32)
+                _accumulate(video[:, :, i * n : (i + 1) * n], piece, tile, weight, s, latents.shape[-2:])
+        assert video is not None
+        return video.to(dtype)
+
+    def _encode_mini_batch(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 3, 8 or 1, H, W) -> moments (B, 32, 2 or 1, H/8, W/8)."""
+        return self.quant_conv(self.encoder(video))
+
+    def _encode_tiled(self, video: torch.Tensor, step: int) -> torch.Tensor:
+        """video (B, 3, F, H, W) -> moments (B, 32, F', H/8, W/8); each mini-batch tile by tile."""
+        s = self.spatial_compression
+        height, width = video.shape[-2:]
+        if height % s or width % s:
+            raise ValueError(f"tiled MagvitVAE3D.encode needs H and W multiples of {s}, got {height}x{width}")
+        tiles, weights = self._tiles((height // s, width // s), 1, video.device)
+        chunks = []
+        for i in range(0, video.shape[2], step):
+            moments = None
+            for tile, weight in zip(tiles, weights):
+                rows, cols = tile.scaled(s)
+                piece = self._encode_mini_batch(video[:, :, i : i + step, rows, cols])
+                moments = _accumulate(moments, piece, tile, weight, 1, (height // s, width // s))
+            chunks.append(moments.to(piece.dtype))
+        return torch.cat(chunks, dim=2)
+
+
+def _accumulate(
+    total: torch.Tensor | None,
+    piece: torch.Tensor,
+    tile: SpatialTile,
+    weight: torch.Tensor,
+    scale: int,
+    latent_hw: Sequence[int],
+) -> torch.Tensor:
+    """Add ``piece`` (B, C, T, rows, cols at ``scale``) times ``weight`` into a float32 ``total``.
+
+    ``total`` (B, C, T, h * scale, w * scale) is created at the first call (pass None). Float32
+    keeps the cross-fade from rounding twice in bfloat16; weights of one are exact, so a single
+    tile reproduces the untiled result bit for bit.
+    """
+    if total is None:
+        total = piece.new_zeros((*piece.shape[:3], *(n * scale for n in latent_hw)), dtype=torch.float32)
+    rows, cols = tile.scaled(scale)
+    total[..., rows, cols] += piece.float() * weight
+    return total
 
 
 def _check_ndim(name: str, x: torch.Tensor) -> None:

@@ -20,9 +20,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from benchmarks.random_pipeline import build_random_pipeline  # noqa: E402
-from ruyi.components import attach_memory_strategies, import_builtins  # noqa: E402
+from ruyi.components import attach_strategies, import_builtins  # noqa: E402
 from ruyi.io import procedural_image  # noqa: E402
-from ruyi.plugins import attach_plugins, build_plugins  # noqa: E402
+from ruyi.plugins import build_plugins  # noqa: E402
 from ruyi.samplers.loop import denoise  # noqa: E402
 
 GIB = 1024**3
@@ -60,10 +60,9 @@ def measure(cfg) -> dict:
     home = "cuda" if type(offload).__name__ == "NoOffload" else "cpu"
     plugins = build_plugins(cfg)
     pipe = build_random_pipeline(cfg, device, home)
-    attach_plugins(pipe, plugins)
-    attach_memory_strategies(
+    attach_strategies(
         pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
-        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap,
+        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap, plugins=plugins,
     )  # fmt: skip
     torch.cuda.empty_cache()
     bench = cfg.bench

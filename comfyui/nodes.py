@@ -190,31 +190,16 @@ def get_pipeline(model: RuyiModel, *, offload: str, skip_steps: int, device: tor
     _PIPELINE.update(key=None, pipe=None)
     _free_memory()
     # the FP8 strategies default to e4m3fn; another storage dtype needs a constructor argument
-    precision_kwargs = {} if model.precision == "bf16" or model.fp8_data_type == "e4m3fn" else {"fp8_dtype": model.fp8_data_type}
+    precision_kwargs = {} if model.precision == "bf16" else {"fp8_dtype": model.fp8_data_type}
     # fresh LoRA instances: a LoRAWeights remembers the model it is merged into
     from ruyi.plugins import LoRAWeights
 
     plugins = [LoRAWeights(path=lora.path, strength=lora.strength) for lora in model.loras]
-    pipe = _from_pretrained(
-        RuyiPipeline, model.path, dtype=dtype, offload=offload, precision=model.precision,
+    pipe = RuyiPipeline.from_pretrained(
+        model.path, dtype=dtype, offload=offload, precision=model.precision,
         precision_kwargs=precision_kwargs, skip_steps=skip_steps, device=device, plugins=plugins,
     )  # fmt: skip
     _PIPELINE.update(key=key, pipe=pipe)
-    return pipe
-
-
-def _from_pretrained(cls, path, *, precision, precision_kwargs, **kwargs):
-    if not precision_kwargs:
-        return cls.from_pretrained(path, precision=precision, **kwargs)
-    # from_pretrained takes a precision name only: load with bf16 storage, then convert to FP8
-    from ruyi.components import attach_memory_strategies, build_offload, build_precision
-
-    offload, skip_steps, device = kwargs.pop("offload"), kwargs.pop("skip_steps"), kwargs.pop("device")
-    pipe = cls.from_pretrained(path, precision="bf16", offload="none", skip_steps=0, device="cpu", **kwargs)
-    attach_memory_strategies(
-        pipe, precision=build_precision(precision, **precision_kwargs), offload=build_offload(offload),
-        skip_steps=skip_steps, device=device,
-    )  # fmt: skip
     return pipe
 
 

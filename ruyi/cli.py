@@ -17,12 +17,12 @@ import torch
 from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.components import attach_memory_strategies, import_builtins, load_model, parse_dtype
+from ruyi.components import attach_strategies, import_builtins, load_model, parse_dtype
 from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
 from ruyi.offload.base import AcceleratorRequired, resolve_device
 from ruyi.pipeline import RuyiPipeline, validate_request
-from ruyi.plugins import Plugin, attach_plugins, build_plugins, check_offload_compatible
+from ruyi.plugins import Plugin, build_plugins, check_offload_compatible
 
 log = logging.getLogger("ruyi")
 
@@ -95,13 +95,12 @@ def build_pipeline(cfg: DictConfig, path: Path, device: torch.device, plugins: S
         model_path=path,
         dtype=dtype,
     )
-    attach_plugins(pipe, plugins)  # before memory strategies: LoRA merges into the stored weights
     offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
     log.info("sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s",
              sampler, offload, precision, cfg.skip_steps, device, dtype)  # fmt: skip
-    attach_memory_strategies(
+    attach_strategies(
         pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
-        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap,
+        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap, plugins=plugins,
     )  # fmt: skip
     return pipe
 

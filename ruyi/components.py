@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -81,16 +82,19 @@ def build_precision(name: str, **kwargs: Any):
     return PRECISIONS.get(name)(**kwargs)
 
 
-def attach_memory_strategies(
-    pipe, *, precision, offload, skip_steps: int, device: torch.device, vae_tile_size: int = 0, vae_tile_overlap: int = 96
+def attach_strategies(
+    pipe, *, precision, offload, skip_steps: int, device: torch.device, vae_tile_size: int = 0,
+    vae_tile_overlap: int = 96, plugins: Sequence[Any] = (),
 ) -> None:
-    """Apply weight precision, long-skip parking, VAE tiling and an offload strategy to a pipeline.
+    """Attach plugins, weight precision, long-skip parking, VAE tiling and an offload strategy.
 
-    Order matters: FP8 storage first (so offloading moves the small weights), then the skip
-    stack, then device placement.
+    Order matters: plugins first (a LoRA merges into the weights as loaded), then FP8 storage (so
+    offloading moves the small weights), then the skip stack, then device placement.
     """
     from ruyi.offload.skip_steps import apply_skip_offload
+    from ruyi.plugins import attach_plugins
 
+    attach_plugins(pipe, plugins)
     if not isinstance(skip_steps, int) or isinstance(skip_steps, bool) or skip_steps < 0:
         raise ValueError(f"skip_steps={skip_steps!r} must be an integer >= 0 (0 = off; the original offers 10, 7, 5, 1)")
     converted = precision.apply(pipe.transformer, pipe.dtype)
@@ -100,3 +104,37 @@ def attach_memory_strategies(
     if vae_tile_size:
         pipe.vae.enable_tiling(tile_sample_size=int(vae_tile_size), tile_overlap=int(vae_tile_overlap))
     offload.apply(pipe, device)
+
+
+def load_pipeline(
+    path: str | Path,
+    *,
+    sampler: str = "ddim",
+    dtype: torch.dtype = torch.float32,
+    offload: str = "none",
+    offload_kwargs: dict[str, Any] | None = None,
+    precision: str = "bf16",
+    precision_kwargs: dict[str, Any] | None = None,
+    skip_steps: int = 0,
+    device: str | torch.device = "cpu",
+    clip_apply_ratio: float = 0.4,
+    plugins: Sequence[Any] = (),
+):
+    """A ready ``RuyiPipeline`` from a checkpoint folder, every component chosen by registry name."""
+    from ruyi.conditioning import CameraMotionControl, StartEndFrames
+    from ruyi.pipeline import RuyiPipeline
+
+    path = Path(path)
+    pipe = RuyiPipeline(
+        **build_models(path, dtype=dtype),
+        sampler=build_sampler(sampler, path),
+        image_conditioning=StartEndFrames(clip_apply_ratio=clip_apply_ratio),
+        control=CameraMotionControl(),
+        model_path=path,
+        dtype=dtype,
+    )
+    attach_strategies(
+        pipe, precision=build_precision(precision, **(precision_kwargs or {})), offload=build_offload(offload, **(offload_kwargs or {})),
+        skip_steps=skip_steps, device=torch.device(device), plugins=plugins,
+    )  # fmt: skip
+    return pipe

@@ -106,47 +106,16 @@ class RuyiPipeline:
         self.control.load(self.model_path)
         self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
         self.execution_device = torch.device("cpu")  # offload strategies set this
-        self.callbacks: list[object] = []  # denoising-loop callbacks of attached plugins (ruyi.plugins)
+        self.callbacks: list[object] = []  # denoising-loop callbacks that attached extensions add
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        sampler: str = "ddim",
-        dtype: torch.dtype = torch.float32,
-        offload: str = "none",
-        offload_kwargs: dict[str, Any] | None = None,
-        precision: str = "bf16",
-        skip_steps: int = 0,
-        device: str | torch.device = "cpu",
-        clip_apply_ratio: float = 0.4,
-        plugins: Sequence[object] = (),
-    ) -> RuyiPipeline:
-        """Load every component of a checkpoint folder through the registries (no Hydra needed).
+    def from_pretrained(cls, path: str | Path, **options: Any) -> RuyiPipeline:
+        """Load a checkpoint folder with components chosen by registry name; ``options`` as in
+        :func:`ruyi.components.load_pipeline` (sampler, dtype, offload, precision, plugins, ...)."""
+        from ruyi.components import load_pipeline
 
-        ``plugins`` (``ruyi.plugins``: LoRAWeights, TeaCache, EnhanceAVideo) attach before the memory
-        strategies, so LoRAs merge into the weights as loaded."""
-        from ruyi.components import attach_memory_strategies, build_models, build_offload, build_precision, build_sampler
-
-        path = Path(path)
-        models = build_models(path, dtype=dtype)
-        pipe = cls(
-            **models,
-            sampler=build_sampler(sampler, path),
-            image_conditioning=StartEndFrames(clip_apply_ratio=clip_apply_ratio),
-            control=CameraMotionControl(),
-            model_path=path,
-            dtype=dtype,
-        )
-        for plugin in plugins:
-            plugin.attach(pipe)
-        attach_memory_strategies(
-            pipe, precision=build_precision(precision), offload=build_offload(offload, **(offload_kwargs or {})), skip_steps=skip_steps,
-            device=torch.device(device),
-        )  # fmt: skip
-        return pipe
+        return load_pipeline(path, **options)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:

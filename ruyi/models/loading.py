@@ -148,7 +148,7 @@ def load_component(
             f"(e.g. {'; '.join(shapes[:_SHOW])})"
         )
     model.load_state_dict(state, strict=True, assign=True)
-    _restore_buffers(model)
+    _check_no_meta_buffers(model)
     cast_model(model, dtype)
     model.eval().requires_grad_(False)
     return model.to(device)
@@ -172,12 +172,8 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype | None) -> None:
                 tensors[key] = cast
 
 
-def _restore_buffers(model: torch.nn.Module) -> None:
-    """Non-persistent buffers are not in the checkpoint: let modules recompute them after a meta build."""
-    for module in model.modules():
-        reset = getattr(module, "reset_buffers", None)
-        if callable(reset):
-            reset()
+def _check_no_meta_buffers(model: torch.nn.Module) -> None:
+    """Non-persistent buffers are not in the checkpoint: a model must not need them after a meta build."""
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:
         raise CheckpointError(f"buffers {leftover[:_SHOW]} were not restored after loading; this is a bug in ruyi")

@@ -18,6 +18,7 @@ from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from ruyi.components import attach_strategies, import_builtins, load_model, parse_dtype
+from ruyi.errors import MissingWeightsError
 from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
 from ruyi.offload.base import AcceleratorRequired, resolve_device
@@ -28,10 +29,6 @@ log = logging.getLogger("ruyi")
 
 EXIT_USAGE = 2
 MODEL_KINDS = ("transformer", "vae", "image_encoder")
-
-
-class MissingWeightsError(FileNotFoundError):
-    """The checkpoint folder is not there (and may not be downloaded)."""
 
 
 def _request_kwargs(cfg: DictConfig) -> dict[str, Any]:

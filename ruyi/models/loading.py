@@ -18,16 +18,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ruyi.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=torch.nn.Module)
 
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
 _SHOW = 5  # how many offending keys an error lists
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, incomplete or does not fit the model."""
 
 
 def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]:

@@ -6,9 +6,7 @@ from typing import Protocol
 
 import torch
 
-
-class AcceleratorRequired(RuntimeError):
-    """A strategy or device choice needs a CUDA GPU and none is visible."""
+from ruyi.errors import AcceleratorRequired
 
 
 class Offloadable(Protocol):

@@ -36,8 +36,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def import_builtins() -> dict[str, Registry[type]]:
     """Import the built-in component modules so that their registrations run."""
-    for name in BUILTIN_MODULES:
-        importlib.import_module(name)
+    from ruyi.registry import load_builtins
+
+    load_builtins()
     return ALL_REGISTRIES
 
 

@@ -12,10 +12,37 @@ through ``_target_``; callers without Hydra (the Python API, tests, ``--list``) 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+# The modules whose decorators register the built-in components. Lookups import them on first use,
+# so no caller has to remember to (the one registration point).
+BUILTIN_MODULES = [
+    "ruyi.models.transformer",
+    "ruyi.models.vae",
+    "ruyi.models.image_encoder",
+    "ruyi.samplers",
+    "ruyi.conditioning",
+    "ruyi.offload",
+    "ruyi.plugins",
+]
+_builtins_state = {"loaded": False, "loading": False}
+
+
+def load_builtins() -> None:
+    """Import every module of ``BUILTIN_MODULES`` once (idempotent, safe during those imports)."""
+    if _builtins_state["loaded"] or _builtins_state["loading"]:
+        return
+    _builtins_state["loading"] = True
+    try:
+        for name in BUILTIN_MODULES:
+            importlib.import_module(name)
+        _builtins_state["loaded"] = True
+    finally:
+        _builtins_state["loading"] = False
 
 
 class Registry(Generic[T]):
@@ -41,22 +68,28 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        load_builtins()
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
+            from ruyi.errors import UnknownComponentError
+
             valid = ", ".join(sorted(self._entries)) or "(none registered)"
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise UnknownComponentError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self) -> list[str]:
+        load_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        load_builtins()
         return len(self._entries)
 
     def __repr__(self) -> str:

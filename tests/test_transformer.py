@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ruyi.components import load_model
-from ruyi.models.loading import build_empty, constructor_kwargs
+from ruyi.models.loading import build_empty, constructor_kwargs, load_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
 from ruyi.offload.skip_steps import CPUSkipStack, apply_skip_offload, remove_skip_offload
 from tests.conftest import REPO

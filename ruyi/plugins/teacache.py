@@ -33,6 +33,8 @@ class TeaCache:
     would otherwise skip even at 0); 0.10 caches about 6-8 of 25 steps, 0.15 about 10-12.
     """
 
+    reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
+
     def __init__(
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False
     ) -> None:

@@ -26,6 +26,7 @@ class RuyiAttnProcessor:
 
     def __init__(self) -> None:
         self.score_hook: ScoreHook | None = None
+        self.rotary: Callable[..., torch.Tensor] = apply_rotary_emb  # memory options swap in a leaner one
 
     def __call__(
         self,
@@ -51,9 +52,9 @@ class RuyiAttnProcessor:
             key = attn.norm_k(key)
         factor = None if self.score_hook is None else self.score_hook(query, key, num_frames)
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb)
+            query = self.rotary(query, image_rotary_emb)
             if self_attention:
-                key = apply_rotary_emb(key, image_rotary_emb)
+                key = self.rotary(key, image_rotary_emb)
 
         out = attention(query, key, value, mask=attention_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)

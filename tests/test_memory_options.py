@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -290,3 +291,56 @@ def test_options_match_the_plain_path_in_bf16_on_cuda(fixture_dir, memory):
     # bf16 rounding may differ where a kernel is chosen for another batch or row count
     error = ((got - expected).norm() / expected.norm()).item()
     assert error < 2e-2, f"{memory}: relative error {error:.2e}"
+
+
+# -- benchmarks/memory_profile.py's trace analysis ---------------------------------------------------
+def test_profile_replay_finds_the_peak_and_who_allocated_it():
+    sys.path.insert(0, str(CONFIGS.parent))
+    from benchmarks.memory_profile import peak_table, replay
+
+    def frames(*sites):
+        return [{"filename": f, "line": 1, "name": n} for f, n in sites]
+
+    ff = frames(("/x/torch/nn/functional.py", "linear"), ("/r/ruyi/models/block.py", "forward"))
+    rope = frames(("/r/diffusers/models/embeddings.py", "apply_rotary_emb"))
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": ff},
+        {"action": "segment_alloc", "addr": 0, "size": 4096},  # the cache growing: not allocated bytes
+        {"action": "alloc", "addr": 2, "size": 300, "frames": rope},
+        {"action": "free_requested", "addr": 2, "size": 300},  # still in use by a stream: counts on
+        {"action": "alloc", "addr": 3, "size": 50, "frames": ff},  # 1000 + 450: the peak
+        {"action": "free_completed", "addr": 2, "size": 300},
+        {"action": "free_completed", "addr": 1, "size": 100},
+        {"action": "alloc", "addr": 4, "size": 200, "frames": rope},
+    ]
+    result = replay(trace, baseline=1000)
+    assert result["peak"] == 1450 and result["peak_index"] == 4
+    assert result["timeline"] == [1100, 1400, 1450, 1150, 1050, 1250]
+    rows = peak_table(result["live_at_peak"], 1000, top=1)
+    assert rows == [
+        ("(allocated before the step: weights kept, latents, conditioning)", 1000, 0),
+        ("models/embeddings.py:1 apply_rotary_emb", 300, 1),
+        ("(1 other sites)", 150, 2),  # the two linear blocks, named after ruyi/models/block.py
+    ]
+    assert peak_table(result["live_at_peak"], 1000, top=5)[2] == ("models/block.py:1 forward", 150, 2)
+
+
+def test_memory_rows_select_what_each_rule_describes():
+    """benchmarks/memory_rows.py measures a rule through Hydra overrides: they must build its settings."""
+    sys.path.insert(0, str(CONFIGS.parent))
+    from benchmarks.memory_rows import rule_overrides
+    from ruyi.memory.rules import RULES
+
+    for rule in RULES:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            cfg = compose(config_name="benchmark", overrides=rule_overrides(rule))
+        spec = PipelineSpec.from_config(cfg)
+        assert (spec.offload.name, spec.skip_steps, spec.vae_tile_size) == (rule.offload, rule.skip_steps, rule.vae_tile_size)
+        memory = [c.create() for c in spec.strategies if c.kind == "memory"]
+        if not rule.memory:
+            assert memory == []
+            continue
+        options = {type(o).registry_name: o for o in memory[0].options}
+        assert list(options) == list(rule.memory)
+        for name, settings in rule.memory_options.items():
+            assert {k: getattr(options[name], k) for k in settings} == dict(settings)

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
 GIB = 1024**3
 
@@ -69,7 +69,22 @@ def replay(trace: list[dict], baseline: int = 0) -> dict:
         else:
             continue
         timeline.append(current)
-    return {"peak": peak, "peak_index": peak_index, "baseline": baseline, "live_at_peak": peak_live, "timeline": timeline}
+    return {
+        "peak": peak,
+        "peak_index": peak_index,
+        "baseline": baseline,
+        "live_at_peak": peak_live,
+        "timeline": timeline,
+    }
+
+
+def top_sites(rows: list[tuple[str, int, int]], top: int) -> list[tuple[str, int, int]]:
+    """The ``top`` largest (site, bytes, count) rows, the rest summed into one."""
+    rows = sorted(rows, key=lambda r: -r[1])
+    rest = rows[top:]
+    if rest:
+        return rows[:top] + [(f"({len(rest)} other sites)", sum(r[1] for r in rest), sum(r[2] for r in rest))]
+    return rows
 
 
 def peak_table(live: dict[int, tuple[int, str]], baseline: int, top: int) -> list[tuple[str, int, int]]:
@@ -79,12 +94,11 @@ def peak_table(live: dict[int, tuple[int, str]], baseline: int, top: int) -> lis
         entry = sites.setdefault(site, [0, 0])
         entry[0] += size
         entry[1] += 1
-    rows = sorted(((s, b, n) for s, (b, n) in sites.items()), key=lambda r: -r[1])
-    rest = rows[top:]
-    rows = rows[:top]
-    if rest:
-        rows.append((f"({len(rest)} other sites)", sum(r[1] for r in rest), sum(r[2] for r in rest)))
-    return [("(allocated before the step: weights kept, latents, conditioning)", baseline, 0)] + rows
+    rows = [(s, b, n) for s, (b, n) in sites.items()]
+    return [
+        ("(allocated before the step: weights kept, latents, conditioning)", baseline, 0),
+        *top_sites(rows, top),
+    ]
 
 
 def print_table(title: str, rows: list[tuple[str, int, int]], peak: int) -> None:
@@ -151,7 +165,9 @@ def profile_gpu(cfg, top: int, out: Path | None) -> dict:
     rows = peak_table(result["live_at_peak"], recorder.baseline, top)
     print(f"step: {recorder.seconds:.2f} s (recording slows it); max_memory_allocated {recorder.max_allocated / GIB:.2f} GiB; "
           f"{len(trace)} trace events")  # fmt: skip
-    print_table(f"GPU memory at the peak of one denoising step ({torch.cuda.get_device_name()})", rows, result["peak"])
+    print_table(
+        f"GPU memory at the peak of one denoising step ({torch.cuda.get_device_name()})", rows, result["peak"]
+    )
     print_timeline(result["timeline"])
     if out is not None:
         import pickle
@@ -186,8 +202,7 @@ def simulate(cfg, top: int) -> dict:
                                       width=cfg.video_size[1], dtype=torch.bfloat16)  # fmt: skip
     with torch.no_grad(), live_tensors() as live:
         model(*args, **kwargs)
-    rows = [(site, size, count) for site, size, count in live.peak.by_site()]
-    rows = rows[:top] + ([(f"({len(rows) - top} other sites)", sum(r[1] for r in rows[top:]), 0)] if len(rows) > top else [])
+    rows = top_sites(live.peak.by_site(), top)
     print_table("SIMULATED activations at the peak of one transformer call (meta device, weights not counted)", rows,
                 live.peak.peak_bytes)  # fmt: skip
     return {"peak_gib": live.peak.peak_bytes / GIB, "rows": rows, "simulated": True}

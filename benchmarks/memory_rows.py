@@ -22,13 +22,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.sweep import run_job  # noqa: E402
-from ruyi.memory.rules import RULES, Rule  # noqa: E402
+from benchmarks.sweep import run_job
+from ruyi.memory.rules import RULES, Rule
 
 
 def rule_overrides(rule: Rule) -> list[str]:
     """Hydra overrides that select what ``rule`` describes."""
-    overrides = [f"offload={rule.offload}", f"skip_steps={rule.skip_steps}", f"vae_tile_size={rule.vae_tile_size}"]
+    overrides = [
+        f"offload={rule.offload}",
+        f"skip_steps={rule.skip_steps}",
+        f"vae_tile_size={rule.vae_tile_size}",
+    ]
     if rule.memory:
         overrides += ["memory=combo", f"memory.use=[{','.join(rule.memory)}]"]
         for name, options in rule.memory_options.items():

@@ -13,12 +13,20 @@ offload) and come off again with ``remove(pipe)``:
   these options from the free GPU memory and measured rules (``ruyi.memory.rules``).
 """
 
+from ruyi.memory.auto import MemoryAuto
 from ruyi.memory.base import MemoryOption
 from ruyi.memory.chunking import TokenChunks
 from ruyi.memory.combo import MemoryCombo
 from ruyi.memory.guidance import GuidanceSplit
 from ruyi.memory.inplace import InPlace
-from ruyi.memory.auto import MemoryAuto
 from ruyi.memory.vae import DecodeToHost
 
-__all__ = ["DecodeToHost", "GuidanceSplit", "InPlace", "MemoryAuto", "MemoryCombo", "MemoryOption", "TokenChunks"]
+__all__ = [
+    "DecodeToHost",
+    "GuidanceSplit",
+    "InPlace",
+    "MemoryAuto",
+    "MemoryCombo",
+    "MemoryOption",
+    "TokenChunks",
+]

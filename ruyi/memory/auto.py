@@ -49,7 +49,9 @@ class Choice:
     fits: bool
 
 
-def choose(rules: Sequence[Rule], *, side: float, frames: int, budget_gib: float) -> tuple[Choice, list[Choice]]:
+def choose(
+    rules: Sequence[Rule], *, side: float, frames: int, budget_gib: float
+) -> tuple[Choice, list[Choice]]:
     """The fastest rule whose predicted peak fits ``budget_gib`` (ties: the smaller peak), or the
     smallest predicted peak when none fits; and every candidate, as predicted."""
     if not rules:
@@ -106,7 +108,11 @@ class MemoryAuto(MemoryOption):
     def resolve(self, plan):
         """The plan with offload, skip_steps, VAE tiles and memory options settled (see module doc)."""
         spec = plan.spec
-        chosen = {"offload": spec.offload.name != "none", "skip_steps": spec.skip_steps, "vae_tile_size": spec.vae_tile_size}
+        chosen = {
+            "offload": spec.offload.name != "none",
+            "skip_steps": spec.skip_steps,
+            "vae_tile_size": spec.vae_tile_size,
+        }
         taken = [k for k, v in chosen.items() if v]
         if taken:
             raise ConfigError(
@@ -114,7 +120,9 @@ class MemoryAuto(MemoryOption):
                 "drop those, or pick memory options by hand (memory=combo)"
             )
         if plan.device.type != "cuda":
-            log.info("memory=auto: device %s has no GPU memory budget to plan for; nothing changes", plan.device)
+            log.info(
+                "memory=auto: device %s has no GPU memory budget to plan for; nothing changes", plan.device
+            )
             return plan
         free = self.budget_gib if self.budget_gib is not None else free_gpu_gib(plan.device)
         budget = free * (1.0 - self.headroom)
@@ -149,7 +157,11 @@ class MemoryAuto(MemoryOption):
         if rule.memory:
             settings += f" memory=[{','.join(rule.memory)}]"
         faster = [c for c in predicted if c.step_ratio < choice.step_ratio and not c.fits]
-        why = "; faster but too large: " + ", ".join(f"{c.rule.name} {c.peak_gib:.1f} GiB" for c in faster) if faster else ""
+        why = (
+            "; faster but too large: " + ", ".join(f"{c.rule.name} {c.peak_gib:.1f} GiB" for c in faster)
+            if faster
+            else ""
+        )
         shape = f"{self.frames} frames at {self.side:.0f}x{self.side:.0f}"
         message = (
             f"memory=auto: {free:.1f} GiB free, {budget:.1f} GiB after {self.headroom:.0%} headroom, for {shape}: "

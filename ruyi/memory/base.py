@@ -28,7 +28,7 @@ class MemoryOption:
     stage = "memory"
     splits_batch = False
 
-    def check(self, plan) -> None:  # noqa: B027 - optional in subclasses
+    def check(self, plan) -> None:
         """Raise a ConfigError for a combination that cannot work; nothing to check by default."""
 
     def apply(self, pipe) -> None:

@@ -35,7 +35,9 @@ def per_token_modules(block: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in (getattr(block, n, None) for n in names) if isinstance(m, torch.nn.Module)]
 
 
-def over_tokens(forward, chunk_tokens: int, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def over_tokens(
+    forward, chunk_tokens: int, hidden_states: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """``forward(hidden_states (B, L, D), ...)`` computed over slices of L into one (B, L, D') output.
 
     ``image_rotary_emb`` (cos, sin), each (L, head_dim), is sliced along with the tokens.

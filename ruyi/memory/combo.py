@@ -8,8 +8,8 @@ attention processors' rotary, the VAE's decode), so their order does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ruyi.errors import ConfigError
@@ -26,12 +26,16 @@ def build_options(use: Sequence[str], options: Mapping[str, Mapping[str, Any]]) 
     names = list(use)
     nested = [n for n in names if n in NOT_COMBINABLE]
     if nested:
-        raise ConfigError(f"memory.use={names} may not contain {', '.join(nested)}; list the options themselves")
+        raise ConfigError(
+            f"memory.use={names} may not contain {', '.join(nested)}; list the options themselves"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"memory.use={names} names an option twice")
     unused = sorted(set(options) - set(names))
     if unused:
-        raise ConfigError(f"memory.options has settings for {', '.join(unused)}, which memory.use={names} does not list")
+        raise ConfigError(
+            f"memory.options has settings for {', '.join(unused)}, which memory.use={names} does not list"
+        )
     return [_create(n, dict(options.get(n) or {})) for n in names]
 
 
@@ -41,7 +45,9 @@ def _create(name: str, options: dict[str, Any]) -> MemoryOption:
         return cls(**options)
     except TypeError as err:
         accepted = ", ".join(inspect.signature(cls).parameters) or "none"
-        raise ConfigError(f"memory option {name} got {sorted(options)}: {err}; it accepts {accepted}") from None
+        raise ConfigError(
+            f"memory option {name} got {sorted(options)}: {err}; it accepts {accepted}"
+        ) from None
 
 
 @MEMORIES.register("combo")

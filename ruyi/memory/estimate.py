@@ -83,7 +83,9 @@ class LiveTensors(TorchDispatchMode):
             if key in inputs:
                 return  # a view (or in-place result) of a tensor made outside the mode
             nbytes = tensor.untyped_storage().nbytes()
-            alloc = Allocation(nbytes, tuple(tensor.shape), tensor.dtype, str(func), _site() if self.sites else "")
+            alloc = Allocation(
+                nbytes, tuple(tensor.shape), tensor.dtype, str(func), _site() if self.sites else ""
+            )
             self._allocs[key] = alloc
             self.live_bytes += nbytes
             if self.live_bytes > self.peak.peak_bytes:
@@ -109,7 +111,7 @@ class FusedAttention(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            query, key, value = args[:3]
+            query, _key, value = args[:3]
             out = query.new_empty((*query.shape[:-1], value.shape[-1]))
             out.lse = query.new_empty(query.shape[:-1], dtype=torch.float32)  # freed with the output
             return out
@@ -175,16 +177,16 @@ def transformer_inputs(
     def empty(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.empty(shape, device="meta", dtype=dtype)
 
-    kwargs = dict(
-        encoder_hidden_states=empty(batch, arch["text_len"], arch["cross_attention_dim"]),
-        text_embedding_mask=empty(batch, arch["text_len"], dtype=torch.long),
-        encoder_hidden_states_t5=empty(batch, arch["text_len_t5"], arch["cross_attention_dim_t5"]),
-        text_embedding_mask_t5=empty(batch, arch["text_len_t5"], dtype=torch.long),
-        image_meta_size=empty(batch, 6),
-        style=empty(batch, dtype=torch.long),
-        image_rotary_emb=(empty((h // p) * (w // p), head_dim, dtype=torch.float32),) * 2,
-        inpaint_latents=empty(batch, 32, latent_frames, h, w),
-        clip_encoder_hidden_states=empty(batch, 256, arch.get("projection_dim", 1024)),
-        clip_attention_mask=empty(batch, arch.get("n_query", 16)),
-    )
+    kwargs = {
+        "encoder_hidden_states": empty(batch, arch["text_len"], arch["cross_attention_dim"]),
+        "text_embedding_mask": empty(batch, arch["text_len"], dtype=torch.long),
+        "encoder_hidden_states_t5": empty(batch, arch["text_len_t5"], arch["cross_attention_dim_t5"]),
+        "text_embedding_mask_t5": empty(batch, arch["text_len_t5"], dtype=torch.long),
+        "image_meta_size": empty(batch, 6),
+        "style": empty(batch, dtype=torch.long),
+        "image_rotary_emb": (empty((h // p) * (w // p), head_dim, dtype=torch.float32),) * 2,
+        "inpaint_latents": empty(batch, 32, latent_frames, h, w),
+        "clip_encoder_hidden_states": empty(batch, 256, arch.get("projection_dim", 1024)),
+        "clip_attention_mask": empty(batch, arch.get("n_query", 16)),
+    }
     return (empty(batch, 16, latent_frames, h, w), empty(batch)), kwargs

@@ -51,7 +51,9 @@ def item_by_item(forward, *args: Any, **kwargs: Any) -> torch.Tensor:
         return forward(*args, **kwargs)
     out = None
     for i in range(batch):
-        piece = forward(*(one_item(a, i, batch) for a in args), **{k: one_item(v, i, batch) for k, v in kwargs.items()})
+        piece = forward(
+            *(one_item(a, i, batch) for a in args), **{k: one_item(v, i, batch) for k, v in kwargs.items()}
+        )
         if out is None:
             out = piece.new_empty((batch, *piece.shape[1:]))
         out[i : i + 1] = piece

@@ -4,14 +4,14 @@
         vae_tile_size=384 memory=combo --out $OUT/profile_768
 
 Same Hydra overrides as ``benchmarks/measure.py`` (``configs/benchmark.yaml``: the real 7B shape,
-random weights). The pipeline is built and called for one step without decoding; the step (one
+random weights). The pipeline is built and called for two steps without decoding; the second (one
 transformer call with classifier-free guidance, and the sampler's update) runs under
 ``torch.cuda.memory._record_memory_history``. The recorded trace is replayed to find the moment of
 the peak; the allocations alive then are grouped by the line that made them (the innermost frame
 outside torch) and printed largest first, with the bytes already allocated when the step began
 (weights that stay, latents, conditioning) as one row. ``--out`` keeps the snapshot (open it at
 https://pytorch.org/memory_viz), the timeline and the table as JSON. At 768 x 768 x 120 frames it
-takes about 1.5 min on an H100-class GPU, most of it building the random 7B weights and encoding.
+takes about 1.5-2 min on an H100-class GPU, most of it building the random 7B weights and encoding.
 
 ``--simulate`` needs no GPU: the transformer call runs on the meta device under
 ``ruyi.memory.estimate`` (activations only: weights, allocator rounding and cuBLAS workspaces are
@@ -122,16 +122,16 @@ def print_timeline(timeline: list[int], points: int = 24) -> None:
 
 # -- the GPU run ----------------------------------------------------------------------------------------
 class StepRecorder:
-    """Pipeline callback: records the allocations of the first denoising step."""
+    """Pipeline callback: records the allocations of model call ``call`` (0-based) of the loop."""
 
-    def __init__(self, max_entries: int = 2_000_000) -> None:
-        self.max_entries = max_entries
+    def __init__(self, call: int = 1, max_entries: int = 2_000_000) -> None:
+        self.call, self.max_entries = call, max_entries
         self.snapshot: dict | None = None
         self.baseline = 0
         self.seconds = 0.0
 
     def on_step_begin(self, state) -> None:
-        if state.call != 0:
+        if state.call != self.call:
             return
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -140,7 +140,7 @@ class StepRecorder:
         self._began = time.perf_counter()
 
     def on_step_end(self, state) -> None:
-        if state.call != 0:
+        if state.call != self.call:
             return
         torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self._began
@@ -149,14 +149,14 @@ class StepRecorder:
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
-def profile_gpu(cfg, top: int, out: Path | None) -> dict:
+def profile_gpu(cfg, top: int, out: Path | None, warmup: int) -> dict:
     from ruyi.assembly import PipelineSpec, build
     from ruyi.io import procedural_image
 
     pipe = build(PipelineSpec.from_config(cfg), weights=cfg.bench.weights)
-    recorder = StepRecorder()
+    recorder = StepRecorder(call=warmup)
     pipe(
-        procedural_image(640, 640), None, frames=cfg.frames, video_size=list(cfg.video_size), steps=1, cfg=cfg.cfg,
+        procedural_image(640, 640), None, frames=cfg.frames, video_size=list(cfg.video_size), steps=warmup + 1, cfg=cfg.cfg,
         seed=cfg.seed, callbacks=[recorder], progress=False, output_latents=True,
     )  # fmt: skip
     device = torch.cuda.current_device()
@@ -212,6 +212,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--simulate", action="store_true", help="no GPU: activations on the meta device")
     parser.add_argument("--top", type=int, default=15, help="allocation sites to list")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="steps before the recorded one (offload hooks trace their order in the first)",
+    )
     parser.add_argument("--out", type=Path, help="folder for snapshot.pickle and profile.json")
     args, overrides = parser.parse_known_args(argv)
     from hydra import compose, initialize_config_dir
@@ -227,7 +233,7 @@ def main(argv: list[str]) -> int:
         print("error: profiling GPU memory needs a CUDA GPU (or pass --simulate)", file=sys.stderr)
         return 2
     else:
-        result = profile_gpu(cfg, args.top, args.out)
+        result = profile_gpu(cfg, args.top, args.out, args.warmup)
     if args.out is not None:
         result.update(overrides=overrides)
         (args.out / "profile.json").write_text(json.dumps(result, indent=1))

@@ -377,3 +377,53 @@ def test_memory_rows_select_what_each_rule_describes():
         assert list(options) == list(rule.memory)
         for name, settings in rule.memory_options.items():
             assert {k: getattr(options[name], k) for k in settings} == dict(settings)
+
+
+def test_profile_runs_one_recorded_step_through_the_real_call(monkeypatch, tmp_path, capsys):
+    """The GPU path of memory_profile.py on the CPU, with torch.cuda's recorder stood in for."""
+    sys.path.insert(0, str(CONFIGS.parent))
+    from benchmarks import memory_profile
+
+    events = []
+    fake = [
+        {
+            "action": "alloc",
+            "addr": 7,
+            "size": 3 * GIB,
+            "frames": [{"filename": "/r/ruyi/x.py", "line": 9, "name": "f"}],
+        }
+    ]
+    stand_ins = {
+        "synchronize": lambda: None, "reset_peak_memory_stats": lambda: None, "memory_allocated": lambda: GIB,
+        "max_memory_allocated": lambda: 4 * GIB, "current_device": lambda: 0, "get_device_name": lambda: "stand-in",
+    }  # fmt: skip
+    for name, value in stand_ins.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(
+        torch.cuda.memory, "_record_memory_history", lambda enabled="all", **kw: events.append(enabled)
+    )
+    monkeypatch.setattr(torch.cuda.memory, "_snapshot", lambda: {"device_traces": {0: fake}})
+    calls = []
+    monkeypatch.setattr(memory_profile, "StepRecorder", _counting(memory_profile.StepRecorder, calls))
+    overrides = ["model=ruyi_tiny", "device=cpu", "dtype=float32", "frames=8", "bench.resolution=64"]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="benchmark", overrides=overrides)
+    result = memory_profile.profile_gpu(cfg, top=5, out=tmp_path, warmup=1)
+    assert events == ["all", None]  # recording switched on and off once
+    assert calls == [0, 1, 1]  # the second model call is the recorded one
+    assert result["peak_gib"] == 4.0 and result["rows"][1] == ("ruyi/x.py:9 f", 3 * GIB, 1)
+    assert (tmp_path / "snapshot.pickle").is_file() and "stand-in" in capsys.readouterr().out
+
+
+def _counting(recorder_cls, calls):
+    class Counting(recorder_cls):
+        def on_step_begin(self, state):
+            calls.append(state.call)
+            super().on_step_begin(state)
+
+        def on_step_end(self, state):
+            if state.call == self.call:
+                calls.append(state.call)
+            super().on_step_end(state)
+
+    return Counting

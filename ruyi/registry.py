@@ -28,6 +28,8 @@ BUILTIN_MODULES = [
     "ruyi.conditioning",
     "ruyi.offload",
     "ruyi.plugins",
+    "ruyi.models.attention",
+    "ruyi.compile",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -108,7 +110,13 @@ CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
+ATTENTIONS: Registry[type] = Registry("attention")
+COMPILES: Registry[type] = Registry("compile")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS)
-}
+    r.kind: r
+    for r in (
+        TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
+        COMPILES,
+    )
+}  # fmt: skip

@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
-from benchmarks.speed_setup import forward_inputs, load_preset, random_transformer  # noqa: E402
-from ruyi.compile import RegionalCompile  # noqa: E402
+from benchmarks.speed_setup import forward_inputs, load_preset, random_transformer
+from ruyi.compile import RegionalCompile
 
 SHAPES = [(2, 8), (4, 8), (2, 16), (6, 12), (2, 8)]  # (latent frames, latent height = width)
 
@@ -36,7 +36,9 @@ def run(dynamic: bool | None, backend: str, device: str) -> list[tuple[int, int,
     rows = []
     with torch.no_grad():
         for frames, side in SHAPES:
-            args, kwargs = forward_inputs(arch, latent_frames=frames, latent_height=side, latent_width=side, device=device)
+            args, kwargs = forward_inputs(
+                arch, latent_frames=frames, latent_height=side, latent_width=side, device=device
+            )
             before, start = counter.frame_count, time.perf_counter()
             model(*args, **kwargs)
             rows.append((frames, side, counter.frame_count - before, time.perf_counter() - start))

@@ -39,7 +39,9 @@ def full_arch(cls: type, arch: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def random_model(cls: type, arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0):
+def random_model(
+    cls: type, arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0
+):
     """``cls(**arch)`` with N(0, 0.02) weights created directly on ``device`` from a meta build."""
     try:  # the library's own helper, once ruyi.models.loading provides it
         from ruyi.models.loading import random_model as library_random_model
@@ -57,8 +59,16 @@ def random_model(cls: type, arch: dict[str, Any], *, dtype: torch.dtype, device:
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def random_transformer(arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0):
-    return random_model(RuyiTransformer3D, {**arch, **RuyiTransformer3D.config_overrides}, dtype=dtype, device=device, seed=seed)
+def random_transformer(
+    arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0
+):
+    return random_model(
+        RuyiTransformer3D,
+        {**arch, **RuyiTransformer3D.config_overrides},
+        dtype=dtype,
+        device=device,
+        seed=seed,
+    )
 
 
 def random_vae(arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 1):
@@ -115,7 +125,11 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def latent_grid(side: int, frames: int) -> dict[str, int]:
     latent_frames = 1 if frames == 1 else frames // VAE_TEMPORAL
-    return {"latent_frames": latent_frames, "latent_height": side // VAE_SPATIAL, "latent_width": side // VAE_SPATIAL}
+    return {
+        "latent_frames": latent_frames,
+        "latent_height": side // VAE_SPATIAL,
+        "latent_width": side // VAE_SPATIAL,
+    }
 
 
 # -- FLOPs ------------------------------------------------------------------------------------------
@@ -130,10 +144,10 @@ class FlopCount:
 
 
 @torch.no_grad()
-def count_flops(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> FlopCount:
-    """Multiply-add FLOPs (x2) of one forward: every ``nn.Linear`` (rows x in x out) and every
-    diffusers ``Attention`` (q kᵀ and p v: 4 x B x heads x Lq x Lk x head_dim), read off hooks
-    during a real forward."""
+def count_flops(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[FlopCount, Any]:
+    """Multiply-add FLOPs (x2) of one forward, and its output: every ``nn.Linear`` (rows x in x
+    out) and every diffusers ``Attention`` (q kᵀ and p v: 4 x B x heads x Lq x Lk x head_dim),
+    read off hooks during a real forward."""
     from diffusers.models.attention_processor import Attention
 
     count = FlopCount()
@@ -157,11 +171,11 @@ def count_flops(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> 
         elif isinstance(module, Attention):
             handles.append(module.register_forward_pre_hook(on_attention, with_kwargs=True))
     try:
-        model(*args, **kwargs)
+        out = model(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return count
+    return count, out
 
 
 # -- options ----------------------------------------------------------------------------------------

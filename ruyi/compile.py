@@ -80,7 +80,9 @@ class RegionalCompile:
         vae: bool = False,
     ) -> None:
         if mode is not None and mode not in MODES:
-            raise ConfigError(f"compile.mode={mode!r} is not one of {', '.join(MODES)} (or null for torch's default)")
+            raise ConfigError(
+                f"compile.mode={mode!r} is not one of {', '.join(MODES)} (or null for torch's default)"
+            )
         if dynamic not in (None, True, False):
             raise ConfigError(f"compile.dynamic={dynamic!r} must be null, true or false")
         self.mode, self.fullgraph, self.dynamic, self.backend = mode, bool(fullgraph), dynamic, backend
@@ -117,7 +119,11 @@ class RegionalCompile:
 
     def compile_module(self, module: torch.nn.Module) -> None:
         """Compile one region in place (``nn.Module.compile``: names, hooks and weights stay)."""
-        options: dict[str, Any] = {"fullgraph": self.fullgraph, "dynamic": self.dynamic, "backend": self.backend}
+        options: dict[str, Any] = {
+            "fullgraph": self.fullgraph,
+            "dynamic": self.dynamic,
+            "backend": self.backend,
+        }
         if self.mode is not None:
             options["mode"] = self.mode
         module.compile(**options)

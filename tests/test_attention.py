@@ -123,7 +123,7 @@ def _spies(monkeypatch):
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=scale)
 
     monkeypatch.setattr(auto_module, "chunked_attention", chunked)
-    monkeypatch.setattr(auto_module.CUDNN, "compute", cudnn)
+    monkeypatch.setattr(auto_module.CUDNN_FIRST, "compute", cudnn)
     return calls
 
 
@@ -163,7 +163,9 @@ def test_auto_decides_once_per_device(monkeypatch):
     monkeypatch.setattr(backend, "_decide", lambda device: decided.append(device) or original(device))
     for _ in range(3):
         attention(*_qkv(), backend=backend)
-    assert len(decided) == 1 and backend.plan(torch.device("cpu")) == DevicePlan(label=backend.plan(torch.device("cpu")).label)
+    assert len(decided) == 1 and backend.plan(torch.device("cpu")) == DevicePlan(
+        label=backend.plan(torch.device("cpu")).label
+    )
 
 
 def test_fa3_serves_only_inference_bf16_self_attention_without_mask():
@@ -201,7 +203,9 @@ def test_checks_fail_before_any_weight_loads():
         ChunkedAttention(max_score_bytes=0)
 
 
-@pytest.mark.skipif(fa3_module.load_forward() is not None, reason="the FlashAttention-3 wheel is installed here")
+@pytest.mark.skipif(
+    fa3_module.load_forward() is not None, reason="the FlashAttention-3 wheel is installed here"
+)
 def test_fa3_without_the_wheel_names_the_extra():
     with pytest.raises(ConfigError, match=r"pip install 'ruyi\[hopper\]'"):
         FlashAttention3().check(SimpleNamespace(device="cuda", dtype=torch.bfloat16))
@@ -214,7 +218,9 @@ class Recorder(AttentionBackend):
 
     def compute(self, query, key, value, *, mask, scale, self_attention):
         self.calls.append((query.shape[-2], key.shape[-2], self_attention))
-        return MathAttention().compute(query, key, value, mask=mask, scale=scale, self_attention=self_attention)
+        return MathAttention().compute(
+            query, key, value, mask=mask, scale=scale, self_attention=self_attention
+        )
 
 
 def test_a_backend_attaches_to_every_processor_and_detaches():
@@ -228,7 +234,9 @@ def test_a_backend_attaches_to_every_processor_and_detaches():
     tokens = x.shape[1]
     # self-attention, text cross-attention (8 + 12 tokens), CLIP cross-attention (4 queries)
     assert recorder.calls == [(tokens, tokens, True), (tokens, 20, False), (tokens, 4, False)]
-    processors = [m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "attention_backend")]
+    processors = [
+        m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "attention_backend")
+    ]
     assert len(processors) == 3 * len(model.blocks)
     assert all(p.attention_backend is recorder for p in processors)
     recorder.remove(pipe)

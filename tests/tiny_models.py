@@ -18,10 +18,17 @@ def tiny_arch(*, head_dim: int = 16, heads: int = 2) -> dict[str, Any]:
 
 
 def tiny_transformer(
-    *, head_dim: int = 16, heads: int = 2, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    *,
+    head_dim: int = 16,
+    heads: int = 2,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
 ):
     """4 blocks (2 with long-skip inputs); ``head_dim=88`` gives the real head width."""
-    model = random_transformer(tiny_arch(head_dim=head_dim, heads=heads), dtype=dtype, device=device, seed=seed)
+    model = random_transformer(
+        tiny_arch(head_dim=head_dim, heads=heads), dtype=dtype, device=device, seed=seed
+    )
     model.arch = tiny_arch(head_dim=head_dim, heads=heads)  # for the input helpers below
     return model
 
@@ -44,7 +51,9 @@ def block_inputs(model, *, frames: int, height: int = 8, width: int = 8, seed: i
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(param.device, param.dtype)
 
-    cos, sin = (torch.randn(tokens, arch["attention_head_dim"], generator=g).to(param.device) for _ in range(2))
+    cos, sin = (
+        torch.randn(tokens, arch["attention_head_dim"], generator=g).to(param.device) for _ in range(2)
+    )
     kwargs = dict(
         temb=randn(2, dim), encoder_hidden_states=randn(2, arch["text_len"] + arch["text_len_t5"], context),
         image_rotary_emb=(cos, sin), num_frames=frames, clip_encoder_hidden_states=randn(2, arch["n_query"], context),

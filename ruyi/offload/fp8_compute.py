@@ -12,7 +12,7 @@ Hence the requirements checked before any weight loads: a CUDA GPU of compute ca
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +39,9 @@ class FP8Compute(WeightPrecision):
 
     def __init__(self, *, granularity: str = "row") -> None:
         if granularity not in GRANULARITIES:
-            raise ConfigError(f"precision.granularity={granularity!r} is not one of {', '.join(GRANULARITIES)}")
+            raise ConfigError(
+                f"precision.granularity={granularity!r} is not one of {', '.join(GRANULARITIES)}"
+            )
         self.granularity = granularity
 
     def __repr__(self) -> str:
@@ -67,11 +69,11 @@ class FP8Compute(WeightPrecision):
             )
         dtype = spec_dtype(spec)
         if dtype is not None and dtype != torch.bfloat16:
-            raise ConfigError(f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {dtype})")
-        try:
-            importlib.import_module("torchao.quantization")
-        except ImportError:
-            raise ConfigError("precision=fp8_compute needs torchao: pip install 'ruyi[hopper]'") from None
+            raise ConfigError(
+                f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {dtype})"
+            )
+        if not torchao_installed():
+            raise ConfigError("precision=fp8_compute needs torchao: pip install 'ruyi[hopper]'")
 
     def select(self, model: torch.nn.Module) -> list[str]:
         """Names of the linears to convert: inside ``model.blocks``, both sides multiples of 16,
@@ -87,13 +89,22 @@ class FP8Compute(WeightPrecision):
         return chosen
 
     def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            PerTensor,
+            quantize_,
+        )
 
         chosen = set(self.select(model))
         granularity = PerRow() if self.granularity == "row" else PerTensor()
         config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
         quantize_(model, config, filter_fn=lambda _module, name: name in chosen)
         return len(chosen)
+
+
+def torchao_installed() -> bool:
+    return importlib.util.find_spec("torchao") is not None
 
 
 def _compiles(choice: Any) -> bool:

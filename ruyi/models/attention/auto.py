@@ -4,8 +4,9 @@ Decided once per device (``prepare`` / first call):
 
 1. FlashAttention-3 (``fa3.py``) for mask-free bf16 self-attention in inference, on sm90 when the
    ``hopper`` extra is installed (issue 11: 203 ms vs cuDNN's 254 ms at (2, 32, 69 120, 88));
-2. cuDNN's fused attention on sm90 and newer, with contiguous inputs (torch's own pick there; the
-   issue measured contiguous inputs 4 % faster);
+2. on sm90 and newer, cuDNN's fused attention first (then torch's other kernels, for inputs cuDNN
+   rejects), with contiguous inputs (torch's own pick there; the issue measured contiguous
+   inputs 4 % faster);
 3. torch's pick in one call whenever an enabled fused kernel (flash, memory-efficient or cuDNN)
    covers the dtype, or the score matrix fits ``max_score_bytes``;
 4. otherwise (CPU, or a GPU whose fused kernels do not cover the dtype, e.g. bf16 on a V100) the
@@ -19,8 +20,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
-from ruyi.models.attention.backends import HALF, AttentionBackend, CuDNNAttention, DeviceKey, device_key, positive
+from ruyi.models.attention.backends import (
+    HALF,
+    AttentionBackend,
+    DeviceKey,
+    SDPAAttention,
+    device_key,
+    positive,
+)
 from ruyi.models.attention.fa3 import FlashAttention3
 from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention, score_bytes
 from ruyi.registry import ATTENTIONS
@@ -89,7 +98,9 @@ class AutoAttention(AttentionBackend):
                 fa3 = candidate
         # cuDNN only where it was measured to win (Hopper); elsewhere torch's priority order
         prefer_cudnn = cudnn and cc >= (9, 0)
-        order = [n for n, on in (("fa3", fa3 is not None), ("cudnn", prefer_cudnn), ("torch sdpa", True)) if on]
+        order = [
+            n for n, on in (("fa3", fa3 is not None), ("cudnn", prefer_cudnn), ("torch sdpa", True)) if on
+        ]
         return DevicePlan(
             label=f"sm{cc[0]}{cc[1]}: " + " > ".join(order), fa3=fa3, cudnn=prefer_cudnn,
             fused=tuple(sorted(fused, key=str)), fused_masked=tuple(sorted(fused_masked, key=str)),
@@ -102,13 +113,31 @@ class AutoAttention(AttentionBackend):
         aligned = query.shape[-1] % 8 == 0 and value.shape[-1] == query.shape[-1]
         fused = aligned and query.dtype in (plan.fused if mask is None else plan.fused_masked)
         if fused and plan.cudnn and mask is None and query.dtype in HALF:
-            return CUDNN.compute(query, key, value, mask=None, scale=scale, self_attention=self_attention)
+            return CUDNN_FIRST.compute(
+                query, key, value, mask=None, scale=scale, self_attention=self_attention
+            )
         if fused or score_bytes(query, key) <= self.max_score_bytes:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-        return chunked_attention(query, key, value, mask=mask, scale=scale, max_score_bytes=self.max_score_bytes)
+        return chunked_attention(
+            query, key, value, mask=mask, scale=scale, max_score_bytes=self.max_score_bytes
+        )
 
 
-CUDNN = CuDNNAttention()
+class CuDNNFirst(SDPAAttention):
+    """cuDNN, then flash, memory-efficient and math for what cuDNN rejects (not registered: ``auto``'s
+    step 2; ``attention=cudnn`` is cuDNN alone)."""
+
+    kernels = (
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    )
+    priority = True
+    contiguous = True
+
+
+CUDNN_FIRST = CuDNNFirst()
 # What a processor without an attached backend uses. One instance, never reassigned: per-device
 # decisions are cached on it.
 DEFAULT_BACKEND = AutoAttention()

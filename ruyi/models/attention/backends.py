@@ -10,6 +10,7 @@ specialises anyway. ``auto`` (the default) is in ``auto.py``, FlashAttention-3 i
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, ClassVar
 
@@ -24,6 +25,8 @@ from ruyi.registry import ATTENTIONS
 log = logging.getLogger(__name__)
 
 HALF = (torch.float16, torch.bfloat16)
+# torch >= 2.6 can take the kernel list as a priority order (older: as a set)
+PRIORITY_ORDER = "set_priority" in inspect.signature(sdpa_kernel).parameters
 DeviceKey = tuple[str, int | None]
 
 
@@ -150,9 +153,11 @@ def set_attention_backend(
 class SDPAAttention(AttentionBackend):
     """``torch.nn.functional.scaled_dot_product_attention`` as is: torch picks the kernel per call."""
 
-    # the SDPA kernels this backend allows (None = torch's choice), and whether inputs are made
-    # contiguous first (cuDNN runs faster on contiguous (B, H, L, D), measured in issue 11)
-    kernels: ClassVar[list[SDPBackend] | None] = None
+    # the SDPA kernels this backend allows (None = torch's choice), whether their order is a
+    # priority order, and whether inputs are made contiguous first (cuDNN runs faster on
+    # contiguous (B, H, L, D), measured in issue 11)
+    kernels: ClassVar[tuple[SDPBackend, ...] | None] = None
+    priority: ClassVar[bool] = False
     contiguous: ClassVar[bool] = False
 
     def compute(self, query, key, value, *, mask, scale, self_attention):
@@ -160,7 +165,10 @@ class SDPAAttention(AttentionBackend):
             query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         if self.kernels is None:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-        with sdpa_kernel(self.kernels):
+        if self.priority and PRIORITY_ORDER:
+            with sdpa_kernel(list(self.kernels), set_priority=True):
+                return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+        with sdpa_kernel(list(self.kernels)):
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
 
@@ -168,7 +176,7 @@ class SDPAAttention(AttentionBackend):
 class CuDNNAttention(SDPAAttention):
     """cuDNN's fused attention only (CUDA, cuDNN 9, fp16/bf16)."""
 
-    kernels = [SDPBackend.CUDNN_ATTENTION]
+    kernels = (SDPBackend.CUDNN_ATTENTION,)
     contiguous = True
     needs_cuda = True
     half_only = True
@@ -178,7 +186,7 @@ class CuDNNAttention(SDPAAttention):
 class FlashAttention(SDPAAttention):
     """torch's FlashAttention-2 kernel only (CUDA sm80+, fp16/bf16, no mask)."""
 
-    kernels = [SDPBackend.FLASH_ATTENTION]
+    kernels = (SDPBackend.FLASH_ATTENTION,)
     needs_cuda = True
     half_only = True
 
@@ -187,7 +195,7 @@ class FlashAttention(SDPAAttention):
 class EfficientAttention(SDPAAttention):
     """torch's memory-efficient kernel only (CUDA; fp32 too)."""
 
-    kernels = [SDPBackend.EFFICIENT_ATTENTION]
+    kernels = (SDPBackend.EFFICIENT_ATTENTION,)
     needs_cuda = True
 
 
@@ -195,7 +203,7 @@ class EfficientAttention(SDPAAttention):
 class MathAttention(SDPAAttention):
     """torch's reference math kernel: the whole score matrix at once (small shapes, references)."""
 
-    kernels = [SDPBackend.MATH]
+    kernels = (SDPBackend.MATH,)
 
 
 @ATTENTIONS.register("chunked")
@@ -207,7 +215,9 @@ class ChunkedAttention(AttentionBackend):
         self.max_score_bytes = positive("max_score_bytes", max_score_bytes)
 
     def compute(self, query, key, value, *, mask, scale, self_attention):
-        return chunked_attention(query, key, value, mask=mask, scale=scale, max_score_bytes=self.max_score_bytes)
+        return chunked_attention(
+            query, key, value, mask=mask, scale=scale, max_score_bytes=self.max_score_bytes
+        )
 
 
 def positive(name: str, value: int) -> int:

@@ -56,7 +56,9 @@ class FlashAttention3(AttentionBackend):
         super().check(spec)
         dtype = spec_dtype(spec)
         if dtype is not None and dtype != torch.bfloat16:
-            raise ConfigError(f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {dtype}")
+            raise ConfigError(
+                f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {dtype}"
+            )
         if load_forward() is None:
             raise ConfigError(
                 f"attention=fa3 needs the FlashAttention-3 wheel ({WHEEL}, Linux x86-64, a CUDA 13 torch): "
@@ -73,7 +75,11 @@ class FlashAttention3(AttentionBackend):
 
     def prepare(self, device: torch.device) -> None:
         if not self.available(device):
-            log.warning("attention=fa3: FlashAttention-3 does not run on %s (sm90 + %s); using torch SDPA", device, WHEEL)
+            log.warning(
+                "attention=fa3: FlashAttention-3 does not run on %s (sm90 + %s); using torch SDPA",
+                device,
+                WHEEL,
+            )
 
     def serves(
         self,
@@ -85,17 +91,23 @@ class FlashAttention3(AttentionBackend):
     ) -> bool:
         """Whether this call is one FA3 takes: shapes, dtype and autograd only, no device probe."""
         head_dim = query.shape[-1]
-        training = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+        training = torch.is_grad_enabled() and (
+            query.requires_grad or key.requires_grad or value.requires_grad
+        )
         return (
             self_attention and mask is None and not training and query.dtype == torch.bfloat16
             and value.shape[-1] == head_dim and head_dim % 8 == 0 and head_dim <= MAX_HEAD_DIM
         )  # fmt: skip
 
-    def run(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float) -> torch.Tensor:
+    def run(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, scale: float
+    ) -> torch.Tensor:
         """(B, H, L, D) views in, (B, H, L, D) view out; the kernel reads (B, L, H, D) with any
         batch/row/head strides, so the transposes copy nothing."""
         forward = self._forward[device_key(query.device)]
-        out = forward(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), softmax_scale=scale)[0]
+        out = forward(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), softmax_scale=scale)[
+            0
+        ]
         return out.transpose(1, 2)
 
     def compute(self, query, key, value, *, mask, scale, self_attention):

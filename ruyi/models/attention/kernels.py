@@ -44,7 +44,9 @@ def chunked_attention(
         if mask is not None:
             part = mask if mask.shape[-2] == 1 else mask[..., start:stop, :]
         rows_q = query[..., start:stop, :]
-        out[..., start:stop, :] = F.scaled_dot_product_attention(rows_q, key, value, attn_mask=part, scale=scale)
+        out[..., start:stop, :] = F.scaled_dot_product_attention(
+            rows_q, key, value, attn_mask=part, scale=scale
+        )
     return out
 
 

@@ -48,7 +48,7 @@ def random_model(
     except ImportError:
         library_random_model = None
     if library_random_model is not None:
-        return library_random_model(cls, arch, dtype=dtype, device=device, seed=seed)
+        return library_random_model(cls, full_arch(cls, arch), dtype=dtype, device=device, seed=seed)
     with torch.device("meta"):
         model = cls(**full_arch(cls, arch))
     model = model.to_empty(device=device)

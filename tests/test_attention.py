@@ -23,7 +23,7 @@ from ruyi.models.attention import (
 from ruyi.models.attention import auto as auto_module
 from ruyi.models.attention import fa3 as fa3_module
 from ruyi.registry import ATTENTIONS
-from tests.tiny_models import block_inputs, tiny_transformer
+from tests.tiny_models import block_inputs, forward_inputs, tiny_transformer
 
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CPU_BACKENDS = ("auto", "sdpa", "math", "chunked")
@@ -186,6 +186,59 @@ def test_fa3_falls_back_to_sdpa_where_it_does_not_run():
     assert torch.allclose(out, naive(q, k, v), atol=1e-5)
 
 
+FA3_CALLS: list[tuple[int, ...]] = []
+
+
+@torch.library.custom_op("ruyi_test::fa3_like", mutates_args=())
+def fa3_like(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float) -> list[torch.Tensor]:
+    """The wheel's contract on the CPU: (B, L, heads, D) in, (output, log-sum-exp) out."""
+    FA3_CALLS.append(tuple(q.shape))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale
+    )
+    return [
+        out.transpose(1, 2).contiguous(),
+        q.new_zeros(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32),
+    ]
+
+
+@fa3_like.register_fake
+def _(q, k, v, softmax_scale):
+    return [
+        q.new_empty(*q.shape[:-1], v.shape[-1]),
+        q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32),
+    ]
+
+
+def cpu_fa3(pad_head_dim: int = 0) -> FlashAttention3:
+    """FA3 with the kernel above installed for the CPU, as ``available`` would for an sm90 GPU."""
+    backend = FlashAttention3(pad_head_dim=pad_head_dim)
+    backend._forward[("cpu", None)] = torch.ops.ruyi_test.fa3_like.default
+    return backend
+
+
+def test_fa3_glue_hands_the_kernel_its_layout_and_scale():
+    FA3_CALLS.clear()
+    q, k, v = _qkv(lq=24, lk=24, d=88, dtype=torch.bfloat16)
+    out = attention(q, k, v, backend=cpu_fa3(pad_head_dim=96), self_attention=True)
+    assert FA3_CALLS == [(2, 24, 3, 96)]  # (B, L, heads, padded D)
+    assert rel_l2(out, naive(q.float(), k.float(), v.float())) < 1e-2
+    attention(q, k, v, backend=cpu_fa3(), self_attention=False)  # cross-attention: SDPA
+    assert len(FA3_CALLS) == 1
+
+
+def test_a_block_with_fa3_traces_without_graph_breaks():
+    FA3_CALLS.clear()
+    model = tiny_transformer(head_dim=88, dtype=torch.bfloat16)
+    x, kwargs = block_inputs(model, frames=2)
+    set_attention_backend(model, cpu_fa3(pad_head_dim=96))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model.blocks[-1])(x, **kwargs)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert FA3_CALLS  # the self-attention went through the kernel
+
+
 def test_checks_fail_before_any_weight_loads():
     cpu32 = SimpleNamespace(device="cpu", dtype=torch.float32)
     for name in ("cudnn", "flash", "efficient", "fa3"):
@@ -269,14 +322,19 @@ GPU_BACKENDS = ["auto", "sdpa", "cudnn", "flash", "efficient", "fa3", "chunked"]
 def test_cuda_backends_match_eager_bf16(name, pad):
     """bf16 forward of a small model with head dim 88 per backend vs torch's SDPA: <= 1e-2 rel. L2."""
     model = tiny_transformer(head_dim=88, device="cuda", dtype=torch.bfloat16)
-    inputs = model_inputs_cuda(model)
+    args, kwargs = forward_inputs(model, frames=2, height=16, width=16, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        expected = model(*inputs[0], **inputs[1])
-        backend = ATTENTIONS.get(name)(pad_head_dim=pad)
-        backend.attach(model, device=torch.device("cuda"))
-        got = model(*inputs[0], **inputs[1])
-        backend.detach()
+        expected = run_with(SDPAAttention(), model, args, kwargs)
+        got = run_with(ATTENTIONS.get(name)(pad_head_dim=pad), model, args, kwargs)
     assert rel_l2(got, expected) <= 1e-2
+
+
+def run_with(backend: AttentionBackend, model, args, kwargs) -> torch.Tensor:
+    backend.attach(model, device=torch.device("cuda"))
+    try:
+        return model(*args, **kwargs)
+    finally:
+        backend.detach()
 
 
 @pytest.mark.gpu
@@ -298,17 +356,10 @@ def test_cuda_block_traces_without_graph_breaks_once_prepared():
 def test_cuda_auto_does_not_slice_when_only_cudnn_is_enabled(monkeypatch):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    calls = _spies(monkeypatch)
-    monkeypatch.undo()  # keep the real cuDNN kernel; spy on the slicing only
+    calls: list[str] = []  # the real cuDNN kernel runs; only the slicing is replaced by a spy
     monkeypatch.setattr(auto_module, "chunked_attention", lambda *a, **k: calls.append("chunked"))
     q, k, v = _qkv(lq=300, lk=300, d=64, device="cuda", dtype=torch.bfloat16)
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         backend = AutoAttention(max_score_bytes=1, use_fa3=False)
         out = attention(q, k, v, backend=backend)
     assert calls == [] and rel_l2(out, naive(q.float(), k.float(), v.float())) < 1e-2
-
-
-def model_inputs_cuda(model):
-    from tests.tiny_models import forward_inputs
-
-    return forward_inputs(model, frames=2, height=16, width=16, device="cuda", dtype=torch.bfloat16)

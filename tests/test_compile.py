@@ -10,6 +10,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from ruyi.compile import NoCompile, RegionalCompile, repeated_blocks
 from ruyi.errors import ConfigError
+from ruyi.models.attention import SDPAAttention
 from ruyi.registry import ATTENTIONS, COMPILES
 from tests.tiny_models import block_inputs, forward_inputs, tiny_transformer
 
@@ -101,7 +102,10 @@ def test_cuda_compile_matches_eager_bf16(attention, pad, mode):
     model = tiny_transformer(head_dim=88, device="cuda", dtype=torch.bfloat16)
     args, kwargs = forward_inputs(model, frames=2, height=16, width=16, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
+        reference = SDPAAttention()
+        reference.attach(model)
         expected = model(*args, **kwargs)
+        reference.detach()
         backend = ATTENTIONS.get(attention)(pad_head_dim=pad)
         backend.attach(model, device=torch.device("cuda"))
         torch._dynamo.reset()

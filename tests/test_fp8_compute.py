@@ -11,6 +11,7 @@ import torch
 from benchmarks.speed_setup import full_arch, load_preset
 from ruyi.compile import RegionalCompile
 from ruyi.errors import AcceleratorRequired, ConfigError
+from ruyi.models.attention import SDPAAttention
 from ruyi.models.transformer import RuyiTransformer3D
 from ruyi.offload import fp8_compute
 from ruyi.offload.fp8_compute import FP8Compute
@@ -104,6 +105,7 @@ def _fp8_ready() -> bool:
 def test_cuda_fp8_compute_stays_close_to_bf16():
     model = tiny_transformer(head_dim=88, device="cuda", dtype=torch.bfloat16)  # hidden 176, ff 768
     args, kwargs = forward_inputs(model, frames=2, height=16, width=16, device="cuda", dtype=torch.bfloat16)
+    SDPAAttention().attach(model)  # the same attention kernel on both sides
     with torch.no_grad():
         expected = model(*args, **kwargs)
         converted = FP8Compute().apply(model, torch.bfloat16)

@@ -82,7 +82,7 @@ def test_skip_offload_zero_is_off_and_negative_is_an_error(model):
     assert isinstance(model.skip_stack_factory(), CPUSkipStack)
     apply_skip_offload(model, 0)
     assert not isinstance(model.skip_stack_factory(), CPUSkipStack)
-    with pytest.raises(ValueError, match="group_size=-1"):
+    with pytest.raises(ValueError, match="skip_steps=-1"):
         apply_skip_offload(model, -1)
 
 

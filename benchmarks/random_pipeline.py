@@ -14,24 +14,12 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ruyi.components import parse_dtype
-from ruyi.models.image_encoder import CLIPImageEncoder, CLIPImageProcessor, restore_position_ids
-from ruyi.models.loading import build_empty
+from ruyi.models.image_encoder import random_image_encoder
+from ruyi.models.loading import random_model
 from ruyi.models.tiny import random_control_embeddings
 from ruyi.pipeline import RuyiPipeline
-
-
-@torch.no_grad()
-def materialize(model: torch.nn.Module, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """Give a meta-device model random N(0, 0.02) weights, created on ``device`` (fast on a GPU)."""
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            tensor.normal_(0.0, 0.02, generator=generator)
-    return model.to(dtype).eval().requires_grad_(False)
 
 
 def build_random_pipeline(cfg: DictConfig, init_device: torch.device, home: str) -> RuyiPipeline:
@@ -39,16 +27,10 @@ def build_random_pipeline(cfg: DictConfig, init_device: torch.device, home: str)
     and left on ``home`` (``cpu`` for offload strategies, which then stream them)."""
     dtype = parse_dtype(cfg.dtype)
     arch: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)
-    transformer_cls = get_class(cfg.transformer._target_)
-    vae_cls = get_class(cfg.vae._target_)
-    transformer = materialize(build_empty(transformer_cls, arch["transformer_arch"]), dtype, init_device).to(home)
-    vae = materialize(build_empty(vae_cls, arch.get("vae_arch") or {}), dtype, init_device, 1).to(home)
-    with torch.device("meta"):
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch["image_encoder_arch"]))
-    vision = materialize(vision, dtype, init_device, 2)
-    restore_position_ids(vision)
-    vision = vision.to(home)
-    encoder = CLIPImageEncoder(vision=vision, processor=CLIPImageProcessor(**arch["image_processor"]))
+    made = {"dtype": dtype, "device": init_device}
+    transformer = random_model(get_class(cfg.transformer._target_), arch["transformer_arch"], **made).to(home)
+    vae = random_model(get_class(cfg.vae._target_), arch.get("vae_arch") or {}, seed=1, **made).to(home)
+    encoder = random_image_encoder(arch["image_encoder_arch"], arch["image_processor"], seed=2, **made).to(home)
     folder = Path(tempfile.mkdtemp(prefix="ruyi-random-"))
     save_file(random_control_embeddings(arch["transformer_arch"], torch.Generator().manual_seed(3)), str(folder / "embeddings.safetensors"))
     return RuyiPipeline(

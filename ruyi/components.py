@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ruyi.models.loading import load_component, read_config
+from ruyi.models.loading import load_model, read_config
 from ruyi.registry import ALL_REGISTRIES, IMAGE_ENCODERS, OFFLOADS, PRECISIONS, SAMPLERS, TRANSFORMERS, VAES, Registry
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,6 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return DTYPES[str(dtype)]
     except KeyError:
         raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}") from None
-
-
-def load_model(cls: type, root: str | Path, *, dtype: torch.dtype | None = None, subfolder: str | None = None):
-    """Load model class ``cls`` from ``root/<subfolder>`` (the class's own ``subfolder`` by default)."""
-    folder = Path(root) / (subfolder or cls.subfolder)
-    custom = getattr(cls, "from_pretrained", None)
-    if custom is not None:
-        return custom(folder, dtype=dtype)
-    return load_component(cls, folder, config_overrides=getattr(cls, "config_overrides", None), dtype=dtype)
 
 
 def build_models(root: str | Path, *, dtype: torch.dtype | None = None, names: dict[str, str] | None = None):

@@ -1,6 +1,6 @@
 """Memory strategies. They attach to a pipeline from outside (hooks) and can be removed again."""
 
-from ruyi.offload.base import OffloadStrategy, resolve_device
+from ruyi.offload.base import OffloadStrategy
 from ruyi.offload.fp8_compute import FP8Compute
 from ruyi.offload.group import GroupOffload
 from ruyi.offload.model import ModelOffload
@@ -20,5 +20,4 @@ __all__ = [
     "PipelineDtype",
     "SequentialOffload",
     "WeightPrecision",
-    "resolve_device",
 ]

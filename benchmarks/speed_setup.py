@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from ruyi.models.loading import random_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
 from ruyi.models.vae import MagvitVAE3D
 
@@ -38,37 +39,9 @@ def full_arch(cls: type, arch: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **{k: v for k, v in arch.items() if k in params and k != "self"}}
 
 
-@torch.no_grad()
-def random_model(
-    cls: type, arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0
-):
-    """``cls(**arch)`` with N(0, 0.02) weights created directly on ``device`` from a meta build."""
-    try:  # the library's own helper, once ruyi.models.loading provides it
-        from ruyi.models.loading import random_model as library_random_model
-    except ImportError:
-        library_random_model = None
-    if library_random_model is not None:
-        return library_random_model(cls, full_arch(cls, arch), dtype=dtype, device=device, seed=seed)
-    with torch.device("meta"):
-        model = cls(**full_arch(cls, arch))
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.is_floating_point():
-            tensor.normal_(0.0, 0.02, generator=generator)
-    return model.to(dtype).eval().requires_grad_(False)
-
-
-def random_transformer(
-    arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0
-):
-    return random_model(
-        RuyiTransformer3D,
-        {**arch, **RuyiTransformer3D.config_overrides},
-        dtype=dtype,
-        device=device,
-        seed=seed,
-    )
+def random_transformer(arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0):
+    """The transformer at ``arch``'s shape with N(0, 0.02) weights made on ``device``."""
+    return random_model(RuyiTransformer3D, arch, dtype=dtype, device=device, seed=seed)
 
 
 def random_vae(arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 1):

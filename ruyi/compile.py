@@ -44,9 +44,10 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 class NoCompile:
     """Eager execution (the default)."""
 
+    stage: ClassVar[str] = "compile"
     compiles: ClassVar[bool] = False
 
-    def check(self, spec: Any) -> None:
+    def check(self, plan: Any) -> None:
         pass
 
     def apply(self, pipe: Any) -> None:
@@ -68,6 +69,7 @@ class RegionalCompile:
     separately by ``benchmarks/speed.py --vae``).
     """
 
+    stage: ClassVar[str] = "compile"
     compiles: ClassVar[bool] = True
 
     def __init__(
@@ -95,8 +97,15 @@ class RegionalCompile:
             f"backend={self.backend}, vae={self.vae})"
         )
 
-    def check(self, spec: Any) -> None:
-        pass  # every option was validated in __init__; devices without a compiler fail at first call
+    def check(self, plan: Any) -> None:
+        """Options were validated in ``__init__``. A strategy that moves a block's weights inside its
+        forward (``loads_per_block``: group/sequential offload) breaks the block's graph, which
+        ``fullgraph`` forbids."""
+        if self.fullgraph and plan.has("loads_per_block"):
+            raise ConfigError(
+                f"compile.fullgraph=true cannot trace blocks whose weights offload={plan.spec.offload.name} "
+                "moves inside their forward; use compile.fullgraph=false or offload=none/model"
+            )
 
     def apply(self, pipe: Any) -> None:
         self.compile_blocks(pipe.transformer, device=getattr(pipe, "execution_device", None))

@@ -23,7 +23,7 @@ from ruyi.models.attention import (
 from ruyi.models.attention import auto as auto_module
 from ruyi.models.attention import fa3 as fa3_module
 from ruyi.registry import ATTENTIONS
-from tests.tiny_models import block_inputs, forward_inputs, tiny_transformer
+from tests.tiny_models import block_inputs, forward_inputs, pretend_hopper, tiny_transformer, validate
 
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CPU_BACKENDS = ("auto", "sdpa", "math", "chunked")
@@ -240,28 +240,33 @@ def test_a_block_with_fa3_traces_without_graph_breaks():
 
 
 def test_checks_fail_before_any_weight_loads():
-    cpu32 = SimpleNamespace(device="cpu", dtype=torch.float32)
     for name in ("cudnn", "flash", "efficient", "fa3"):
         with pytest.raises(AcceleratorRequired, match=f"attention={name} runs only on a CUDA GPU"):
-            ATTENTIONS.get(name)().check(cpu32)
+            validate(device="cpu", strategies={"attention": name})
     for name in CPU_BACKENDS:
-        ATTENTIONS.get(name)().check(cpu32)
-    with pytest.raises(ConfigError, match="needs dtype bfloat16 or float16"):
-        ATTENTIONS.get("flash")().check(SimpleNamespace(device="cuda", dtype="float32"))
-    with pytest.raises(ConfigError, match="bfloat16 only"):
-        FlashAttention3().check(SimpleNamespace(device="cuda", dtype=torch.float16))
+        plan = validate(device="cpu", strategies={"attention": (name, {"pad_head_dim": 96})})
+        assert [type(s) for s in plan.strategies] == [ATTENTIONS.get(name)]
     with pytest.raises(ConfigError, match="pad_head_dim=-1"):
-        SDPAAttention(pad_head_dim=-1)
+        validate(device="cpu", strategies={"attention": ("sdpa", {"pad_head_dim": -1})})
     with pytest.raises(ConfigError, match="max_score_bytes=0"):
         ChunkedAttention(max_score_bytes=0)
+
+
+def test_cuda_kernels_check_the_dtype(monkeypatch):
+    pretend_hopper(monkeypatch)
+    with pytest.raises(ConfigError, match="needs dtype bfloat16 or float16"):
+        validate(device="cuda", dtype="float32", strategies={"attention": "flash"})
+    with pytest.raises(ConfigError, match="bfloat16 only"):
+        validate(device="cuda", dtype="float16", strategies={"attention": "fa3"})
 
 
 @pytest.mark.skipif(
     fa3_module.load_forward() is not None, reason="the FlashAttention-3 wheel is installed here"
 )
-def test_fa3_without_the_wheel_names_the_extra():
+def test_fa3_without_the_wheel_names_the_extra(monkeypatch):
+    pretend_hopper(monkeypatch)
     with pytest.raises(ConfigError, match=r"pip install 'ruyi\[hopper\]'"):
-        FlashAttention3().check(SimpleNamespace(device="cuda", dtype=torch.bfloat16))
+        validate(device="cuda", dtype="bf16", strategies={"attention": "fa3"})
 
 
 class Recorder(AttentionBackend):

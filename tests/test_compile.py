@@ -12,7 +12,7 @@ from ruyi.compile import NoCompile, RegionalCompile, repeated_blocks
 from ruyi.errors import ConfigError
 from ruyi.models.attention import SDPAAttention
 from ruyi.registry import ATTENTIONS, COMPILES
-from tests.tiny_models import block_inputs, forward_inputs, tiny_transformer
+from tests.tiny_models import block_inputs, forward_inputs, pretend_hopper, tiny_transformer, validate
 
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -88,7 +88,17 @@ def test_options_are_checked_when_built():
     with pytest.raises(ConfigError, match="compile.dynamic"):
         RegionalCompile(dynamic="yes")
     assert COMPILES.get("none") is NoCompile and not NoCompile.compiles and RegionalCompile.compiles
-    RegionalCompile(mode="max-autotune-no-cudagraphs").check(SimpleNamespace(device="cpu"))
+    plan = validate(device="cpu", strategies={"compile": ("regional", {"mode": "max-autotune-no-cudagraphs"})})
+    assert plan.has("compiles") and plan.strategies[0].mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(ConfigError, match="compile.mode='fast'"):
+        validate(device="cpu", strategies={"compile": ("regional", {"mode": "fast"})})
+
+
+def test_fullgraph_refuses_offload_inside_block_forwards(monkeypatch):
+    pretend_hopper(monkeypatch)
+    with pytest.raises(ConfigError, match="compile.fullgraph=true cannot trace blocks whose weights offload=group"):
+        validate(device="cuda", offload="group", strategies={"compile": ("regional", {"fullgraph": True})})
+    validate(device="cuda", offload="group", strategies={"compile": "regional"})
 
 
 @pytest.mark.gpu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,18 +15,19 @@ from ruyi.models.transformer import RuyiTransformer3D
 from ruyi.offload import fp8_compute
 from ruyi.offload.fp8_compute import FP8Compute
 from ruyi.registry import PRECISIONS
-from tests.tiny_models import forward_inputs, tiny_transformer
+from tests.tiny_models import forward_inputs, pretend_hopper, tiny_transformer, validate
 
 
-def spec(**changes):
-    return SimpleNamespace(**{"device": "cuda", "dtype": torch.bfloat16, "compile": "regional", **changes})
+def plan(**changes):
+    """The real assembly's checks for fp8_compute with compile=regional on a CUDA bf16 pipeline."""
+    options = {"device": "cuda", "dtype": "bf16", "precision": "fp8_compute", "strategies": {"compile": "regional"}}
+    return validate(**{**options, **changes})
 
 
 @pytest.fixture
 def hopper(monkeypatch):
-    """A CUDA sm90 machine, as far as the checks can tell."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    pretend_hopper(monkeypatch)
+    monkeypatch.setattr(fp8_compute, "torchao_installed", lambda: True)
 
 
 def test_registered_with_its_yaml_name():
@@ -36,30 +36,28 @@ def test_registered_with_its_yaml_name():
 
 def test_needs_a_cuda_gpu():
     with pytest.raises(AcceleratorRequired, match="needs a CUDA GPU of compute capability 8.9"):
-        FP8Compute().check(spec(device="cpu"))
+        plan(device="cpu")
 
 
 def test_needs_compute_capability_8_9(monkeypatch, hopper):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(AcceleratorRequired, match="has 8.0"):
-        FP8Compute().check(spec())
+        plan()
 
 
-def test_needs_compile_and_bfloat16(hopper, monkeypatch):
-    monkeypatch.setattr(fp8_compute, "torchao_installed", lambda: True)
-    for off in ("none", None, SimpleNamespace(compiles=False)):
+def test_needs_compile_and_bfloat16(hopper):
+    for off in ({}, {"compile": "none"}, {"attention": "sdpa"}):
         with pytest.raises(ConfigError, match="needs compile=regional"):
-            FP8Compute().check(spec(compile=off))
+            plan(strategies=off)
     with pytest.raises(ConfigError, match="set dtype=bfloat16"):
-        FP8Compute().check(spec(dtype=torch.float16))
-    FP8Compute().check(spec())  # a registry name ...
-    FP8Compute().check(spec(compile=RegionalCompile()))  # ... or the strategy itself
+        plan(dtype="float16")
+    assert isinstance(plan().precision, FP8Compute)
 
 
 def test_names_the_extra_without_torchao(hopper, monkeypatch):
     monkeypatch.setattr(fp8_compute, "torchao_installed", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'ruyi\[hopper\]'"):
-        FP8Compute().check(spec())
+        plan()
 
 
 def test_bad_granularity_is_a_config_error():

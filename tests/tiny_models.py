@@ -1,8 +1,10 @@
 """Random-weight tiny transformers (the ``ruyi_tiny`` preset's widths) and their inputs, without the
-parity fixture, so that speed tests also run on a GPU machine that has only the repository."""
+parity fixture, so that speed tests also run on a GPU machine that has only the repository; and
+plans validated by the real assembly."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,14 +31,14 @@ def tiny_transformer(
     model = random_transformer(
         tiny_arch(head_dim=head_dim, heads=heads), dtype=dtype, device=device, seed=seed
     )
-    model.arch = tiny_arch(head_dim=head_dim, heads=heads)  # for the input helpers below
+    model.test_arch = tiny_arch(head_dim=head_dim, heads=heads)  # for the input helpers below
     return model
 
 
 def forward_inputs(model, *, frames: int, height: int, width: int, device: str = "cpu", dtype=torch.float32):
     """(args, kwargs) of a forward over ``frames`` latent frames of ``height`` x ``width`` latents."""
     return preset_forward_inputs(
-        model.arch, latent_frames=frames, latent_height=height, latent_width=width, device=device, dtype=dtype
+        model.test_arch, latent_frames=frames, latent_height=height, latent_width=width, device=device, dtype=dtype
     )
 
 
@@ -44,7 +46,7 @@ def block_inputs(model, *, frames: int, height: int = 8, width: int = 8, seed: i
     """(tokens, kwargs) of one block call, a long-skip input included (second-half blocks use it)."""
     g = torch.Generator().manual_seed(seed)
     param = next(model.parameters())
-    arch = model.arch
+    arch = model.test_arch
     tokens = frames * (height // 2) * (width // 2)
     dim, context = arch["hidden_size"], arch["cross_attention_dim"]
 
@@ -60,3 +62,19 @@ def block_inputs(model, *, frames: int, height: int = 8, width: int = 8, seed: i
         skip=randn(2, tokens, dim),
     )  # fmt: skip
     return randn(2, tokens, dim), kwargs
+
+
+NOWHERE = Path("/nonexistent/checkpoint")  # a check that ran after loading would fail on this path instead
+
+
+def validate(**options: Any):
+    """``PipelineSpec.from_names(NOWHERE, **options).validate()``: every check, no weights."""
+    from ruyi.assembly import PipelineSpec
+
+    return PipelineSpec.from_names(NOWHERE, **options).validate()
+
+
+def pretend_hopper(monkeypatch) -> None:
+    """A CUDA sm90 machine, as far as checks that run before any weight loads can tell."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

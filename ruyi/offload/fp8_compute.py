@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 import torch
 
 from ruyi.errors import AcceleratorRequired, ConfigError
-from ruyi.models.attention.backends import spec_device, spec_dtype
 from ruyi.offload.precision import WeightPrecision
-from ruyi.registry import COMPILES, PRECISIONS
+from ruyi.registry import PRECISIONS
 
 GRANULARITIES = ("row", "tensor")
 MIN_CAPABILITY = (8, 9)
@@ -47,10 +46,10 @@ class FP8Compute(WeightPrecision):
     def __repr__(self) -> str:
         return f"FP8Compute(granularity={self.granularity})"
 
-    def check(self, spec: Any) -> None:
-        """``spec.device``, ``spec.dtype`` and ``spec.compile`` (a registry name or a compile
-        strategy) allow FP8 compute; torchao is importable."""
-        device = spec_device(spec)
+    def check(self, plan: Any) -> None:
+        """The plan's device, dtype and strategies allow FP8 compute (a strategy that declares
+        ``compiles = True``), and torchao is importable."""
+        device = plan.device
         if device.type != "cuda" or not torch.cuda.is_available():
             raise AcceleratorRequired(
                 f"precision=fp8_compute needs a CUDA GPU of compute capability 8.9+ (Ada, Hopper), "
@@ -62,16 +61,13 @@ class FP8Compute(WeightPrecision):
                 f"precision=fp8_compute needs compute capability 8.9+ (Ada, Hopper); {device} has "
                 f"{capability[0]}.{capability[1]}; use precision=fp8_lite (FP8 storage, bf16 compute)"
             )
-        if not _compiles(getattr(spec, "compile", None)):
+        if not plan.has("compiles"):
             raise ConfigError(
                 "precision=fp8_compute needs compile=regional: eager FP8 quantises each activation in a "
                 "separate kernel and is slower than bf16"
             )
-        dtype = spec_dtype(spec)
-        if dtype is not None and dtype != torch.bfloat16:
-            raise ConfigError(
-                f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {dtype})"
-            )
+        if plan.dtype != torch.bfloat16:
+            raise ConfigError(f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {plan.dtype})")
         if not torchao_installed():
             raise ConfigError("precision=fp8_compute needs torchao: pip install 'ruyi[hopper]'")
 
@@ -105,12 +101,3 @@ class FP8Compute(WeightPrecision):
 
 def torchao_installed() -> bool:
     return importlib.util.find_spec("torchao") is not None
-
-
-def _compiles(choice: Any) -> bool:
-    """Whether a spec's compile choice compiles: a strategy's ``compiles`` fact, or its registry name's."""
-    if choice is None:
-        return False
-    if isinstance(choice, str):
-        choice = COMPILES.get(choice)
-    return bool(getattr(choice, "compiles", False))

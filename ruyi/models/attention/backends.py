@@ -40,10 +40,11 @@ class AttentionBackend:
     """Base of the registered backends. ``pad_head_dim=N`` zero-pads the head dim up to a multiple
     of N before the kernel (96 or 128 for Ruyi's 88; the output is the same, see ``kernels.py``).
 
-    Class facts read by ``check``: ``needs_cuda`` (the kernel exists only on CUDA) and
-    ``half_only`` (fp16/bf16 inputs only).
+    Class facts: ``stage`` (where the assembly attaches it: after offload, before compile),
+    ``needs_cuda`` (the kernel exists only on CUDA) and ``half_only`` (fp16/bf16 inputs only).
     """
 
+    stage: ClassVar[str] = "attention"
     needs_cuda: ClassVar[bool] = False
     half_only: ClassVar[bool] = False
 
@@ -64,16 +65,15 @@ class AttentionBackend:
         return f"{type(self).__name__}(pad_head_dim={self.pad_head_dim})"
 
     # -- strategy ------------------------------------------------------------------------------
-    def check(self, spec: Any) -> None:
-        """Before any weight loads: ``spec.device`` and ``spec.dtype`` fit this kernel."""
-        device = spec_device(spec)
-        if self.needs_cuda and device.type != "cuda":
+    def check(self, plan: Any) -> None:
+        """Before any weight loads: the plan's ``device`` and ``dtype`` fit this kernel."""
+        if self.needs_cuda and plan.device.type != "cuda":
             raise AcceleratorRequired(
-                f"attention={self.name} runs only on a CUDA GPU, but the device is {device}; "
+                f"attention={self.name} runs only on a CUDA GPU, but the device is {plan.device}; "
                 "use attention=auto (or sdpa/chunked) on this machine"
             )
-        dtype = spec_dtype(spec)
-        if self.half_only and dtype is not None and dtype not in HALF:
+        dtype = plan.dtype
+        if self.half_only and dtype not in HALF:
             raise ConfigError(
                 f"attention={self.name} needs dtype bfloat16 or float16, got {dtype}; "
                 "use attention=auto or sdpa for float32"
@@ -113,24 +113,6 @@ class AttentionBackend:
     ) -> torch.Tensor:
         """(B, heads, Lq, D), (B, heads, Lk, D), (B, heads, Lk, Dv) -> (B, heads, Lq, Dv), already padded."""
         raise NotImplementedError
-
-
-def spec_device(spec: Any) -> torch.device:
-    """``spec.device`` as a torch device (``auto``: CUDA when there is one)."""
-    device = str(getattr(spec, "device", "cpu"))
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def spec_dtype(spec: Any) -> torch.dtype | None:
-    """``spec.dtype`` (a torch dtype or a name such as ``bfloat16``/``bf16``), None when absent."""
-    dtype = getattr(spec, "dtype", None)
-    if isinstance(dtype, str):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(dtype) or getattr(
-            torch, dtype, None
-        )
-    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def set_attention_backend(

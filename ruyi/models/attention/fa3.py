@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ruyi.errors import ConfigError
-from ruyi.models.attention.backends import AttentionBackend, DeviceKey, SDPAAttention, device_key, spec_dtype
+from ruyi.models.attention.backends import AttentionBackend, DeviceKey, SDPAAttention, device_key
 from ruyi.registry import ATTENTIONS
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,10 @@ class FlashAttention3(AttentionBackend):
         self.fallback = SDPAAttention()
         self._forward: dict[DeviceKey, Any | None] = {}
 
-    def check(self, spec: Any) -> None:
-        super().check(spec)
-        dtype = spec_dtype(spec)
-        if dtype is not None and dtype != torch.bfloat16:
-            raise ConfigError(
-                f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {dtype}"
-            )
+    def check(self, plan: Any) -> None:
+        super().check(plan)
+        if plan.dtype != torch.bfloat16:
+            raise ConfigError(f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {plan.dtype}")
         if load_forward() is None:
             raise ConfigError(
                 f"attention=fa3 needs the FlashAttention-3 wheel ({WHEEL}, Linux x86-64, a CUDA 13 torch): "

@@ -5,7 +5,9 @@
         [--attention-options sdpa,cudnn+pad128,fa3+pad96] [--max-seconds 330] [--tiny]
 
 Prints markdown tables as it goes and, when ``$OUT`` is set (or ``--json PATH``), rewrites a JSON
-file after every row, so a run cut short keeps what it measured.
+file after every row, so a run cut short keeps what it measured. ``--max-seconds`` skips (and
+records as skipped) every row that would end past that budget, estimated from the shape's eager
+forward plus a compile warm-up.
 
 1. The bf16 matmul peak of this GPU, measured (8192³ products), which sets the FLOP floor.
 2. One self-attention call of the largest shape, per backend: ms, TFLOP/s, rel. L2 vs the first.
@@ -16,8 +18,9 @@ file after every row, so a run cut short keeps what it measured.
    counted) and rel. L2 vs the eager bf16 output. Options are ``+``-joined tokens
    (``benchmarks/speed_setup.py``): an attention backend (auto, sdpa, cudnn, flash, efficient,
    math, chunked, fa3), ``padN``, ``compile`` / ``compile@MODE``, ``dynamic``, ``fp8``.
-4. The VAE decode of the largest shape, untiled and in 512 px tiles: eager, ``compile`` (the
-   decoder, per mini-batch) and ``channels_last`` (channels-last 3D + cudnn.benchmark).
+4. The VAE decode of the largest shape (or ``--vae-shape``), untiled and in 512 px tiles: eager,
+   ``compile`` (the decoder, per mini-batch) and ``channels_last`` (channels-last 3D +
+   cudnn.benchmark).
 
 ``--tiny`` runs everything on the CPU with the tiny preset (the test does).
 """
@@ -59,6 +62,9 @@ GIB = 1024**3
 SHAPES = "512x24,512x120,768x48,768x120"
 OPTIONS = "eager,auto,cudnn+pad128,fa3,fa3+pad96,compile,compile+fa3+pad96,compile+fa3+pad96+fp8"
 ATTENTION_OPTIONS = "sdpa,cudnn,cudnn+pad128,flash,efficient,fa3,fa3+pad96"
+# rough costs for --max-seconds: a regional compile of the blocks (H100/H200, inductor default
+# mode), and the FP8 copy of the 7B; a VAE decode before the first one is measured
+COMPILE_WARMUP_S, FP8_SETUP_S, VAE_FIRST_GUESS_S = 60.0, 20.0, 8.0
 ROW_FORMATS = {
     "first_s": ".2f",
     "s": ".3f",
@@ -97,12 +103,20 @@ class Report:
         self.row(section, [*cells, f"failed: {message}"], {**record, "error": str(err)})
 
     def skipped(
-        self, section: str, cells: list[str], record: dict[str, Any], args: argparse.Namespace
+        self,
+        section: str,
+        cells: list[str],
+        record: dict[str, Any],
+        args: argparse.Namespace,
+        estimate_s: float = 0,
     ) -> bool:
-        """Whether the time budget is spent (then the row is recorded as skipped)."""
-        if args.max_seconds <= 0 or self.elapsed() <= args.max_seconds:
+        """Whether the row, expected to take ``estimate_s``, would end past ``--max-seconds`` (then
+        it is recorded as skipped, and the run goes on with rows that still fit)."""
+        if args.max_seconds <= 0 or self.elapsed() + estimate_s <= args.max_seconds:
             return False
-        self.row(section, [*cells, "skipped: time budget"], {**record, "skipped": True})
+        self.row(
+            section, [*cells, f"skipped: time budget (~{estimate_s:.0f} s)"], {**record, "skipped": True}
+        )
         return True
 
     def elapsed(self) -> float:
@@ -255,7 +269,10 @@ def transformer_section(report, args, device, dtype, clock, peak: float, arch: d
         for option in options:
             record: dict[str, Any] = {"shape": text, "tokens": tokens, "option": option.name}
             cells = [text, str(tokens), option.name]
-            if report.skipped("transformer", cells, record, args):
+            # forwards at about the eager time, plus a compile warm-up / an FP8 copy of the model
+            estimate = (args.warmup + args.repeat) * reference_s + COMPILE_WARMUP_S * option.compile
+            estimate += FP8_SETUP_S * (option.fp8 and fp8_model is None)
+            if report.skipped("transformer", cells, record, args, estimate):
                 continue
             try:
                 if option.fp8 and fp8_model is None:
@@ -299,7 +316,7 @@ def vae_section(report, args, device, dtype, clock, preset: dict[str, Any]) -> N
         return
     from ruyi.compile import RegionalCompile
 
-    side, frames = largest_shape(args.shapes)
+    side, frames = parse_shape(args.vae_shape) if args.vae_shape else largest_shape(args.shapes)
     grid = latent_grid(side, frames)
     vae = random_vae(preset.get("vae_arch") or {}, dtype=dtype, device=device)
     shape = (1, vae.latent_channels, grid["latent_frames"], grid["latent_height"], grid["latent_width"])
@@ -308,15 +325,18 @@ def vae_section(report, args, device, dtype, clock, preset: dict[str, Any]) -> N
     )
     columns = ["tiling", "variant", "first s", "s", "peak GiB", "rel. L2 vs eager"]
     report.table(f"VAE decode {side}² x {frames} (latents {shape})", columns)
+    vae_s = 0.0 if args.tiny else VAE_FIRST_GUESS_S
     for tiling in tilings:
-        if tiling == "untiled":
-            vae.disable_tiling()
-        else:
-            vae.enable_tiling(tile_sample_size=int(tiling.removeprefix("tiled")), tile_overlap=96)
+        try:
+            set_tiling(vae, tiling)
+        except ValueError as err:  # a tile size that does not fit this VAE
+            report.failed("vae", [tiling, ""], {"tiling": tiling}, err)
+            continue
         reference = None
         for variant in variants:
             record = {"tiling": tiling, "variant": variant}
-            if report.skipped("vae", [tiling, variant], record, args):
+            estimate = (1 + max(1, args.repeat - 1)) * vae_s + COMPILE_WARMUP_S * (variant == "compile")
+            if report.skipped("vae", [tiling, variant], record, args, estimate):
                 continue
             compiler, x, benchmark_flag = None, latents, torch.backends.cudnn.benchmark
             if variant == "compile":
@@ -342,6 +362,7 @@ def vae_section(report, args, device, dtype, clock, preset: dict[str, Any]) -> N
                 torch.backends.cudnn.benchmark = benchmark_flag
             out = result.pop("out")
             reference = out if reference is None else reference
+            vae_s = result["s"] if variant != "compile" else vae_s
             record.update(
                 first_s=result["first_s"],
                 s=result["s"],
@@ -358,6 +379,15 @@ def vae_section(report, args, device, dtype, clock, preset: dict[str, Any]) -> N
     vae.disable_tiling()
 
 
+def set_tiling(vae: torch.nn.Module, tiling: str) -> None:
+    """``untiled``, or ``tiledSIZE[:OVERLAP]`` in pixels (overlap 96 by default)."""
+    if tiling == "untiled":
+        vae.disable_tiling()
+        return
+    size, _, overlap = tiling.removeprefix("tiled").partition(":")
+    vae.enable_tiling(tile_sample_size=int(size), tile_overlap=int(overlap or 96))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny preset on the CPU (tests)")
@@ -366,8 +396,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--attention-options", help=f"attention call options (default {ATTENTION_OPTIONS}; '' = skip)"
     )
-    parser.add_argument("--vae", default=None, help="VAE tilings: untiled,tiled512 (default; '' = skip)")
+    parser.add_argument(
+        "--vae",
+        default=None,
+        help="VAE tilings: untiled,tiledSIZE[:OVERLAP] (default untiled,tiled512; '' = skip)",
+    )
     parser.add_argument("--vae-options", default="eager,compile,channels_last")
+    parser.add_argument(
+        "--vae-shape", default=None, help="SIDExFRAMES of the VAE decode (default: the largest shape)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="timed forwards per row (median)")
     parser.add_argument(
         "--warmup", type=int, default=1, help="forwards before timing (the first one is reported)"

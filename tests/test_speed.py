@@ -58,19 +58,30 @@ def test_a_tiny_run_prints_every_section_and_writes_json(tmp_path, capsys):
     path = tmp_path / "speed.json"
     data = speed.main([
         "--tiny", "--shapes", "32x8", "--options", "eager,chunked+pad96,math", "--attention-options", "sdpa,chunked",
-        "--vae", "untiled", "--vae-options", "eager", "--repeat", "1", "--json", str(path),
+        "--vae", "untiled,tiled16:8,tiled8", "--vae-options", "eager", "--repeat", "1", "--json", str(path),
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert "### transformer forward" in printed and "### VAE decode 32² x 8" in printed
     assert json.loads(path.read_text()) == json.loads(json.dumps(data, default=str))
-    rows = {(r["section"], r.get("option") or r.get("variant")): r for r in data["rows"]}
+    rows = {(r["section"], r["option"]): r for r in data["rows"] if r["section"] != "vae"}
     assert set(rows) == {
-        ("attention", "sdpa"), ("attention", "chunked"), ("transformer", "eager"),
-        ("transformer", "chunked+pad96"), ("transformer", "math"), ("vae", "eager"),
+        ("attention", "sdpa"), ("attention", "chunked"), ("transformer", "eager"), ("transformer", "chunked+pad96"),
+        ("transformer", "math"),
     }  # fmt: skip
     for row in rows.values():
         assert "error" not in row, row
         assert row["rel_l2"] < 1e-5  # float32 on the CPU: every option computes the same function
+    vae = [(r["tiling"], r.get("variant"), "error" in r) for r in data["rows"] if r["section"] == "vae"]
+    assert vae == [("untiled", "eager", False), ("tiled16:8", "eager", False), ("tiled8", None, True)]
     eager = rows[("transformer", "eager")]
     assert eager["floor_s"] > 0 and eager["s"] > 0 and eager["tokens"] == 2 * 2 * 2
     assert eager["x_floor"] == pytest.approx(eager["s"] / eager["floor_s"])
+
+
+def test_rows_past_the_time_budget_are_recorded_as_skipped(capsys):
+    data = speed.main([
+        "--tiny", "--shapes", "32x8", "--options", "eager", "--attention-options", "sdpa", "--vae", "",
+        "--max-seconds", "1e-9",
+    ])  # fmt: skip
+    assert [(r["section"], r.get("skipped")) for r in data["rows"]] == [("attention", True), ("transformer", True)]
+    assert "skipped: time budget" in capsys.readouterr().out

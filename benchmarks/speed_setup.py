@@ -39,7 +39,9 @@ def full_arch(cls: type, arch: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **{k: v for k, v in arch.items() if k in params and k != "self"}}
 
 
-def random_transformer(arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0):
+def random_transformer(
+    arch: dict[str, Any], *, dtype: torch.dtype, device: str | torch.device, seed: int = 0
+):
     """The transformer at ``arch``'s shape with N(0, 0.02) weights made on ``device``."""
     return random_model(RuyiTransformer3D, arch, dtype=dtype, device=device, seed=seed)
 

@@ -88,7 +88,9 @@ def test_options_are_checked_when_built():
     with pytest.raises(ConfigError, match="compile.dynamic"):
         RegionalCompile(dynamic="yes")
     assert COMPILES.get("none") is NoCompile and not NoCompile.compiles and RegionalCompile.compiles
-    plan = validate(device="cpu", strategies={"compile": ("regional", {"mode": "max-autotune-no-cudagraphs"})})
+    plan = validate(
+        device="cpu", strategies={"compile": ("regional", {"mode": "max-autotune-no-cudagraphs"})}
+    )
     assert plan.has("compiles") and plan.strategies[0].mode == "max-autotune-no-cudagraphs"
     with pytest.raises(ConfigError, match="compile.mode='fast'"):
         validate(device="cpu", strategies={"compile": ("regional", {"mode": "fast"})})
@@ -96,7 +98,9 @@ def test_options_are_checked_when_built():
 
 def test_fullgraph_refuses_offload_inside_block_forwards(monkeypatch):
     pretend_hopper(monkeypatch)
-    with pytest.raises(ConfigError, match="compile.fullgraph=true cannot trace blocks whose weights offload=group"):
+    with pytest.raises(
+        ConfigError, match="compile.fullgraph=true cannot trace blocks whose weights offload=group"
+    ):
         validate(device="cuda", offload="group", strategies={"compile": ("regional", {"fullgraph": True})})
     validate(device="cuda", offload="group", strategies={"compile": "regional"})
 

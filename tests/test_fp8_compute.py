@@ -20,7 +20,12 @@ from tests.tiny_models import forward_inputs, pretend_hopper, tiny_transformer, 
 
 def plan(**changes):
     """The real assembly's checks for fp8_compute with compile=regional on a CUDA bf16 pipeline."""
-    options = {"device": "cuda", "dtype": "bf16", "precision": "fp8_compute", "strategies": {"compile": "regional"}}
+    options = {
+        "device": "cuda",
+        "dtype": "bf16",
+        "precision": "fp8_compute",
+        "strategies": {"compile": "regional"},
+    }
     return validate(**{**options, **changes})
 
 

@@ -57,16 +57,17 @@ def test_option_grammar():
 def test_a_tiny_run_prints_every_section_and_writes_json(tmp_path, capsys):
     path = tmp_path / "speed.json"
     data = speed.main([
-        "--tiny", "--shapes", "32x8", "--options", "eager,chunked+pad96,math", "--attention-options", "sdpa,chunked",
-        "--vae", "untiled,tiled16:8,tiled8", "--vae-options", "eager", "--repeat", "1", "--json", str(path),
+        "--tiny", "--shapes", "32x8", "--options", "eager,chunked+pad96,math",
+        "--attention-options", "sdpa,chunked", "--vae", "untiled,tiled16:8,tiled8", "--vae-options", "eager",
+        "--repeat", "1", "--json", str(path),
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert "### transformer forward" in printed and "### VAE decode 32² x 8" in printed
     assert json.loads(path.read_text()) == json.loads(json.dumps(data, default=str))
     rows = {(r["section"], r["option"]): r for r in data["rows"] if r["section"] != "vae"}
     assert set(rows) == {
-        ("attention", "sdpa"), ("attention", "chunked"), ("transformer", "eager"), ("transformer", "chunked+pad96"),
-        ("transformer", "math"),
+        ("attention", "sdpa"), ("attention", "chunked"),
+        ("transformer", "eager"), ("transformer", "chunked+pad96"), ("transformer", "math"),
     }  # fmt: skip
     for row in rows.values():
         assert "error" not in row, row
@@ -83,5 +84,8 @@ def test_rows_past_the_time_budget_are_recorded_as_skipped(capsys):
         "--tiny", "--shapes", "32x8", "--options", "eager", "--attention-options", "sdpa", "--vae", "",
         "--max-seconds", "1e-9",
     ])  # fmt: skip
-    assert [(r["section"], r.get("skipped")) for r in data["rows"]] == [("attention", True), ("transformer", True)]
+    assert [(r["section"], r.get("skipped")) for r in data["rows"]] == [
+        ("attention", True),
+        ("transformer", True),
+    ]
     assert "skipped: time budget" in capsys.readouterr().out

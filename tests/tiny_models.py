@@ -38,7 +38,12 @@ def tiny_transformer(
 def forward_inputs(model, *, frames: int, height: int, width: int, device: str = "cpu", dtype=torch.float32):
     """(args, kwargs) of a forward over ``frames`` latent frames of ``height`` x ``width`` latents."""
     return preset_forward_inputs(
-        model.test_arch, latent_frames=frames, latent_height=height, latent_width=width, device=device, dtype=dtype
+        model.test_arch,
+        latent_frames=frames,
+        latent_height=height,
+        latent_width=width,
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -56,10 +61,10 @@ def block_inputs(model, *, frames: int, height: int = 8, width: int = 8, seed: i
     cos, sin = (
         torch.randn(tokens, arch["attention_head_dim"], generator=g).to(param.device) for _ in range(2)
     )
+    text = randn(2, arch["text_len"] + arch["text_len_t5"], context)
     kwargs = dict(
-        temb=randn(2, dim), encoder_hidden_states=randn(2, arch["text_len"] + arch["text_len_t5"], context),
-        image_rotary_emb=(cos, sin), num_frames=frames, clip_encoder_hidden_states=randn(2, arch["n_query"], context),
-        skip=randn(2, tokens, dim),
+        temb=randn(2, dim), encoder_hidden_states=text, image_rotary_emb=(cos, sin), num_frames=frames,
+        clip_encoder_hidden_states=randn(2, arch["n_query"], context), skip=randn(2, tokens, dim),
     )  # fmt: skip
     return randn(2, tokens, dim), kwargs
 

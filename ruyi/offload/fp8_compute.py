@@ -67,7 +67,9 @@ class FP8Compute(WeightPrecision):
                 "separate kernel and is slower than bf16"
             )
         if plan.dtype != torch.bfloat16:
-            raise ConfigError(f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {plan.dtype})")
+            raise ConfigError(
+                f"precision=fp8_compute computes around bfloat16; set dtype=bfloat16 (got {plan.dtype})"
+            )
         if not torchao_installed():
             raise ConfigError("precision=fp8_compute needs torchao: pip install 'ruyi[hopper]'")
 

@@ -21,7 +21,21 @@ from ruyi.models.attention.fa3 import FlashAttention3
 from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention, pad_head_dim
 
 __all__ = [
-    "DEFAULT_BACKEND", "DEFAULT_MAX_SCORE_BYTES", "AttentionBackend", "AutoAttention", "ChunkedAttention",
-    "CuDNNAttention", "DevicePlan", "EfficientAttention", "FlashAttention", "FlashAttention3", "MathAttention",
-    "SDPAAttention", "attention", "chunked_attention", "pad_head_dim", "prepare_attention", "set_attention_backend",
-]  # fmt: skip
+    "DEFAULT_BACKEND",
+    "DEFAULT_MAX_SCORE_BYTES",
+    "AttentionBackend",
+    "AutoAttention",
+    "ChunkedAttention",
+    "CuDNNAttention",
+    "DevicePlan",
+    "EfficientAttention",
+    "FlashAttention",
+    "FlashAttention3",
+    "MathAttention",
+    "SDPAAttention",
+    "attention",
+    "chunked_attention",
+    "pad_head_dim",
+    "prepare_attention",
+    "set_attention_backend",
+]

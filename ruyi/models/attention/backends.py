@@ -11,7 +11,6 @@ specialises anyway. ``auto`` (the default) is in ``auto.py``, FlashAttention-3 i
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import Any, ClassVar
 
 import torch
@@ -22,10 +21,8 @@ from ruyi.errors import AcceleratorRequired, ConfigError
 from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention
 from ruyi.registry import ATTENTIONS
 
-log = logging.getLogger(__name__)
-
 HALF = (torch.float16, torch.bfloat16)
-# torch >= 2.6 can take the kernel list as a priority order (older: as a set)
+# newer torch reads the kernel list as a priority order (older releases: as a set)
 PRIORITY_ORDER = "set_priority" in inspect.signature(sdpa_kernel).parameters
 DeviceKey = tuple[str, int | None]
 
@@ -41,11 +38,11 @@ class AttentionBackend:
     of N before the kernel (96 or 128 for Ruyi's 88; the output is the same, see ``kernels.py``).
 
     Class facts: ``stage`` (where the assembly attaches it: after offload, before compile),
-    ``needs_cuda`` (the kernel exists only on CUDA) and ``half_only`` (fp16/bf16 inputs only).
+    ``needs_accelerator`` (the kernel exists only on CUDA) and ``half_only`` (fp16/bf16 inputs only).
     """
 
     stage: ClassVar[str] = "attention"
-    needs_cuda: ClassVar[bool] = False
+    needs_accelerator: ClassVar[bool] = False
     half_only: ClassVar[bool] = False
 
     def __init__(self, *, pad_head_dim: int = 0) -> None:
@@ -67,7 +64,7 @@ class AttentionBackend:
     # -- strategy ------------------------------------------------------------------------------
     def check(self, plan: Any) -> None:
         """Before any weight loads: the plan's ``device`` and ``dtype`` fit this kernel."""
-        if self.needs_cuda and plan.device.type != "cuda":
+        if self.needs_accelerator and plan.device.type != "cuda":
             raise AcceleratorRequired(
                 f"attention={self.name} runs only on a CUDA GPU, but the device is {plan.device}; "
                 "use attention=auto (or sdpa/chunked) on this machine"
@@ -160,7 +157,7 @@ class CuDNNAttention(SDPAAttention):
 
     kernels = (SDPBackend.CUDNN_ATTENTION,)
     contiguous = True
-    needs_cuda = True
+    needs_accelerator = True
     half_only = True
 
 
@@ -169,7 +166,7 @@ class FlashAttention(SDPAAttention):
     """torch's FlashAttention-2 kernel only (CUDA sm80+, fp16/bf16, no mask)."""
 
     kernels = (SDPBackend.FLASH_ATTENTION,)
-    needs_cuda = True
+    needs_accelerator = True
     half_only = True
 
 
@@ -178,7 +175,7 @@ class EfficientAttention(SDPAAttention):
     """torch's memory-efficient kernel only (CUDA; fp32 too)."""
 
     kernels = (SDPBackend.EFFICIENT_ATTENTION,)
-    needs_cuda = True
+    needs_accelerator = True
 
 
 @ATTENTIONS.register("math")

@@ -44,7 +44,7 @@ def load_forward() -> Any | None:
 class FlashAttention3(AttentionBackend):
     """FlashAttention-3 for the calls it serves (module docstring); torch's SDPA for the rest."""
 
-    needs_cuda = True
+    needs_accelerator = True
     half_only = True
 
     def __init__(self, *, pad_head_dim: int = 0) -> None:
@@ -55,7 +55,9 @@ class FlashAttention3(AttentionBackend):
     def check(self, plan: Any) -> None:
         super().check(plan)
         if plan.dtype != torch.bfloat16:
-            raise ConfigError(f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {plan.dtype}")
+            raise ConfigError(
+                f"attention=fa3 runs bfloat16 only (the wheel has no fp16 kernels), got {plan.dtype}"
+            )
         if load_forward() is None:
             raise ConfigError(
                 f"attention=fa3 needs the FlashAttention-3 wheel ({WHEEL}, Linux x86-64, a CUDA 13 torch): "
@@ -102,9 +104,8 @@ class FlashAttention3(AttentionBackend):
         """(B, H, L, D) views in, (B, H, L, D) view out; the kernel reads (B, L, H, D) with any
         batch/row/head strides, so the transposes copy nothing."""
         forward = self._forward[device_key(query.device)]
-        out = forward(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), softmax_scale=scale)[
-            0
-        ]
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        out, *_ = forward(q, k, v, softmax_scale=scale)  # (output, log-sum-exp, split accumulators)
         return out.transpose(1, 2)
 
     def compute(self, query, key, value, *, mask, scale, self_attention):

@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ruyi import load_pipeline
-from ruyi.samplers import sampler_by_label
 from tests.conftest import golden_cases
-from tests.test_golden import END_TO_END_TOL, rel_err
+from tests.test_golden import check_end_to_end
 
 # aot_eager traces exactly the graphs inductor would get (tests/test_compile.py runs inductor itself)
 COMPILE = ("regional", {"backend": "aot_eager", "fullgraph": True})
@@ -23,12 +21,8 @@ STRATEGIES = {
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_speed_options_keep_the_end_to_end_golden(name, golden, fixture_dir):
     case = next(c for c in golden_cases() if c["kind"] == "end_to_end")
-    sampler = sampler_by_label(case["sampler"]).registry_name
     torch._dynamo.reset()
-    pipe = load_pipeline(
-        fixture_dir, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"], device="cpu",
-        strategies=STRATEGIES[name],
-    )  # fmt: skip
+    pipe = check_end_to_end(case, golden, fixture_dir, device="cpu", strategies=STRATEGIES[name])
     processors = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
     assert len(processors) == 3 * len(pipe.transformer.blocks)  # self, text and CLIP attention
     chosen = STRATEGIES[name]["attention"]
@@ -36,10 +30,3 @@ def test_speed_options_keep_the_end_to_end_golden(name, golden, fixture_dir):
     assert {p.attention_backend.registry_name for p in processors} == {expected}
     compiled = [b._compiled_call_impl is not None for b in pipe.transformer.blocks]
     assert all(compiled) if "compile" in STRATEGIES[name] else not any(compiled)
-    kwargs = dict(
-        frames=case["video_length"], video_size=[case["height"], case["width"]], steps=case["steps"],
-        cfg=case["guidance_scale"], camera=case["camera"], motion=case["motion"],
-        latents=golden[case["inputs"]["initial_latents"]], progress=False,
-    )  # fmt: skip
-    latents = pipe(fixture_dir / case["start_image"], None, output_latents=True, **kwargs)
-    assert rel_err(latents, golden[case["outputs"]["final_latents"]]) < END_TO_END_TOL

@@ -1,0 +1,255 @@
+"""Several processes on CPU (gloo): Ulysses, CFG parallel and sharded weights reproduce the
+single-process results of the tiny model in float32.
+
+Each scenario starts N worker processes (``worker`` below), one per rank, that join a gloo process
+group; every rank runs one self-attention call, one transformer forward and 3-step generations, and
+saves what it got. The references are computed here, in the pytest process, without
+torch.distributed. Workers fork from a server that imported torch, diffusers and ruyi once: on two
+busy cores, importing them in every rank would cost more than all the work. The real ``torchrun``
+launch is tested in test_parallel_cli.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ruyi.registry import BUILTIN_MODULES
+
+GEN = dict(frames=8, video_size=[64, 64], steps=3, seed=5, progress=False, output_latents=True)
+# every scenario's strategy; ``plugins`` adds TeaCache + Enhance-A-Video (+ LoRA when sharding)
+SCENARIOS = {
+    "ulysses2": dict(nproc=2, parallel=dict(name="ulysses", ulysses=2)),
+    "cfg2_then_sharded": dict(nproc=2, parallel=dict(name="cfg", cfg=2)),
+    "cfg2_ulysses2": dict(nproc=4, parallel=dict(name="ulysses", cfg=2, ulysses=2)),
+}
+TEACACHE = dict(threshold=0.3, skip_start_steps=1, skip_end_steps=1)
+ATTN_LAYER = 1  # a block with a long skip in neither half, no matter
+
+
+# -- shared by the pytest process and the workers -------------------------------------------------
+def golden_inputs(fixture: Path) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """The fixture's first transformer case: batch 2 (a guidance pair), 4 frames of 16 tokens."""
+    from safetensors.torch import load_file
+
+    golden = load_file(str(fixture / "golden.safetensors"))
+    prefix = "transformer.in."
+    found = {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix)}
+    return found, (found.pop("image_rotary_emb_cos"), found.pop("image_rotary_emb_sin"))
+
+
+def attention_inputs(fixture: Path, hidden_size: int):
+    """Random tokens (1, 4 frames x 16, D) and the matching per-frame rotary table."""
+    inputs, (cos, sin) = golden_inputs(fixture)
+    frames = inputs["hidden_states"].shape[2]
+    hidden = torch.randn(1, frames * cos.shape[0], hidden_size, generator=torch.Generator().manual_seed(7))
+    return hidden, (cos.repeat(frames, 1), sin.repeat(frames, 1)), frames
+
+
+def forward(transformer, fixture: Path) -> torch.Tensor:
+    inputs, rotary = golden_inputs(fixture)
+    kwargs = {**inputs, "image_rotary_emb": rotary}
+    return transformer(kwargs.pop("hidden_states"), kwargs.pop("timestep"), **kwargs)
+
+
+def lora_file(path: Path, transformer) -> Path:
+    """Random low-rank deltas on three layers (peft naming), large enough to change the output."""
+    from safetensors.torch import save_file
+
+    g, tensors = torch.Generator().manual_seed(11), {}
+    modules = dict(transformer.named_modules())
+    for name in ("blocks.0.attn1.to_q", "blocks.1.ff.net.2", "blocks.3.attn1.to_v"):
+        out_dim, in_dim = modules[name].weight.shape
+        tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(2, in_dim, generator=g) * 0.3
+        tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(out_dim, 2, generator=g) * 0.3
+    save_file(tensors, str(path))
+    return path
+
+
+def plugin_pipeline(fixture: Path, lora: Path | None):
+    """A pipeline with TeaCache and Enhance-A-Video (and a LoRA), recording the statistics that
+    decide their branches: TeaCache's distances and every self-attention's enhance factor."""
+    from ruyi.pipeline import RuyiPipeline
+    from ruyi.plugins import EnhanceAVideo, LoRAWeights, TeaCache
+
+    cache, enhance = TeaCache(**TEACACHE), EnhanceAVideo(weight=2.0)
+    plugins = ([LoRAWeights(path=str(lora), strength=1.0)] if lora else []) + [cache, enhance]
+    pipe = RuyiPipeline.from_pretrained(fixture, plugins=plugins)
+    return pipe, cache, enhance
+
+
+def record(pipe, cache, enhance) -> dict[str, list]:
+    seen: dict[str, list] = {"distances": [], "factors": []}
+    distance = cache.rescaled_distance
+
+    def recorded_distance(modulated):
+        seen["distances"].append(distance(modulated))
+        return seen["distances"][-1]
+
+    def recorded_factor(query, key, num_frames):
+        factor = enhance(query, key, num_frames)
+        seen["factors"].append(None if factor is None else float(factor))
+        return factor
+
+    cache.rescaled_distance = recorded_distance
+    for block in pipe.transformer.blocks:
+        block.attn1.processor.score_hook = recorded_factor
+    return seen
+
+
+# -- the worker (one per rank, under torchrun) ----------------------------------------------------
+def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Path) -> None:
+    """One rank, as torchrun would start it (its environment variables, a gloo group)."""
+    import torch.distributed as dist
+
+    from ruyi.io import procedural_image
+    from ruyi.offload import NoOffload
+    from ruyi.parallel import shutdown
+    from ruyi.parallel.tokens import gather_tokens, shard_tokens
+    from ruyi.pipeline import RuyiPipeline
+    from ruyi.registry import PARALLELS
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc))
+    dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=nproc)
+    spec = dict(SCENARIOS[name]["parallel"])
+    strategy_cls = PARALLELS.get(spec.pop("name"))
+    image, result = procedural_image(64, 64), {}
+    with torch.no_grad():
+        pipe = RuyiPipeline.from_pretrained(fixture)
+        strategy = strategy_cls(**spec)
+        strategy.check(dict_spec(model_path=fixture, offload="none", height=64, width=64))
+        strategy.apply(pipe)
+        groups = strategy.groups
+        if groups.degrees.sequence > 1:
+            hidden, rotary, frames = attention_inputs(fixture, pipe.transformer.hidden_size)
+            parts, index = groups.degrees.sequence, groups.sequence_rank
+            local = pipe.transformer.blocks[ATTN_LAYER].attn1(
+                shard_tokens(hidden, frames, parts, index), num_frames=frames,
+                image_rotary_emb=tuple(shard_tokens(t, frames, parts, index) for t in rotary),
+            )  # fmt: skip
+            result["attention"] = gather_tokens(local, frames, groups.sequence_group)
+        result["forward"] = forward(pipe.transformer, fixture)
+        result["latents"] = pipe(image, **GEN)
+        if name == "cfg2_then_sharded":
+            strategy.remove(pipe)
+            result["removed"] = pipe(image, **GEN)  # back to one process' work: the same latents
+            spec["shard_weights"] = True
+        # plugins attach first (LoRA merges into whole weights), then the strategy, then placement
+        pipe, cache, enhance = plugin_pipeline(fixture, lora if spec.get("shard_weights") else None)
+        strategy = strategy_cls(**spec)
+        strategy.apply(pipe)
+        NoOffload().apply(pipe, torch.device("cpu"))  # the offload step after sharding, as in a build
+        seen = record(pipe, cache, enhance)
+        result["plugin_forward"] = forward(pipe.transformer, fixture)
+        result["plugin_latents"] = pipe(image, **GEN)
+        result |= {"distances": seen["distances"], "factors": seen["factors"], "skipped": cache.skipped}
+    torch.save(result, out / f"rank{rank}.pt")
+    dist.barrier()
+    shutdown()
+
+
+def dict_spec(**fields):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**fields)
+
+
+# -- the tests ------------------------------------------------------------------------------------
+PRELOAD = ["torch.distributed.fsdp", "diffusers.models.attention_dispatch", "ruyi.components", "ruyi.pipeline",
+           "ruyi.parallel", *BUILTIN_MODULES, "ruyi.io", __name__]  # fmt: skip
+
+
+def launch(name: str, tmp: Path, fixture: Path, lora: Path) -> list[dict]:
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.set_forkserver_preload(PRELOAD)  # the server starts once, at the first launch
+    nproc = SCENARIOS[name]["nproc"]
+    mp.start_processes(worker, args=(name, nproc, tmp, fixture, lora), nprocs=nproc, start_method="forkserver")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def reference(fixture_dir, tmp_path_factory):
+    """Single-process results: attention, forward, generations (plain, plugins, plugins + LoRA)."""
+    from ruyi.io import procedural_image
+    from ruyi.pipeline import RuyiPipeline
+
+    image, ref = procedural_image(64, 64), {}
+    lora = lora_file(tmp_path_factory.mktemp("lora") / "lora.safetensors", RuyiPipeline.from_pretrained(fixture_dir).transformer)
+    with torch.no_grad():
+        pipe = RuyiPipeline.from_pretrained(fixture_dir)
+        hidden, rotary, frames = attention_inputs(fixture_dir, pipe.transformer.hidden_size)
+        ref["attention"] = pipe.transformer.blocks[ATTN_LAYER].attn1(hidden, image_rotary_emb=rotary, num_frames=frames)
+        ref["forward"] = forward(pipe.transformer, fixture_dir)
+        ref["latents"] = pipe(image, **GEN)
+        for key, with_lora in (("plugins", None), ("plugins_lora", lora)):
+            pipe, cache, enhance = plugin_pipeline(fixture_dir, with_lora)
+            seen = record(pipe, cache, enhance)
+            forward_out = forward(pipe.transformer, fixture_dir)
+            ref[key] = {"forward": forward_out, "latents": pipe(image, **GEN), "skipped": cache.skipped, **seen}
+    return ref, lora
+
+
+@pytest.fixture(scope="module")
+def runs(reference, fixture_dir, tmp_path_factory):
+    _, lora = reference
+    return {name: launch(name, tmp_path_factory.mktemp(name), fixture_dir, lora) for name in SCENARIOS}
+
+
+def close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
+    assert got.shape == want.shape
+    error = ((got - want).norm() / want.norm()).item()
+    assert error <= rtol, f"relative error {error:.2e} > {rtol:.0e}"
+
+
+def same_on_every_rank(results: list[dict], key: str) -> None:
+    for r, result in enumerate(results[1:], start=1):
+        assert torch.equal(result[key], results[0][key]), f"rank {r} {key} differs from rank 0"
+
+
+@pytest.mark.parametrize("name", ["ulysses2", "cfg2_ulysses2"])
+def test_attention_call_matches_one_process(runs, reference, name):
+    for result in runs[name]:
+        close(result["attention"], reference[0]["attention"], 1e-5)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_forward_and_generation_match_one_process(runs, reference, name):
+    ref = reference[0]
+    for result in runs[name]:
+        close(result["forward"], ref["forward"], 1e-5)
+        close(result["latents"], ref["latents"], 1e-4)
+    same_on_every_rank(runs[name], "latents")
+
+
+def test_remove_restores_single_process_work(runs, reference):
+    for result in runs["cfg2_then_sharded"]:
+        close(result["removed"], reference[0]["latents"], 1e-4)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_plugins_reduce_over_ranks_and_take_the_same_branches(runs, reference, name):
+    """TeaCache's distance and Enhance-A-Video's factor are the global ones on every rank, so all
+    skip the same steps; sharded weights hold the LoRA merged before sharding."""
+    ref = reference[0]["plugins_lora" if name == "cfg2_then_sharded" else "plugins"]
+    assert ref["skipped"] == [1], "the TeaCache threshold should make the middle step reuse the cache"
+    for result in runs[name]:
+        close(result["plugin_forward"], ref["forward"], 1e-5)
+        close(result["plugin_latents"], ref["latents"], 1e-4)
+        assert result["skipped"] == ref["skipped"]
+        assert result["distances"] == pytest.approx(ref["distances"], rel=1e-5)
+        assert result["factors"] == pytest.approx(ref["factors"], rel=1e-5)
+    same_on_every_rank(runs[name], "plugin_latents")
+
+
+def test_lora_changes_the_reference(reference):
+    """Guards the sharded-LoRA test above: without the merge its latents would differ."""
+    ref = reference[0]
+    assert not torch.allclose(ref["plugins_lora"]["latents"], ref["plugins"]["latents"], rtol=1e-3, atol=1e-4)
+

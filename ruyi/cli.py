@@ -22,6 +22,7 @@ from ruyi.errors import MissingWeightsError
 from ruyi.io import check_output_path, procedural_image, write_video
 from ruyi.models.loading import CheckpointError, read_config
 from ruyi.offload.base import AcceleratorRequired, resolve_device
+from ruyi.parallel import ParallelFacts, init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import RuyiPipeline, validate_request
 from ruyi.plugins import Plugin, build_plugins, check_offload_compatible
 
@@ -74,7 +75,9 @@ def ensure_checkpoint(model_cfg: DictConfig, *, download: bool) -> Path:
     return path
 
 
-def build_pipeline(cfg: DictConfig, path: Path, device: torch.device, plugins: Sequence[Plugin] = ()) -> RuyiPipeline:
+def build_pipeline(
+    cfg: DictConfig, path: Path, device: torch.device, plugins: Sequence[Plugin] = (), parallel=None
+) -> RuyiPipeline:
     """Instantiate every component named by the composed config."""
     dtype = parse_dtype(cfg.dtype)
     models = {}
@@ -97,7 +100,7 @@ def build_pipeline(cfg: DictConfig, path: Path, device: torch.device, plugins: S
              sampler, offload, precision, cfg.skip_steps, device, dtype)  # fmt: skip
     attach_strategies(
         pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
-        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap, plugins=plugins,
+        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap, plugins=plugins, parallel=parallel,
     )  # fmt: skip
     return pipe
 
@@ -117,6 +120,8 @@ def run(cfg: DictConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    finally:
+        shutdown()  # torchrun: leave the process group on every rank
 
 
 def _run(cfg: DictConfig) -> int:
@@ -128,17 +133,27 @@ def _run(cfg: DictConfig) -> int:
     request = validate_request(start, end, control=control, sampler=sampler_cls, **_request_kwargs(cfg))
     output = check_output_path(to_absolute_path(cfg.output))
     parse_dtype(cfg.dtype)
-    device = resolve_device(cfg.device)
+    quiet_other_ranks()  # torchrun: rank 0 alone logs
+    device = init_distributed(resolve_device(cfg.device))  # torchrun: join the group, take GPU LOCAL_RANK
     plugins = build_plugins(cfg)
-    check_offload_compatible(plugins, getattr(get_class(cfg.offload._target_), "registry_name", ""))
+    offload_name = getattr(get_class(cfg.offload._target_), "registry_name", "")
+    check_offload_compatible(plugins, offload_name)
+    parallel = instantiate(cfg.parallel)
+    parallel.check(ParallelFacts(
+        device=device, offload=offload_name, precision=get_class(cfg.precision._target_),
+        model_path=to_absolute_path(cfg.model.path), height=request.height, width=request.width,
+    ))  # fmt: skip
     log.info("request: %s", request)
     # 2. weights
-    path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
+    with main_process_first():  # one rank creates or downloads, the others find it
+        path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
     # 3. build and run
-    pipe = build_pipeline(cfg, path, device, plugins)
+    pipe = build_pipeline(cfg, path, device, plugins, parallel)
     began = time.perf_counter()
-    video = pipe(start, end, progress=bool(cfg.progress), **_request_kwargs(cfg))
+    video = pipe(start, end, progress=bool(cfg.progress) and is_main_process(), **_request_kwargs(cfg))
     seconds = time.perf_counter() - began
+    if not is_main_process():  # every rank holds the same video; one writes it
+        return 0
     written = write_video(video, output, fps=int(cfg.fps))
     log.info("wrote %s (%d frames, %dx%d) in %.1f s", written, video.shape[2], video.shape[4], video.shape[3], seconds)
     print(written)

@@ -85,7 +85,7 @@ def build_precision(name: str, **kwargs: Any):
 
 def attach_strategies(
     pipe, *, precision, offload, skip_steps: int, device: torch.device, vae_tile_size: int = 0,
-    vae_tile_overlap: int = 96, plugins: Sequence[Any] = (),
+    vae_tile_overlap: int = 96, plugins: Sequence[Any] = (), parallel=None,
 ) -> None:
     """Attach plugins, weight precision, long-skip parking, VAE tiling and an offload strategy.
 
@@ -101,6 +101,8 @@ def attach_strategies(
     converted = precision.apply(pipe.transformer, pipe.dtype)
     if converted:
         log.info("%s: %d transformer layers stored in FP8", precision, converted)
+    if parallel is not None:  # after LoRA merges and FP8 storage, before anything places weights
+        parallel.apply(pipe)
     apply_skip_offload(pipe.transformer, skip_steps)
     if vae_tile_size:
         pipe.vae.enable_tiling(tile_sample_size=int(vae_tile_size), tile_overlap=int(vae_tile_overlap))
@@ -120,12 +122,20 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     clip_apply_ratio: float = 0.4,
     plugins: Sequence[Any] = (),
+    parallel: str = "none",
+    parallel_kwargs: dict[str, Any] | None = None,
 ):
     """A ready ``RuyiPipeline`` from a checkpoint folder, every component chosen by registry name."""
     from ruyi.conditioning import CameraMotionControl, StartEndFrames
     from ruyi.pipeline import RuyiPipeline
 
+    from ruyi.parallel import ParallelFacts, init_distributed
+    from ruyi.registry import PARALLELS
+
     path = Path(path)
+    device = init_distributed(torch.device(device))  # under torchrun: this rank's GPU
+    parallel_strategy = PARALLELS.get(parallel)(**(parallel_kwargs or {}))
+    parallel_strategy.check(ParallelFacts(device=device, offload=offload, precision=precision, model_path=path))
     pipe = RuyiPipeline(
         **build_models(path, dtype=dtype),
         sampler=build_sampler(sampler, path),
@@ -136,6 +146,6 @@ def load_pipeline(
     )
     attach_strategies(
         pipe, precision=build_precision(precision, **(precision_kwargs or {})), offload=build_offload(offload, **(offload_kwargs or {})),
-        skip_steps=skip_steps, device=torch.device(device), plugins=plugins,
+        skip_steps=skip_steps, device=device, plugins=plugins, parallel=parallel_strategy,
     )  # fmt: skip
     return pipe

@@ -107,7 +107,7 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
 
     from ruyi.io import procedural_image
     from ruyi.offload import NoOffload
-    from ruyi.parallel import shutdown
+    from ruyi.parallel import ParallelFacts, shutdown
     from ruyi.parallel.tokens import gather_tokens, shard_tokens
     from ruyi.pipeline import RuyiPipeline
     from ruyi.registry import PARALLELS
@@ -121,7 +121,7 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
     with torch.no_grad():
         pipe = RuyiPipeline.from_pretrained(fixture)
         strategy = strategy_cls(**spec)
-        strategy.check(dict_spec(model_path=fixture, offload="none", height=64, width=64))
+        strategy.check(ParallelFacts(model_path=fixture, offload="none", height=64, width=64))
         strategy.apply(pipe)
         groups = strategy.groups
         if groups.degrees.sequence > 1:
@@ -150,12 +150,6 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
     torch.save(result, out / f"rank{rank}.pt")
     dist.barrier()
     shutdown()
-
-
-def dict_spec(**fields):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**fields)
 
 
 # -- the tests ------------------------------------------------------------------------------------

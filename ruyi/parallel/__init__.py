@@ -14,22 +14,25 @@ from ruyi.parallel.groups import (
     ParallelGroups,
     init_distributed,
     is_main_process,
+    main_process_first,
     quiet_other_ranks,
     rank,
     shutdown,
     world_size,
 )
-from ruyi.parallel.strategy import CfgParallel, NoParallel, ParallelStrategy, UlyssesParallel
+from ruyi.parallel.strategy import CfgParallel, NoParallel, ParallelFacts, ParallelStrategy, UlyssesParallel
 
 __all__ = [
     "CfgParallel",
     "Degrees",
     "NoParallel",
+    "ParallelFacts",
     "ParallelGroups",
     "ParallelStrategy",
     "UlyssesParallel",
     "init_distributed",
     "is_main_process",
+    "main_process_first",
     "quiet_other_ranks",
     "rank",
     "shutdown",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -69,6 +71,20 @@ def quiet_other_ranks() -> None:
         if isinstance(handler, logging.FileHandler):  # e.g. Hydra's job log: one writer per run
             root.removeHandler(handler)
             handler.close()
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (create or download a checkpoint); the others wait, then run it
+    and find the files in place instead of writing them a second time."""
+    joined = dist.is_available() and dist.is_initialized()
+    if joined and not is_main_process():
+        dist.barrier()
+    try:
+        yield
+    finally:  # also when rank 0 fails: the others then meet the same error themselves
+        if joined and is_main_process():
+            dist.barrier()
 
 
 def shutdown() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 PIXELS_PER_TOKEN = 16  # the VAE's 8x spatial compression times the transformer's 2x2 patches
 CFG_DEGREES = (1, 2)  # the guidance batch has two halves
 MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
+
+
+@dataclass(frozen=True)
+class ParallelFacts:
+    """What :meth:`ParallelStrategy.check` reads, for callers that have no ``PipelineSpec`` yet
+    (every field optional; the spec can carry the same attribute names instead)."""
+
+    world_size: int | None = None
+    device: str | torch.device | None = None
+    offload: Any = None  # registry name or the built strategy
+    precision: Any = None
+    model_path: str | Path | None = None  # heads from transformer/config.json
+    height: int | None = None  # pixels of the video to generate
+    width: int | None = None
 
 
 class ParallelStrategy:

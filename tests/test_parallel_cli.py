@@ -1,0 +1,140 @@
+"""The ``parallel`` group from the outside: checks that fail before any weight loads, and a real
+``torchrun`` launch of scripts/infer.py on two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from ruyi.cli import run
+from ruyi.errors import AcceleratorRequired, ConfigError
+from ruyi.parallel import CfgParallel, NoParallel, ParallelFacts, UlyssesParallel
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["video_size=[64,64]", "frames=8", "steps=2", "progress=false", "seed=3"]
+
+
+@pytest.fixture()
+def world(monkeypatch):
+    """Pretend torchrun started ``n`` processes (check reads WORLD_SIZE; nothing joins a group)."""
+
+    def set_world(n: int) -> None:
+        monkeypatch.setenv("WORLD_SIZE", str(n))
+
+    return set_world
+
+
+def one_line_error(exc_type, strategy, facts: ParallelFacts) -> str:
+    with pytest.raises(exc_type) as caught:
+        strategy.check(facts)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_world_size_must_equal_the_product_and_the_error_names_layouts(world):
+    world(4)
+    message = one_line_error(ConfigError, UlyssesParallel(ulysses=2), ParallelFacts())
+    assert "4 process(es)" in message and "uses 2" in message
+    assert "parallel.ulysses=4" in message and "parallel.cfg=2 parallel.ulysses=2" in message
+    world(1)
+    assert "torchrun" in one_line_error(ConfigError, CfgParallel(), ParallelFacts())
+
+
+def test_ulysses_takes_every_rank_cfg_leaves(world):
+    world(4)
+    assert UlyssesParallel(cfg=2).degrees(4).ulysses == 2
+    assert UlyssesParallel().degrees(4).ulysses == 4
+    UlyssesParallel(cfg=2).check(ParallelFacts(offload="none"))  # a valid layout passes
+
+
+def test_heads_must_divide(world, fixture_dir):
+    world(4)  # the tiny model has 2 heads
+    message = one_line_error(ConfigError, UlyssesParallel(), ParallelFacts(model_path=fixture_dir))
+    assert "2 attention heads" in message and "valid: 1, 2" in message
+
+
+def test_tokens_per_frame_must_divide(world):
+    world(2)
+    message = one_line_error(ConfigError, UlyssesParallel(), ParallelFacts(height=48, width=48))
+    assert "9 tokens per frame" in message and "valid: 1, 3" in message
+
+
+def test_offload_other_than_none_is_refused(world):
+    world(2)
+    message = one_line_error(ConfigError, CfgParallel(), ParallelFacts(offload="group"))
+    assert "offload=group" in message and "offload=none" in message
+
+
+def test_sharding_needs_processes_and_pipeline_dtype_weights(world):
+    world(1)
+    one_line_error(ConfigError, NoParallel(shard_weights=True), ParallelFacts())
+    world(2)
+    message = one_line_error(ConfigError, CfgParallel(shard_weights=True), ParallelFacts(precision="fp8_lite"))
+    assert "precision=bf16" in message
+
+
+def test_ring_needs_cuda(world):
+    world(2)
+    one_line_error(AcceleratorRequired, UlyssesParallel(ulysses=1, ring=2), ParallelFacts(device="cpu"))
+
+
+def test_bad_degrees_and_backend(world):
+    with pytest.raises(ConfigError, match="valid: 1 or 2"):
+        CfgParallel(cfg=4)
+    with pytest.raises(ConfigError, match=">= 1"):
+        UlyssesParallel(ulysses=0)
+    world(2)
+    message = one_line_error(ConfigError, UlyssesParallel(attention_backend="nope"), ParallelFacts())
+    assert "valid:" in message and "native" in message
+
+
+def test_cli_refuses_a_layout_without_its_processes(fixture_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "x.mp4"
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose(config_name="infer", overrides=[f"model.path={fixture_dir}", f"output={out}", "parallel=ulysses",
+                                                      "parallel.ulysses=2", *SMALL])  # fmt: skip
+    assert run(cfg) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 1 process(es)") and "\n" not in err
+    assert not out.exists()
+
+
+def test_python_api_checks_before_loading(tmp_path, monkeypatch):
+    import ruyi
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="1 process"):  # the folder is empty: no weights were read
+        ruyi.load_pipeline(tmp_path, parallel="cfg")
+
+
+def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_dir, tmp_path, capsys):
+    """``torchrun --nproc-per-node 2 scripts/infer.py parallel=ulysses parallel.ulysses=2``: rank 0
+    alone prints and writes; its frames equal a single-process run's (PNG frames, +-1 level)."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    common = [f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}", "device=cpu", *SMALL]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        assert run(compose(config_name="infer", overrides=[*common, f"output={single}"])) == 0
+    capsys.readouterr()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(REPO / "scripts" / "infer.py"), "parallel=ulysses", "parallel.ulysses=2", *common,
+           f"output={double}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    printed = [line for line in done.stdout.splitlines() if not line.startswith("[")]  # not log records
+    assert printed == [str(double)], done.stdout  # printed once, by rank 0
+    assert done.stdout.count("][ruyi][INFO] - wrote ") == 1, done.stdout  # logged once
+    names = sorted(p.name for p in single.iterdir())
+    assert names and names == sorted(p.name for p in double.iterdir())
+    for name in names:
+        a, b = (np.asarray(Image.open(folder / name), dtype=np.int16) for folder in (single, double))
+        assert np.abs(a - b).max() <= 1, name

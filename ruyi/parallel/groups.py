@@ -28,13 +28,29 @@ def world_size() -> int:
     """Processes in this run: the initialised process group's size, else torchrun's WORLD_SIZE, else 1."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
+    _adopt_submitit_ranks()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
+    _adopt_submitit_ranks()
     return int(os.environ.get("RANK", "0"))
+
+
+def _adopt_submitit_ranks() -> None:
+    """A job of Hydra's submitit launcher with several tasks (``hydra.launcher.tasks_per_node=N``,
+    on Slurm or local) learns its ranks from Slurm/submitit variables; torch.distributed reads
+    torchrun's, which submitit derives (master = the job's first host)."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        # every task sees all of its node's GPUs and takes GPU LOCAL_RANK (init_distributed)
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def is_main_process() -> bool:

@@ -122,10 +122,11 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     clip_apply_ratio: float = 0.4,
     plugins: Sequence[Any] = (),
-    parallel: str = "none",
+    parallel: Any = "none",
     parallel_kwargs: dict[str, Any] | None = None,
 ):
-    """A ready ``RuyiPipeline`` from a checkpoint folder, every component chosen by registry name."""
+    """A ready ``RuyiPipeline`` from a checkpoint folder, every component chosen by registry name
+    (``parallel`` also takes a built strategy, e.g. ``UlyssesParallel(cfg=2)``)."""
     from ruyi.conditioning import CameraMotionControl, StartEndFrames
     from ruyi.pipeline import RuyiPipeline
 
@@ -134,7 +135,7 @@ def load_pipeline(
 
     path = Path(path)
     device = init_distributed(torch.device(device))  # under torchrun: this rank's GPU
-    parallel_strategy = PARALLELS.get(parallel)(**(parallel_kwargs or {}))
+    parallel_strategy = PARALLELS.get(parallel)(**(parallel_kwargs or {})) if isinstance(parallel, str) else parallel
     parallel_strategy.check(ParallelFacts(device=device, offload=offload, precision=precision, model_path=path))
     pipe = RuyiPipeline(
         **build_models(path, dtype=dtype),

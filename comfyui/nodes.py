@@ -178,27 +178,31 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 _PIPELINE: dict[str, Any] = {"key": None, "pipe": None}
 
 
-def get_pipeline(model: RuyiModel, *, offload: str, skip_steps: int, device: torch.device):
-    """The pipeline for these settings: cached, rebuilt when the checkpoint, memory settings or LoRAs change."""
-    from ruyi.pipeline import RuyiPipeline
+def _spec_options(model: RuyiModel, *, offload: str, skip_steps: int, device: torch.device, sampler: str) -> dict:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # the FP8 strategies default to e4m3fn; another storage dtype needs a constructor argument
+    precision_kwargs = {} if model.precision == "bf16" else {"fp8_dtype": model.fp8_data_type}
+    return dict(sampler=sampler, dtype=dtype, offload=offload, precision=model.precision,
+                precision_kwargs=precision_kwargs, skip_steps=skip_steps, device=device)  # fmt: skip
+
+
+def get_pipeline(model: RuyiModel, *, offload: str, skip_steps: int, device: torch.device, sampler: str = "ddim"):
+    """The pipeline for these settings: cached, rebuilt when the checkpoint, sampler, memory settings or LoRAs change."""
+    import ruyi
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     loras = tuple((str(lora.path), lora.strength) for lora in model.loras)
-    key = (str(model.path), offload, model.precision, model.fp8_data_type, skip_steps, str(device), dtype, loras)
+    key = (str(model.path), offload, model.precision, model.fp8_data_type, skip_steps, str(device), dtype, loras, sampler)
     if _PIPELINE["key"] == key:
         return _PIPELINE["pipe"]
     _PIPELINE.update(key=None, pipe=None)
     _free_memory()
-    # the FP8 strategies default to e4m3fn; another storage dtype needs a constructor argument
-    precision_kwargs = {} if model.precision == "bf16" else {"fp8_dtype": model.fp8_data_type}
     # fresh LoRA instances: a LoRAWeights remembers the model it is merged into
     from ruyi.plugins import LoRAWeights
 
     plugins = [LoRAWeights(path=lora.path, strength=lora.strength) for lora in model.loras]
-    pipe = RuyiPipeline.from_pretrained(
-        model.path, dtype=dtype, offload=offload, precision=model.precision,
-        precision_kwargs=precision_kwargs, skip_steps=skip_steps, device=device, plugins=plugins,
-    )  # fmt: skip
+    options = _spec_options(model, offload=offload, skip_steps=skip_steps, device=device, sampler=sampler)
+    pipe = ruyi.load_pipeline(model.path, plugins=plugins, **options)
     _PIPELINE.update(key=key, pipe=pipe)
     return pipe
 
@@ -381,9 +385,8 @@ class Ruyi_I2VSampler:
         self, ruyi_model: RuyiModel, video_length, base_resolution, seed, steps, cfg, scheduler, motion,
         camera_direction, GPU_memory_mode, GPU_offload_steps, start_img, end_img=None, video_height=0, video_width=0,
     ):  # fmt: skip
-        from ruyi.components import build_sampler, import_builtins
+        from ruyi.assembly import PipelineSpec
         from ruyi.pipeline import check_frames
-        from ruyi.plugins import check_offload_compatible
         from ruyi.samplers.schedulers import sampler_by_label
 
         if not isinstance(ruyi_model, RuyiModel):
@@ -392,17 +395,16 @@ class Ruyi_I2VSampler:
         if GPU_memory_mode not in GPU_MEMORY_MODES:
             raise ValueError(f"GPU_memory_mode={GPU_memory_mode!r} is not one of {', '.join(GPU_MEMORY_MODES)}")
         offload = MEMORY_MODE_OFFLOAD.get(GPU_memory_mode, ruyi_model.offload)
-        check_offload_compatible(ruyi_model.hooks, offload)
         if bool(video_height) != bool(video_width):
             raise ValueError("set both video_height and video_width, or neither (0 = from base_resolution)")
         video_size = [int(video_height), int(video_width)] if video_height else None
-        import_builtins()
-        sampler_cls = sampler_by_label(scheduler)
+        sampler = sampler_by_label(scheduler).registry_name
         start = image_to_array(start_img)
         end = image_to_array(end_img) if end_img is not None else None
-
-        pipe = get_pipeline(ruyi_model, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
-        pipe.sampler = build_sampler(_registry_name(sampler_cls), pipe.model_path)
+        settings = dict(offload=offload, skip_steps=int(GPU_offload_steps), device=_device(), sampler=sampler)
+        # the whole combination (hooks included) is checked before any weight loads
+        PipelineSpec.from_names(ruyi_model.path, plugins=ruyi_model.hooks, **_spec_options(ruyi_model, **settings)).validate()
+        pipe = get_pipeline(ruyi_model, **settings)
         attached = []
         try:
             for hook in ruyi_model.hooks:
@@ -417,12 +419,6 @@ class Ruyi_I2VSampler:
             for hook in reversed(attached):
                 hook.detach(pipe)
         return (video_to_images(video),)
-
-
-def _registry_name(cls: type) -> str:
-    from ruyi.registry import SAMPLERS
-
-    return next(n for n in SAMPLERS.names() if SAMPLERS.get(n) is cls)
 
 
 NODE_CLASS_MAPPINGS = {

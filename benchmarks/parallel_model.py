@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ruyi, installed or not
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "model" / "ruyi_mini_7b.yaml"
@@ -53,13 +56,13 @@ class Model:
         import yaml
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from ruyi.models.loading import build_empty
+        from ruyi.models.loading import meta_model
         from ruyi.registry import TRANSFORMERS, VAES
 
         preset = yaml.safe_load(PRESET.read_text())
         arch = preset["transformer_arch"]
-        model = build_empty(TRANSFORMERS.get("ruyi_transformer3d"), arch)  # meta device: no memory, no init
-        vae = build_empty(VAES.get("magvit"), preset.get("vae_arch") or {})
+        model = meta_model(TRANSFORMERS.get("ruyi_transformer3d"), arch)  # meta device: no memory, no init
+        vae = meta_model(VAES.get("magvit"), preset.get("vae_arch") or {})
         with torch.device("meta"):
             clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**preset["image_encoder_arch"]))
         return cls(

@@ -72,15 +72,25 @@ def lora_file(path: Path, transformer) -> Path:
     return path
 
 
-def plugin_pipeline(fixture: Path, lora: Path | None, device, **options):
-    """A pipeline with TeaCache and Enhance-A-Video (and a LoRA), built as ``load_pipeline`` builds:
+def make(fixture: Path, device, *, parallel: tuple | None = None, **options):
+    """``(pipeline, its parallel strategy or None)`` through the assembly, whose build order is:
     plugins (LoRA merges into whole weights), parallel, skip parking, then placement on ``device``."""
-    from ruyi.pipeline import RuyiPipeline
+    from ruyi.assembly import PipelineSpec, build
+    from ruyi.parallel import ParallelStrategy
+
+    strategies = {"parallel": parallel} if parallel else None
+    plan = PipelineSpec.from_names(fixture, device=str(device), strategies=strategies, **options).validate()
+    pipe = build(plan)
+    return pipe, next((s for s in plan.strategies if isinstance(s, ParallelStrategy)), None)
+
+
+def plugin_pipeline(fixture: Path, lora: Path | None, device, **options):
+    """A pipeline with TeaCache and Enhance-A-Video (and a LoRA)."""
     from ruyi.plugins import EnhanceAVideo, LoRAWeights, TeaCache
 
     cache, enhance = TeaCache(**TEACACHE), EnhanceAVideo(weight=2.0)
     plugins = ([LoRAWeights(path=str(lora), strength=1.0)] if lora else []) + [cache, enhance]
-    pipe = RuyiPipeline.from_pretrained(fixture, plugins=plugins, device=device, **options)
+    pipe, _ = make(fixture, device, plugins=plugins, **options)
     return pipe, cache, enhance
 
 
@@ -117,10 +127,8 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
     import torch.distributed as dist
 
     from ruyi.io import procedural_image
-    from ruyi.parallel import ParallelFacts, shutdown
+    from ruyi.parallel import shutdown
     from ruyi.parallel.tokens import gather_tokens, shard_tokens
-    from ruyi.pipeline import RuyiPipeline
-    from ruyi.registry import PARALLELS
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc))
@@ -130,13 +138,11 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
         device = torch.device("cuda", rank)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=nproc)
-    spec = dict(SCENARIOS[name]["parallel"])
-    strategy_cls = PARALLELS.get(spec.pop("name"))
+    options = dict(SCENARIOS[name]["parallel"])
+    kind = options.pop("name")
     image, result = procedural_image(64, 64), {}
     with torch.no_grad():
-        strategy = strategy_cls(**spec)
-        strategy.check(ParallelFacts(model_path=fixture, offload="none", height=64, width=64, device=device))
-        pipe = RuyiPipeline.from_pretrained(fixture, device=device, parallel=strategy)
+        pipe, strategy = make(fixture, device, parallel=(kind, options))
         groups = strategy.groups
         if groups.degrees.sequence > 1:
             hidden, rotary, frames = attention_inputs(fixture, pipe.transformer.hidden_size, device)
@@ -151,11 +157,11 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
         if name == "cfg2_then_sharded":
             strategy.remove(pipe)
             result["removed"] = pipe(image, **GEN)  # back to one process' work: the same latents
-            spec["shard_weights"] = True
+            options["shard_weights"] = True
         # sharded: FSDP moves each block from the CPU to this rank's device as it shards it; the
         # parked long skips are lossless, so the reference needs none
-        sharded = spec.get("shard_weights", False)
-        pipe, cache, enhance = plugin_pipeline(fixture, lora if sharded else None, device, parallel=strategy_cls(**spec),
+        sharded = options.get("shard_weights", False)
+        pipe, cache, enhance = plugin_pipeline(fixture, lora if sharded else None, device, parallel=(kind, options),
                                                skip_steps=1 if sharded else 0)  # fmt: skip
         seen = record(pipe, cache, enhance)
         result["plugin_forward"] = forward(pipe.transformer, fixture, device)
@@ -167,7 +173,7 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
 
 
 # -- the tests ------------------------------------------------------------------------------------
-PRELOAD = ["torch.distributed.fsdp", "diffusers.models.attention_dispatch", "ruyi.components", "ruyi.pipeline",
+PRELOAD = ["torch.distributed.fsdp", "diffusers.models.attention_dispatch", "ruyi.assembly", "ruyi.pipeline",
            "ruyi.parallel", *BUILTIN_MODULES, "ruyi.io", __name__]  # fmt: skip
 
 
@@ -193,12 +199,11 @@ def device(request) -> str:
 def reference(device, fixture_dir, tmp_path_factory):
     """Single-process results: attention, forward, generations (plain, plugins, plugins + LoRA)."""
     from ruyi.io import procedural_image
-    from ruyi.pipeline import RuyiPipeline
 
     image, ref = procedural_image(64, 64), {}
-    lora = lora_file(tmp_path_factory.mktemp("lora") / "lora.safetensors", RuyiPipeline.from_pretrained(fixture_dir).transformer)
     with torch.no_grad():
-        pipe = RuyiPipeline.from_pretrained(fixture_dir, device=device)
+        pipe, _ = make(fixture_dir, device)
+        lora = lora_file(tmp_path_factory.mktemp("lora") / "lora.safetensors", pipe.transformer)
         hidden, rotary, frames = attention_inputs(fixture_dir, pipe.transformer.hidden_size, device)
         ref["attention"] = pipe.transformer.blocks[ATTN_LAYER].attn1(hidden, image_rotary_emb=rotary, num_frames=frames)
         ref["forward"] = forward(pipe.transformer, fixture_dir, device)

@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from ruyi.assembly import PipelineSpec
 from ruyi.cli import run
 from ruyi.errors import AcceleratorRequired, ConfigError
-from ruyi.parallel import CfgParallel, NoParallel, ParallelFacts, UlyssesParallel
+from ruyi.parallel import UlyssesParallel
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["video_size=[64,64]", "frames=8", "steps=2", "progress=false", "seed=3"]
@@ -31,9 +34,11 @@ def world(monkeypatch):
     return set_world
 
 
-def one_line_error(exc_type, strategy, facts: ParallelFacts) -> str:
+def refused(exc_type, parallel: str, options: dict | None = None, path=None, **spec) -> str:
+    """The one-line error the assembly's ``validate()`` (before any weight) gives for this spec."""
+    strategies = {"parallel": (parallel, options or {})}
     with pytest.raises(exc_type) as caught:
-        strategy.check(facts)
+        PipelineSpec.from_names(path, strategies=strategies, device="cpu", **spec).validate()
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -41,58 +46,58 @@ def one_line_error(exc_type, strategy, facts: ParallelFacts) -> str:
 
 def test_world_size_must_equal_the_product_and_the_error_names_layouts(world):
     world(4)
-    message = one_line_error(ConfigError, UlyssesParallel(ulysses=2), ParallelFacts())
+    message = refused(ConfigError, "ulysses", {"ulysses": 2})
     assert "4 process(es)" in message and "uses 2" in message
     assert "parallel.ulysses=4" in message and "parallel.cfg=2 parallel.ulysses=2" in message
     world(1)
-    assert "torchrun" in one_line_error(ConfigError, CfgParallel(), ParallelFacts())
+    assert "torchrun" in refused(ConfigError, "cfg")
+    world(2)
+    assert "parallel.cfg=2" in refused(ConfigError, "none")  # two processes would do the same work
 
 
 def test_ulysses_takes_every_rank_cfg_leaves(world):
     world(4)
     assert UlyssesParallel(cfg=2).degrees(4).ulysses == 2
     assert UlyssesParallel().degrees(4).ulysses == 4
-    UlyssesParallel(cfg=2).check(ParallelFacts(offload="none"))  # a valid layout passes
+    PipelineSpec.from_names(None, strategies={"parallel": ("ulysses", {"cfg": 2})}, device="cpu").validate()
 
 
 def test_heads_must_divide(world, fixture_dir):
     world(4)  # the tiny model has 2 heads
-    message = one_line_error(ConfigError, UlyssesParallel(), ParallelFacts(model_path=fixture_dir))
+    message = refused(ConfigError, "ulysses", path=fixture_dir)
     assert "2 attention heads" in message and "valid: 1, 2" in message
 
 
 def test_tokens_per_frame_must_divide(world):
     world(2)
-    message = one_line_error(ConfigError, UlyssesParallel(), ParallelFacts(height=48, width=48))
-    assert "9 tokens per frame" in message and "valid: 1, 3" in message
+    with pytest.raises(ConfigError, match="9 tokens per frame.*valid: 1, 3"):
+        UlyssesParallel().check_request(SimpleNamespace(height=48, width=48))
+    UlyssesParallel().check_request(SimpleNamespace(height=64, width=64))
 
 
-def test_offload_other_than_none_is_refused(world):
+def test_offload_that_streams_weights_is_refused(world):
     world(2)
-    message = one_line_error(ConfigError, CfgParallel(), ParallelFacts(offload="group"))
-    assert "offload=group" in message and "offload=none" in message
+    message = refused(ConfigError, "cfg", offload="model")
+    assert "offload=model" in message and "offload=none" in message
 
 
 def test_sharding_needs_processes_and_pipeline_dtype_weights(world):
     world(1)
-    one_line_error(ConfigError, NoParallel(shard_weights=True), ParallelFacts())
+    refused(ConfigError, "none", {"shard_weights": True})
     world(2)
-    message = one_line_error(ConfigError, CfgParallel(shard_weights=True), ParallelFacts(precision="fp8_lite"))
-    assert "precision=bf16" in message
+    assert "precision=bf16" in refused(ConfigError, "cfg", {"shard_weights": True}, precision="fp8_lite")
 
 
 def test_ring_needs_cuda(world):
     world(2)
-    one_line_error(AcceleratorRequired, UlyssesParallel(ulysses=1, ring=2), ParallelFacts(device="cpu"))
+    refused(AcceleratorRequired, "ulysses", {"ulysses": 1, "ring": 2})
 
 
 def test_bad_degrees_and_backend(world):
-    with pytest.raises(ConfigError, match="valid: 1 or 2"):
-        CfgParallel(cfg=4)
-    with pytest.raises(ConfigError, match=">= 1"):
-        UlyssesParallel(ulysses=0)
     world(2)
-    message = one_line_error(ConfigError, UlyssesParallel(attention_backend="nope"), ParallelFacts())
+    assert "valid: 1 or 2" in refused(ConfigError, "cfg", {"cfg": 4})
+    assert ">= 1" in refused(ConfigError, "ulysses", {"ulysses": 0})
+    message = refused(ConfigError, "ulysses", {"attention_backend": "nope"})
     assert "valid:" in message and "native" in message
 
 
@@ -113,7 +118,7 @@ def test_python_api_checks_before_loading(tmp_path, monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match="1 process"):  # the folder is empty: no weights were read
-        ruyi.load_pipeline(tmp_path, parallel="cfg")
+        ruyi.load_pipeline(tmp_path, strategies={"parallel": "cfg"})
 
 
 def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_dir, tmp_path, capsys):
@@ -138,3 +143,22 @@ def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_di
     for name in names:
         a, b = (np.asarray(Image.open(folder / name), dtype=np.int16) for folder in (single, double))
         assert np.abs(a - b).max() <= 1, name
+
+
+def test_paper_projection_starts_from_the_measured_step():
+    """benchmarks/parallel_model.py: 1 GPU reproduces RESULTS.md (768x120: 17.16 s/step, 38.7 GiB
+    denoise peak); CFG halves the compute; sharding cuts weight memory; PCIe makes Ulysses pay."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.parallel_model import Measured, Model, project
+
+    model = Model.count()
+    measured = Measured.load(model)
+    shape = (768, 120)
+    one = project(model, measured, shape, 1, 1, False, 900.0)
+    assert one["step_s"] == pytest.approx(17.16, abs=0.01) and one["denoise_gib"] == pytest.approx(38.7, abs=0.3)
+    cfg = project(model, measured, shape, 2, 1, False, 900.0)
+    assert cfg["step_s"] == pytest.approx(one["step_s"] / 2, rel=0.01)
+    sharded = project(model, measured, shape, 2, 1, True, 900.0)
+    assert cfg["denoise_gib"] - sharded["denoise_gib"] > 5  # half of ~13 GiB of block weights, minus 2 blocks
+    nvlink, pcie = (project(model, measured, shape, 1, 2, False, gbs)["step_s"] for gbs in (900.0, 64.0))
+    assert pcie > nvlink > one["step_s"] / 2

@@ -20,13 +20,12 @@ from ruyi.parallel.groups import (
     shutdown,
     world_size,
 )
-from ruyi.parallel.strategy import CfgParallel, NoParallel, ParallelFacts, ParallelStrategy, UlyssesParallel
+from ruyi.parallel.strategy import CfgParallel, NoParallel, ParallelStrategy, UlyssesParallel
 
 __all__ = [
     "CfgParallel",
     "Degrees",
     "NoParallel",
-    "ParallelFacts",
     "ParallelGroups",
     "ParallelStrategy",
     "UlyssesParallel",

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,20 +29,6 @@ CFG_DEGREES = (1, 2)  # the guidance batch has two halves
 MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
 
 
-@dataclass(frozen=True)
-class ParallelFacts:
-    """What :meth:`ParallelStrategy.check` reads, for callers that have no ``PipelineSpec`` yet
-    (every field optional; the spec can carry the same attribute names instead)."""
-
-    world_size: int | None = None
-    device: str | torch.device | None = None
-    offload: Any = None  # registry name or the built strategy
-    precision: Any = None
-    model_path: str | Path | None = None  # heads from transformer/config.json
-    height: int | None = None  # pixels of the video to generate
-    width: int | None = None
-
-
 class ParallelStrategy:
     """Base of the registered strategies; see the module docstring for the degrees.
 
@@ -51,6 +36,8 @@ class ParallelStrategy:
     attention backend with context-parallel support (``native`` = torch SDPA, which picks flash
     attention on a GPU). Ring attention needs CUDA kernels.
     """
+
+    stage: ClassVar[str] = "parallel"  # where the assembly attaches it (ruyi.assembly.STAGES)
 
     def __init__(
         self,
@@ -97,38 +84,37 @@ class ParallelStrategy:
             )
         return degrees
 
-    def check(self, spec: Any) -> None:
-        """Every check that needs no weights. Reads from ``spec`` (all optional): ``world_size``,
-        ``device``, ``offload``, ``precision`` (names or components), ``model_path`` (for the head
-        count in ``transformer/config.json``), ``height`` / ``width`` (pixels)."""
-        degrees = self.degrees(getattr(spec, "world_size", None) or world_size())
-        device = getattr(spec, "device", None)
-        self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else torch.device(device)
+    def check(self, plan: Any) -> None:
+        """Every check that needs no weights, on the assembly's plan (``plan.device``, ``.offload``,
+        ``.precision``, ``.spec.model``); the world size comes from torchrun's environment."""
+        degrees = self.degrees(world_size())
+        self._device = plan.device
         if degrees.total == 1:
             if self.shard_weights:
                 raise ConfigError("parallel.shard_weights=true needs several processes: launch with "
                                   "`torchrun --nproc-per-node 2 scripts/infer.py parallel=cfg parallel.shard_weights=true`")  # fmt: skip
             return
-        offload = _name(getattr(spec, "offload", None))
-        if offload not in (None, "none"):
+        if not getattr(plan.offload, "keeps_weights_on_device", False):
             raise ConfigError(
-                f"offload={offload} cannot be combined with parallel {degrees}: each rank keeps its models on its "
-                "own GPU; use offload=none, and parallel.shard_weights=true to divide the weights instead"
+                f"offload={plan.spec.offload.name} cannot be combined with parallel {degrees}: each rank keeps its "
+                "models on its own GPU; use offload=none, and parallel.shard_weights=true to divide the weights instead"
             )
-        precision = _name(getattr(spec, "precision", None))
-        if self.shard_weights and precision not in (None, "bf16"):
-            raise ConfigError(f"parallel.shard_weights=true shards weights in the pipeline dtype; precision={precision} "
-                              "(FP8 storage) is not supported with it, use precision=bf16")  # fmt: skip
-        if degrees.ring > 1 and self._device.type != "cuda":
-            raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {self._device}")
+        if self.shard_weights and not getattr(plan.precision, "plain_weights", False):
+            raise ConfigError(f"parallel.shard_weights=true shards weights stored in the pipeline dtype; "
+                              f"precision={plan.spec.precision.name} is not supported with it, use precision=bf16")  # fmt: skip
+        if degrees.ring > 1 and plan.device.type != "cuda":
+            raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {plan.device}")
         if degrees.sequence > 1:
             _check_diffusers(self.attention_backend)
-            heads = _heads(getattr(spec, "model_path", None))
+            heads = _heads(plan.spec.model)
             if heads is not None:
                 self.check_heads(heads, degrees)
-            height, width = getattr(spec, "height", None), getattr(spec, "width", None)
-            if height and width:
-                self.check_tokens(height, width, degrees)
+
+    def check_request(self, request: Any) -> None:
+        """The video size of one call (``request.height`` / ``.width`` in pixels) against ring x ulysses."""
+        degrees = self.degrees(world_size())
+        if degrees.sequence > 1:
+            self.check_tokens(request.height, request.width, degrees)
 
     def check_heads(self, heads: int, degrees: Degrees) -> None:
         if heads % degrees.ulysses:
@@ -231,21 +217,14 @@ def _valid_layouts(world: int, ring: int) -> str:
     return f"with {world} process(es) use {' or '.join(options) or 'another process count'} ({launch}change the degrees)"
 
 
-def _name(component: Any) -> str | None:
-    """A strategy's registry name, whether the spec holds the name or the built component."""
-    if component is None or isinstance(component, str):
-        return component
-    return getattr(component, "registry_name", None) or getattr(type(component), "registry_name", None)
-
-
-def _heads(model_path: Any) -> int | None:
-    """``num_attention_heads`` from ``<model_path>/transformer/config.json`` (no weights read)."""
-    if model_path is None:
-        return None
-    config = Path(model_path) / "transformer" / "config.json"
-    if not config.is_file():
-        return None  # a missing checkpoint has its own error, raised where it loads
-    return int(json.loads(config.read_text())["num_attention_heads"])
+def _heads(model: Any) -> int | None:
+    """``num_attention_heads`` from the checkpoint's ``transformer/config.json``, else the preset's
+    architecture (no weights read); None when neither is there yet (the tiny model before creation)."""
+    config = None if model.path is None else Path(model.path) / "transformer" / "config.json"
+    if config is not None and config.is_file():
+        return int(json.loads(config.read_text())["num_attention_heads"])
+    arch = (model.arch or {}).get("transformer_arch") or {}
+    return arch.get("num_attention_heads")
 
 
 def _check_diffusers(backend: str) -> None:

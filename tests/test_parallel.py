@@ -142,7 +142,7 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
     kind = options.pop("name")
     image, result = procedural_image(64, 64), {}
     with torch.no_grad():
-        pipe, strategy = make(fixture, device, parallel=(kind, options))
+        pipe, strategy = make(fixture, device_type, parallel=(kind, options))  # "cuda": this rank's GPU
         groups = strategy.groups
         if groups.degrees.sequence > 1:
             hidden, rotary, frames = attention_inputs(fixture, pipe.transformer.hidden_size, device)
@@ -161,7 +161,7 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
         # sharded: FSDP moves each block from the CPU to this rank's device as it shards it; the
         # parked long skips are lossless, so the reference needs none
         sharded = options.get("shard_weights", False)
-        pipe, cache, enhance = plugin_pipeline(fixture, lora if sharded else None, device, parallel=(kind, options),
+        pipe, cache, enhance = plugin_pipeline(fixture, lora if sharded else None, device_type, parallel=(kind, options),
                                                skip_steps=1 if sharded else 0)  # fmt: skip
         seen = record(pipe, cache, enhance)
         result["plugin_forward"] = forward(pipe.transformer, fixture, device)

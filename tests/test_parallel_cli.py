@@ -58,8 +58,7 @@ def test_world_size_must_equal_the_product_and_the_error_names_layouts(world):
 def test_ulysses_takes_every_rank_cfg_leaves(world):
     world(4)
     assert UlyssesParallel(cfg=2).degrees(4).ulysses == 2
-    assert UlyssesParallel().degrees(4).ulysses == 4
-    PipelineSpec.from_names(None, strategies={"parallel": ("ulysses", {"cfg": 2})}, device="cpu").validate()
+    assert UlyssesParallel().degrees(4).ulysses == 4  # a valid layout validates in the torchrun tests
 
 
 def test_heads_must_divide(world, fixture_dir):

@@ -109,6 +109,10 @@ class ParallelStrategy:
             heads = _heads(plan.spec.model)
             if heads is not None:
                 self.check_heads(heads, degrees)
+        if plan.device.type == "cuda" and plan.device.index is not None:
+            raise ConfigError(f"device={plan.device} pins every rank to one GPU; use device=cuda (rank r takes GPU LOCAL_RANK)")
+        # join now, before any weight is made: "cuda" then means this rank's GPU for every caller
+        init_distributed(plan.device)
 
     def check_request(self, request: Any) -> None:
         """The video size of one call (``request.height`` / ``.width`` in pixels) against ring x ulysses."""

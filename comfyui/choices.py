@@ -87,14 +87,14 @@ def _registered(input_name: str, value: str, aliases: dict[str, str], names: lis
 def sampler_name(value: str) -> str:
     """A scheduler label ("Euler A") or registry name ("euler_a") -> the registry name."""
     from ruyi.registry import SAMPLERS
+    from ruyi.samplers import sampler_by_label
 
-    names = SAMPLERS.names()
-    if value in names:
+    if value in SAMPLERS:
         return value
-    for name in names:
-        if _label(name) == value:
-            return name
-    raise ConfigError(f"scheduler={value!r} is not one of {', '.join(sampler_labels())}")
+    try:
+        return sampler_by_label(value).registry_name
+    except KeyError:
+        raise ConfigError(f"scheduler={value!r} is not one of {', '.join(sampler_labels())}") from None
 
 
 def offload_name(memory_mode: str, model_offload: str) -> str:

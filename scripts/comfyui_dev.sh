@@ -20,7 +20,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${RUYI_COMFY_CACHE:-$HOME/.cache/ruyi-comfyui}"
+CACHE="${RUYI_COMFY_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/ruyi-comfyui}"
 HOME_DIR="${RUYI_COMFY_HOME:-$CACHE/home}"
 PORT="${RUYI_COMFY_PORT:-8188}"
 PYTHON="${RUYI_COMFY_PYTHON:-python3}"

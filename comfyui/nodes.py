@@ -172,31 +172,34 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 _PIPELINE: dict[str, Any] = {"key": None, "pipe": None}
 
 
-def get_pipeline(model: RuyiModel, *, sampler: str, offload: str, skip_steps: int, device: torch.device):
-    """The pipeline for these settings (all registry names), built by ``ruyi.load_pipeline``.
-
-    Kept until any build argument changes. The sampler is one of them: the pipeline's sampler is
-    never swapped after building, so a scheduler change rebuilds.
-    """
-    import ruyi
-    from ruyi.plugins import LoRAWeights
+def build_options(model: RuyiModel, *, sampler: str, offload: str, skip_steps: int, device: torch.device) -> dict[str, Any]:
+    """``ruyi.load_pipeline`` / ``PipelineSpec.from_names`` options for these settings (registry names)."""
     from ruyi.registry import PRECISIONS
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    takes_fp8_type = "fp8_dtype" in inspect.signature(PRECISIONS.get(model.precision)).parameters
+    return dict(
+        sampler=sampler, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, offload=offload,
+        precision=model.precision, precision_kwargs={"fp8_dtype": model.fp8_data_type} if takes_fp8_type else {},
+        skip_steps=skip_steps, device=device,
+    )  # fmt: skip
+
+
+def get_pipeline(model: RuyiModel, options: dict[str, Any]):
+    """The pipeline for ``options`` (from :func:`build_options`) and the model's LoRAs, built by
+    ``ruyi.load_pipeline``. Kept until any of them changes; the sampler is one of them, as the
+    pipeline's sampler is never swapped after building (a scheduler change rebuilds)."""
+    import ruyi
+    from ruyi.plugins import LoRAWeights
+
     loras = tuple((str(lora.path), lora.strength) for lora in model.loras)
-    key = (str(model.path), sampler, offload, model.precision, model.fp8_data_type, skip_steps, str(device), dtype, loras)
+    key = (str(model.path), tuple(sorted((k, str(v)) for k, v in options.items())), loras)
     if _PIPELINE["key"] == key:
         return _PIPELINE["pipe"]
     _PIPELINE.update(key=None, pipe=None)
     _free_memory()
-    takes_fp8_type = "fp8_dtype" in inspect.signature(PRECISIONS.get(model.precision)).parameters
-    pipe = ruyi.load_pipeline(
-        model.path, sampler=sampler, dtype=dtype, offload=offload, precision=model.precision,
-        precision_kwargs={"fp8_dtype": model.fp8_data_type} if takes_fp8_type else {},
-        skip_steps=skip_steps, device=device,
-        # fresh instances: a LoRAWeights remembers the model it was merged into
-        plugins=[LoRAWeights(path=lora.path, strength=lora.strength) for lora in model.loras],
-    )  # fmt: skip
+    # fresh instances: a LoRAWeights remembers the model it was merged into
+    plugins = [LoRAWeights(path=lora.path, strength=lora.strength) for lora in model.loras]
+    pipe = ruyi.load_pipeline(model.path, plugins=plugins, **options)
     _PIPELINE.update(key=key, pipe=pipe)
     return pipe
 
@@ -397,9 +400,9 @@ class Ruyi_I2VSampler:
         self, ruyi_model: RuyiModel, video_length, base_resolution, seed, steps, cfg, scheduler, motion,
         camera_direction, GPU_memory_mode, GPU_offload_steps, start_img, end_img=None, video_height=0, video_width=0,
     ):  # fmt: skip
+        from ruyi.assembly import PipelineSpec
         from ruyi.errors import ConfigError
         from ruyi.pipeline import check_frames
-        from ruyi.plugins import check_offload_compatible
 
         if not isinstance(ruyi_model, RuyiModel):
             raise ConfigError(f"ruyi_model must come from a Ruyi Load Model node, got {type(ruyi_model).__name__}")
@@ -407,14 +410,16 @@ class Ruyi_I2VSampler:
         check_frames(int(video_length))
         sampler = choices.sampler_name(scheduler)
         offload = choices.offload_name(GPU_memory_mode, ruyi_model.offload)
-        check_offload_compatible(ruyi_model.hooks, offload)
         if bool(video_height) != bool(video_width):
             raise ConfigError("set both video_height and video_width, or neither (0 = from base_resolution)")
         video_size = [int(video_height), int(video_width)] if video_height else None
         start = image_to_array(start_img)
         end = image_to_array(end_img) if end_img is not None else None
 
-        pipe = get_pipeline(ruyi_model, sampler=sampler, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
+        options = build_options(ruyi_model, sampler=sampler, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
+        # the whole combination, the per-run hooks included, is checked before any weight loads
+        PipelineSpec.from_names(ruyi_model.path, plugins=[*ruyi_model.loras, *ruyi_model.hooks], **options).validate()
+        pipe = get_pipeline(ruyi_model, options)
         attached = []
         try:
             for hook in ruyi_model.hooks:

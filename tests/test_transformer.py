@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ruyi.components import load_model
-from ruyi.models.loading import build_empty, constructor_kwargs
+from ruyi.models.loading import build_empty, constructor_kwargs, load_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
 from ruyi.offload.skip_steps import CPUSkipStack, apply_skip_offload, remove_skip_offload
 from tests.conftest import REPO
@@ -83,7 +82,7 @@ def test_skip_offload_zero_is_off_and_negative_is_an_error(model):
     assert isinstance(model.skip_stack_factory(), CPUSkipStack)
     apply_skip_offload(model, 0)
     assert not isinstance(model.skip_stack_factory(), CPUSkipStack)
-    with pytest.raises(ValueError, match="group_size=-1"):
+    with pytest.raises(ValueError, match="skip_steps=-1"):
         apply_skip_offload(model, -1)
 
 

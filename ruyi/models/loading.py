@@ -175,3 +175,12 @@ def _check_no_meta_buffers(model: torch.nn.Module) -> None:
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:
         raise CheckpointError(f"buffers {leftover[:_SHOW]} were not restored after loading; this is a bug in ruyi")
+
+
+def load_model(cls: type[M], root: str | Path, *, dtype: torch.dtype | None = None) -> M:
+    """Load model class ``cls`` from ``root/<cls.subfolder>`` (a class may bring its own ``from_pretrained``)."""
+    folder = Path(root) / cls.subfolder
+    custom = getattr(cls, "from_pretrained", None)
+    if custom is not None:
+        return custom(folder, dtype=dtype)
+    return load_component(cls, folder, config_overrides=getattr(cls, "config_overrides", None), dtype=dtype)

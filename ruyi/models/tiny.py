@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CAMERAS = ("static", "left", "right", "up", "down", "auto")
 MOTIONS = ("0", "1", "2", "3", "4")
 CLASS_NAMES = {"transformer": "HunyuanTransformer3DModel", "vae": "AutoencoderKLMagvit"}
+MODEL_NAMES = {"transformer": "ruyi_transformer3d", "vae": "magvit"}  # the registered classes it writes
 
 
 def _save_component(model: torch.nn.Module, config: Mapping[str, Any], folder: Path, class_name: str) -> None:
@@ -61,12 +62,9 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
     """Write the checkpoint described by a ``ruyi_tiny``-style preset to ``path`` (atomically)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ruyi.components import DEFAULT_MODELS, import_builtins
     from ruyi.models.image_encoder import CLIPImageProcessor
     from ruyi.models.loading import constructor_kwargs
     from ruyi.registry import TRANSFORMERS, VAES
-
-    import_builtins()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -74,7 +72,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         torch.manual_seed(int(preset.get("seed", 0)))
         t_arch, v_arch = dict(preset["transformer_arch"]), dict(preset["vae_arch"])
         for name, registry, arch in (("transformer", TRANSFORMERS, t_arch), ("vae", VAES, v_arch)):
-            cls = registry.get(DEFAULT_MODELS[name])
+            cls = registry.get(MODEL_NAMES[name])
             model = cls(**constructor_kwargs(cls, arch))
             _save_component(model, arch, tmp / name, CLASS_NAMES[name])
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**preset["image_encoder_arch"]))

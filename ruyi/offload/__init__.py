@@ -1,6 +1,6 @@
 """Memory strategies. They attach to a pipeline from outside (hooks) and can be removed again."""
 
-from ruyi.offload.base import OffloadStrategy, resolve_device
+from ruyi.offload.base import OffloadStrategy
 from ruyi.offload.group import GroupOffload
 from ruyi.offload.model import ModelOffload
 from ruyi.offload.none import NoOffload
@@ -18,5 +18,4 @@ __all__ = [
     "PipelineDtype",
     "SequentialOffload",
     "WeightPrecision",
-    "resolve_device",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
 MAX_WEIGHT = 10.0
@@ -42,10 +43,10 @@ class EnhanceAVideo:
 
     def __init__(self, *, weight: float = 1.0, skip_start_steps: int = 0, skip_end_steps: int = 0) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < MAX_WEIGHT:
-            raise ValueError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
+            raise ConfigError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
         for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"enhance_a_video.{name}={value!r} must be an integer >= 0")
+                raise ConfigError(f"enhance_a_video.{name}={value!r} must be an integer >= 0")
         self.weight = float(weight)
         self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
         self.active = True  # outside a denoising loop every forward is enhanced

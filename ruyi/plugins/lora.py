@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ruyi.errors import InputError
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -72,21 +73,21 @@ def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> di
             name = next((layer[len(p) :] for p in PEFT_PREFIXES if layer.startswith(p)), layer)
         factors.setdefault(name, {})[SUFFIXES[ending]] = tensor
     if unknown:
-        raise ValueError(f"{len(unknown)} LoRA keys follow neither the lora_down/lora_up nor the lora_A/lora_B convention, e.g. {unknown[:3]}")
+        raise InputError(f"{len(unknown)} LoRA keys follow neither the lora_down/lora_up nor the lora_A/lora_B convention, e.g. {unknown[:3]}")
     if text_encoder:
         log.warning("ignoring %d text-encoder LoRA tensors (lora_te*): Ruyi has no text encoder", text_encoder)
     modules = dict(model.named_modules())
     missing = sorted(n for n in factors if n not in modules or not isinstance(getattr(modules[n], "weight", None), torch.Tensor))
     if missing:
         matched = len(factors) - len(missing)
-        raise ValueError(f"{len(missing)} of {len(factors)} LoRA layers match no transformer weight ({matched} do), e.g. {missing[:3]}")
+        raise InputError(f"{len(missing)} of {len(factors)} LoRA layers match no transformer weight ({matched} do), e.g. {missing[:3]}")
     layers = {}
     for name, f in factors.items():
         if "up" not in f or "down" not in f:
-            raise ValueError(f"LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
+            raise InputError(f"LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
         layers[name] = LoRALayer(down=f["down"], up=f["up"], alpha=float(f["alpha"]) if "alpha" in f else None)
     if not layers:
-        raise ValueError("the LoRA file holds no transformer layers")
+        raise InputError("the LoRA file holds no transformer layers")
     return layers
 
 
@@ -99,11 +100,11 @@ class LoRAWeights:
     def __init__(self, *, path: str | Path, strength: float = 1.0) -> None:
         path = Path(path)
         if path.suffix != ".safetensors":
-            raise ValueError(f"lora path {path} must be a .safetensors file")
+            raise InputError(f"lora path {path} must be a .safetensors file")
         if not path.is_file():
-            raise FileNotFoundError(f"lora file {path} does not exist")
+            raise InputError(f"lora file {path} does not exist")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise ValueError(f"lora strength={strength!r} must be a number (the original suggests 1.0-1.4)")
+            raise InputError(f"lora strength={strength!r} must be a number (the original suggests 1.0-1.4)")
         self.path, self.strength = path, float(strength)
         self.layers: dict[str, LoRALayer] = {}
         self._merged_into: torch.nn.Module | None = None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ class TeaCache:
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-            raise ValueError(f"teacache.threshold={threshold!r} must be a number >= 0 (0.10 caches ~6-8 of 25 steps)")
+            raise ConfigError(f"teacache.threshold={threshold!r} must be a number >= 0 (0.10 caches ~6-8 of 25 steps)")
         for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"teacache.{name}={value!r} must be an integer >= 1")
+                raise ConfigError(f"teacache.{name}={value!r} must be an integer >= 1")
         self.threshold = float(threshold)
         self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
         self.offload_cpu = bool(offload_cpu)
@@ -60,6 +61,12 @@ class TeaCache:
         self._residual: torch.Tensor | None = None
 
     # -- attachment --------------------------------------------------------------------------
+    def check(self, plan) -> None:
+        """TeaCache runs the first block's norm outside that block's forward: a strategy that
+        loads a block's weights only inside its forward (``loads_per_block``) cannot serve it."""
+        if plan.has("loads_per_block"):
+            raise ConfigError(f"teacache does not work with offload={plan.spec.offload.name} yet; use offload=model or offload=sequential")
+
     def attach(self, pipe) -> None:
         transformer = pipe.transformer
         if transformer.blocks_runner is not None:

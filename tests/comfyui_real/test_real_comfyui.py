@@ -199,3 +199,19 @@ def test_lora_in_models_loras_is_listed_and_changes_the_output(comfy_server):
     plain, lora, plain_again = videos
     assert np.abs(lora - plain).mean() > 5, "the LoRA did not change the video"
     assert np.abs(plain_again - plain).mean() < 0.5, "the LoRA stayed merged after it was removed from the graph"
+
+
+def test_choice_the_plan_rejects_fails_the_sampler_before_loading(comfy_server):
+    """Load Model's offload=group on this CPU-only machine: the assembly's whole-plan check
+    (AcceleratorRequired) stops the sampler before any weight loads; ComfyUI reports it as that
+    node's error, in one line that names the option and the fix."""
+    graph = shrunk(START_FRAME, seed=21)
+    graph[node_id(graph, "Ruyi_LoadModel")]["inputs"]["offload"] = "group"
+    start = time.monotonic()
+    run = comfy_server.run(graph, timeout=300)
+    timed("choice rejected by the plan", start)
+    assert run.status == "execution_error"
+    (error,) = [m["data"] for m in run.messages if m["type"] == "execution_error"]
+    assert error["node_type"] == "Ruyi_I2VSampler" and error["node_id"] == node_id(graph, "Ruyi_I2VSampler")
+    assert error["exception_type"].endswith("AcceleratorRequired"), error["exception_type"]
+    assert "offload=group" in error["exception_message"] and "\n" not in error["exception_message"].strip()

@@ -30,6 +30,7 @@ BUILTIN_MODULES = [
     "ruyi.plugins",
     "ruyi.models.attention",
     "ruyi.compile",
+    "ruyi.parallel",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -112,11 +113,12 @@ PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
 ATTENTIONS: Registry[type] = Registry("attention")
 COMPILES: Registry[type] = Registry("compile")
+PARALLELS: Registry[type] = Registry("parallel")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
     r.kind: r
     for r in (
         TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
-        COMPILES,
+        COMPILES, PARALLELS,
     )
 }  # fmt: skip

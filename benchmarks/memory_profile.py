@@ -184,12 +184,13 @@ def simulate(cfg, top: int) -> dict:
 
     from ruyi.assembly import PipelineSpec
     from ruyi.memory.estimate import ParkedSkips, live_tensors, transformer_inputs
-    from ruyi.models.loading import build_empty
+    from ruyi.models.loading import meta_model
 
     # no device, so no validation (group offload's checks want CUDA): only what shapes activations
     spec = PipelineSpec.from_config(cfg)
     arch = dict(cfg.model.transformer_arch)
-    model = build_empty(spec.transformer.cls, arch).to(torch.bfloat16)
+    cls = spec.transformer.cls
+    model = meta_model(cls, {**arch, **(getattr(cls, "config_overrides", None) or {})}).to(torch.bfloat16)
     if spec.skip_steps:
         model.skip_stack_factory = ParkedSkips
     # memory options attach as in a build; the VAE is not simulated (a stand-in takes its decode hook)

@@ -207,7 +207,12 @@ def _auto_plan(fixture_dir, monkeypatch, free_gib, *, plugins=(), frames=120, ba
     plan = PipelineSpec.from_names(fixture_dir, device="cpu", plugins=plugins, **spec,
                                    strategies={"memory": ("auto", options)}).validate()  # fmt: skip
     # as on a GPU machine: the checks of the candidate plans see a CUDA device
-    return plan.strategies[0].resolve(dataclasses.replace(plan, device=torch.device("cuda")))
+    return _memory(plan).resolve(dataclasses.replace(plan, device=torch.device("cuda")))
+
+
+def _memory(plan):
+    (strategy,) = [s for s in plan.strategies if s.stage == "memory"]
+    return strategy
 
 
 @pytest.mark.parametrize(
@@ -226,7 +231,7 @@ def test_auto_picks_the_fastest_rule_that_fits(
 ):
     caplog.set_level(logging.INFO, logger="ruyi.memory.auto")
     plan = _auto_plan(fixture_dir, monkeypatch, free_gib, frames=frames, base_resolution=base_resolution)
-    auto = plan.strategies[0]
+    auto = _memory(plan)
     assert auto.choice.rule.name == expected
     rule = auto.choice.rule
     assert (plan.spec.offload.name, plan.spec.skip_steps, plan.spec.vae_tile_size) == (
@@ -243,7 +248,7 @@ def test_auto_picks_the_fastest_rule_that_fits(
 def test_auto_logs_when_nothing_fits_and_takes_the_smallest(fixture_dir, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="ruyi.memory.auto")
     plan = _auto_plan(fixture_dir, monkeypatch, 3.0)
-    assert plan.strategies[0].choice.rule.name == "streamed" and not plan.strategies[0].choice.fits
+    assert _memory(plan).choice.rule.name == "streamed" and not _memory(plan).choice.fits
     assert (
         caplog.records[-1].levelno == logging.WARNING
         and "may run out of memory" in caplog.records[-1].getMessage()
@@ -254,7 +259,7 @@ def test_auto_skips_rules_the_plugins_refuse(fixture_dir, monkeypatch, caplog):
     """TeaCache cannot run with streamed blocks nor with a split batch: only 'fast' remains."""
     caplog.set_level(logging.INFO, logger="ruyi.memory.auto")
     plan = _auto_plan(fixture_dir, monkeypatch, 8.0, plugins=[TeaCache()])
-    assert plan.strategies[0].choice.rule.name == "fast"
+    assert _memory(plan).choice.rule.name == "fast"
     assert "resident ruled out" in caplog.text and "streamed ruled out" in caplog.text
 
 
@@ -274,14 +279,15 @@ def test_auto_reads_the_shape_from_the_config(fixture_dir):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="infer", overrides=[f"model.path={fixture_dir}", "memory=auto", "frames=48",
                                                       "base_resolution=512", "memory.budget_gib=8"])  # fmt: skip
-    (component,) = PipelineSpec.from_config(cfg).strategies
+    (component,) = [c for c in PipelineSpec.from_config(cfg).strategies if c.kind == "memory"]
     auto = component.create()
     assert (auto.frames, auto.side, auto.budget_gib) == (48, 512.0, 8)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(
             config_name="benchmark", overrides=["memory=auto", "bench.resolution=768", "frames=120"]
         )
-    assert PipelineSpec.from_config(cfg).strategies[0].create().side == 768.0
+    (component,) = [c for c in PipelineSpec.from_config(cfg).strategies if c.kind == "memory"]
+    assert component.create().side == 768.0
 
 
 # -- on a GPU ------------------------------------------------------------------------------------------

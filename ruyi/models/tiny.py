@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ruyi.io import umask_mode
+from ruyi.io import publish_folder
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         generator = torch.Generator().manual_seed(int(preset.get("seed", 0)))
         save_file(random_control_embeddings(t_arch, generator), str(tmp / "embeddings.safetensors"))
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.chmod(tmp, umask_mode(directory=True))
-        os.replace(tmp, path)
+        publish_folder(tmp, path)  # only into a new or empty folder; fixes safetensors' 0600 modes
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

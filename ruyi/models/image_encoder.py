@@ -14,7 +14,7 @@ try:  # transformers >= 5: the PIL backend gives the original's numbers without 
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import CLIPImageProcessor
 
-from ruyi.models.loading import CheckpointError, check_keys, load_state_dict, read_config
+from ruyi.models.loading import CheckpointError, check_keys, check_tensors, load_state_dict, read_config
 from ruyi.registry import IMAGE_ENCODERS
 
 
@@ -54,6 +54,7 @@ class CLIPImageEncoder(torch.nn.Module):
         # transformers keeps position_ids as a non-persistent buffer; older exports stored it.
         state.pop("vision_model.embeddings.position_ids", None)
         check_keys(set(vision.state_dict()) - {"vision_model.embeddings.position_ids"}, set(state), str(folder))
+        check_tensors(vision.state_dict(), state, folder)
         vision.load_state_dict(state, strict=False, assign=True)
         restore_position_ids(vision)
         meta = [n for n, t in vision.state_dict().items() if t.is_meta]

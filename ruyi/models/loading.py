@@ -109,6 +109,27 @@ def check_keys(expected: set[str], found: set[str], where: str) -> None:
     )
 
 
+def check_tensors(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], folder: str | Path) -> None:
+    """Every checkpoint tensor has the model's shape, and floating weights are stored as floats."""
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if shapes:
+        raise CheckpointError(
+            f"{len(shapes)} tensor shape(s) in {folder} differ from its config.json "
+            f"(e.g. {'; '.join(shapes[:_SHOW])})"
+        )
+    integers = [f"{k}: {state[k].dtype}" for k, v in expected.items() if k in state and v.is_floating_point()
+                and not state[k].is_floating_point()]  # fmt: skip
+    if integers:
+        raise CheckpointError(
+            f"{len(integers)} weight tensor(s) in {folder} are not floating point (e.g. {'; '.join(integers[:_SHOW])}); "
+            "the checkpoint is damaged or not a Ruyi model"
+        )
+
+
 def build_empty(cls: type[M], config: Mapping[str, Any]) -> M:
     """Construct ``cls`` from a config dict on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
@@ -135,16 +156,7 @@ def load_component(
         raise CheckpointError(f"{folder / 'config.json'} does not describe a valid {cls.__name__}: {err}") from None
     state = load_state_dict(folder)
     check_keys(set(model.state_dict()), set(state), str(folder))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in model.state_dict().items()
-        if tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if shapes:
-        raise CheckpointError(
-            f"{len(shapes)} tensor shape(s) in {folder} differ from its config.json "
-            f"(e.g. {'; '.join(shapes[:_SHOW])})"
-        )
+    check_tensors(model.state_dict(), state, folder)
     model.load_state_dict(state, strict=True, assign=True)
     _check_no_meta_buffers(model)
     cast_model(model, dtype)

@@ -19,10 +19,12 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ruyi.assembly import PipelineSpec, build
+from ruyi.assembly import PipelineSpec, build, resolve_device
 from ruyi.errors import ConfigError, OutputError, RuyiUserError
 from ruyi.io import check_fps, check_output_path, procedural_image, write_video
+from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
+from ruyi.weights import resolve_checkpoint
 
 log = logging.getLogger("ruyi")
 
@@ -85,10 +87,14 @@ def run(cfg: DictConfig) -> int:
     except torch.OutOfMemoryError:
         print(f"error: {OOM_HINT}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        shutdown()  # torchrun: every rank leaves the process group
 
 
 def _run(cfg: DictConfig) -> int:
     # 1. pre-flight: every check that needs no weights (options, device, numbers, images, output)
+    quiet_other_ranks()  # under torchrun rank 0 alone logs; each rank joins the group on its own GPU
+    init_distributed(resolve_device(cfg.device))
     plan = PipelineSpec.from_config(cfg).validate()
     start, end = images(cfg)
     kwargs = request_kwargs(cfg)
@@ -96,6 +102,8 @@ def _run(cfg: DictConfig) -> int:
     request = validate_request(start, end, control=plan.control, sampler=plan.sampler_cls, frames_rounding=rounding,
                                **kwargs)  # fmt: skip
     kwargs["frames"] = request.frames  # rounded down if frames_rounding=down
+    for strategy in plan.strategies:  # those that depend on the video size (parallel token split)
+        getattr(strategy, "check_request", lambda request: None)(request)
     fps = check_fps(cfg.fps)
     overwrite = cfg.get("overwrite", False)
     if not isinstance(overwrite, bool):
@@ -103,11 +111,15 @@ def _run(cfg: DictConfig) -> int:
     output = check_output_path(output_path(cfg), overwrite=overwrite)
     log.info("request: %s -> %s", request, output)
     # 2. weights, components, strategies
+    with main_process_first():  # one rank creates or downloads the checkpoint, the others find it
+        resolve_checkpoint(plan.spec.model)
     pipe = build(plan)
     # 3. generate and write
     began = time.perf_counter()
-    video = pipe(start, end, progress=bool(cfg.progress), **kwargs)
+    video = pipe(start, end, progress=bool(cfg.progress) and is_main_process(), **kwargs)
     seconds = time.perf_counter() - began
+    if not is_main_process():  # every rank holds the same video; one writes it
+        return 0
     written = write_video(video, output, fps=fps, overwrite=overwrite)
     log.info("wrote %s (%d frames, %dx%d) in %.1f s", written, video.shape[2], video.shape[4], video.shape[3], seconds)
     print(written)

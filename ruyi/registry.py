@@ -28,6 +28,7 @@ BUILTIN_MODULES = [
     "ruyi.conditioning",
     "ruyi.offload",
     "ruyi.plugins",
+    "ruyi.parallel",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -108,7 +109,8 @@ CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
+PARALLELS: Registry[type] = Registry("parallel")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS)
+    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, PARALLELS)
 }

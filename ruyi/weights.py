@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ruyi.errors import CheckpointError, MissingWeightsError
-from ruyi.models.loading import load_model, read_config
+from ruyi.models.loading import load_model, random_model, read_config
 
 if TYPE_CHECKING:
     from ruyi.components import ModelSource
@@ -87,35 +87,19 @@ def scheduler_config(path: Path) -> dict[str, Any]:
     return read_config(path / "scheduler", "scheduler_config.json")
 
 
-@torch.no_grad()
-def materialize(model: torch.nn.Module, dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """Give a meta-device model random N(0, 0.02) weights, created on ``device`` (fast on a GPU)."""
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            tensor.normal_(0.0, 0.02, generator=generator)
-    return model.to(dtype).eval().requires_grad_(False)
-
-
 def random_models(
     classes: Mapping[str, type], arch: Mapping[str, Any], *, dtype: torch.dtype, device: torch.device, home: torch.device
 ) -> tuple[dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
     """Models of ``arch``'s real shape with random weights, made on ``device`` and left on ``home``,
     plus a random control-embedding table with every key the real one has."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from ruyi.models.image_encoder import CLIPImageProcessor, restore_position_ids
-    from ruyi.models.loading import build_empty
+    from ruyi.models.image_encoder import random_image_encoder
     from ruyi.models.tiny import random_control_embeddings
 
-    transformer = materialize(build_empty(classes["transformer"], arch["transformer_arch"]), dtype, device)
-    vae = materialize(build_empty(classes["vae"], arch.get("vae_arch") or {}), dtype, device, 1)
-    with torch.device("meta"):
-        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch["image_encoder_arch"]))
-    vision = materialize(vision, dtype, device, 2)
-    restore_position_ids(vision)
-    encoder = classes["image_encoder"](vision=vision, processor=CLIPImageProcessor(**arch["image_processor"]))
+    transformer = random_model(classes["transformer"], arch["transformer_arch"], dtype=dtype, device=device)
+    vae = random_model(classes["vae"], arch.get("vae_arch") or {}, dtype=dtype, device=device, seed=1)
+    encoder = random_image_encoder(
+        arch["image_encoder_arch"], arch["image_processor"], dtype=dtype, device=device, seed=2
+    )
     table = random_control_embeddings(arch["transformer_arch"], torch.Generator().manual_seed(3))
     models = {"transformer": transformer.to(home), "vae": vae.to(home), "image_encoder": encoder.to(home)}
     return models, table

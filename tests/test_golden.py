@@ -124,10 +124,10 @@ def check_sampler_timesteps(case, golden, folder):
 
 
 def check_end_to_end(case, golden, folder):
-    from ruyi.pipeline import RuyiPipeline
+    from ruyi import load_pipeline
 
     sampler = sampler_by_label(case["sampler"]).registry_name
-    pipe = RuyiPipeline.from_pretrained(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"])
+    pipe = load_pipeline(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"])
     assert pipe.control.key(case["camera"], case["motion"]) == case["embedding_key"]
     if hasattr(pipe.sampler, "eta"):
         assert pipe.sampler.eta == case["eta"]

@@ -38,6 +38,8 @@ class WeightPrecision:
 class PipelineDtype(WeightPrecision):
     """No storage change: weights stay in the pipeline's dtype (bfloat16 on GPU)."""
 
+    plain_weights = True  # fact for strategies that reshape weights (parallel.shard_weights)
+
     def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         return 0
 

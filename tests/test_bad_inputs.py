@@ -2,8 +2,8 @@
 words the one-line message must hold, and the files that must stay untouched.
 
 Rows run in-process the way ``scripts/infer.py`` runs them (override check, compose, ``run``).
-``preflight`` rows must fail before any model is built: ``build`` is replaced by a function that
-fails the test, and the check must take well under a second of CPU time. The other rows fail
+``preflight`` rows must fail before any model is built: ``build`` (and the checkpoint lookup) are
+replaced by a function that fails the test, and the check must take well under a second of CPU time. The other rows fail
 while building (checkpoint contents, LoRA files), still before any generation. Each row's working
 folder holds sentinel files (a non-empty output folder, a folder that is not a checkpoint, an
 existing video) that must come out byte for byte the same, with nothing new beside them.
@@ -139,10 +139,10 @@ CASES = {
     "embeddings truncated": case("model.path={inputs}/ck_embeddings", preflight=False,
                                  words=("embeddings.safetensors", "re-download it")),
     "CLIP config/weights mismatch": case("model.path={inputs}/ck_clip", preflight=False,
-                                         words=("image_encoder differ from its config.json", "fc1.weight")),
-    "integer weight tensors": case("model.path={inputs}/ck_int", preflight=False, words="are not floating point"),
+                                         words=("image_encoder do not fit the model", "another shape", "fc1.weight")),
+    "integer weight tensors": case("model.path={inputs}/ck_int", preflight=False, words="stored as integers where the model has floats"),
     "transformer weights truncated": case("model.path={inputs}/ck_truncated", preflight=False,
-                                          words="the file is damaged or incomplete"),
+                                          words=("cannot read", "the file is truncated or damaged")),
     # -- LoRA files and strengths ------------------------------------------------------------
     "lora strength nan": case("lora=[{{path: {inputs}/good.safetensors, strength: nan}}]",
                               words="lora strength=nan must be a finite number in [-100, 100]"),
@@ -281,6 +281,7 @@ def test_bad_input(name, tiny, inputs, warm, tmp_path, capsys, monkeypatch):
             raise AssertionError("a model was built although the input could be checked before")
 
         monkeypatch.setattr(cli, "build", no_model)
+        monkeypatch.setattr(cli, "resolve_checkpoint", no_model)  # nor was a checkpoint looked for
     before = _snapshot(tmp_path, inputs, tiny)
     code, err, cpu_s = _invoke(argv, capsys)
     try:

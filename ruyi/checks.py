@@ -16,10 +16,16 @@ from typing import Any
 from ruyi.errors import ConfigError
 
 
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python int/float/bool it holds; anything else unchanged (and checked
+    by whoever takes it)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "ndim", None) == 0 else value
+
+
 def _shown(value: Any) -> str:
     """``repr`` of the value as the user typed it (``3``, not ``np.int64(3)``)."""
-    item = getattr(value, "item", None)
-    return repr(item() if callable(item) and getattr(value, "ndim", None) == 0 else value)
+    return repr(plain(value))
 
 
 def _bounds(low: float | None, high: float | None) -> str:

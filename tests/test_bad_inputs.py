@@ -331,3 +331,15 @@ def test_bad_script_input(name, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_benchmark_jobs_never_become_data_rows(tmp_path):
+    """A crash or timeout goes to the failures file; a measurement and an OOM (a table cell) to the results."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.sweep import record
+
+    results, failures = tmp_path / "sweep.jsonl", tmp_path / "failed.jsonl"
+    for status in ("ok", "oom", "failed", "timeout"):
+        record({"status": status}, results=results, failures=failures)
+    read = lambda path: [json.loads(line)["status"] for line in path.read_text().splitlines()]  # noqa: E731
+    assert read(results) == ["ok", "oom"] and read(failures) == ["failed", "timeout"]

@@ -255,3 +255,17 @@ def test_numpy_scalars_are_accepted_wherever_numbers_are(tmp_path):
     assert (cache.threshold, cache.skip_start_steps) == (0.25, 2)
     assert EnhanceAVideo(weight=np.float32(2.0), skip_end_steps=np.int64(1)).skip_end_steps == 1
     assert io.check_fps(np.int64(24)) == 24.0
+
+
+def test_numpy_scalars_through_the_python_api(fixture_dir):
+    """``ruyi.load_pipeline`` and the call take numpy scalars and give what plain numbers give."""
+    import ruyi
+
+    def video(n):
+        pipe = ruyi.load_pipeline(fixture_dir, skip_steps=n(1), vae_tile_size=n(32), vae_tile_overlap=n(8), device="cpu")
+        image = np.linspace(0, 1, 64 * 64 * 3, dtype=np.float32).reshape(64, 64, 3)
+        return pipe(image, frames=n(8), steps=n(2), video_size=[n(64), n(64)], cfg=n(7), seed=n(1), progress=False)
+
+    with_numpy = video(np.int64)
+    assert with_numpy.shape == (1, 3, 8, 64, 64)
+    assert torch.equal(with_numpy, video(int))

@@ -28,6 +28,8 @@ BUILTIN_MODULES = [
     "ruyi.conditioning",
     "ruyi.offload",
     "ruyi.plugins",
+    "ruyi.models.attention",
+    "ruyi.compile",
     "ruyi.parallel",
 ]
 _builtins_state = {"loaded": False, "loading": False}
@@ -109,8 +111,14 @@ CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
+ATTENTIONS: Registry[type] = Registry("attention")
+COMPILES: Registry[type] = Registry("compile")
 PARALLELS: Registry[type] = Registry("parallel")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, PARALLELS)
-}
+    r.kind: r
+    for r in (
+        TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
+        COMPILES, PARALLELS,
+    )
+}  # fmt: skip

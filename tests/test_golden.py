@@ -123,11 +123,12 @@ def check_sampler_timesteps(case, golden, folder):
         assert [float(t) for t in got] == [float(t) for t in expected], label
 
 
-def check_end_to_end(case, golden, folder):
+def check_end_to_end(case, golden, folder, **options):
+    """``options``: more ``load_pipeline`` options (strategies...) that must keep the goldens too."""
     from ruyi import load_pipeline
 
     sampler = sampler_by_label(case["sampler"]).registry_name
-    pipe = load_pipeline(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"])
+    pipe = load_pipeline(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"], **options)
     assert pipe.control.key(case["camera"], case["motion"]) == case["embedding_key"]
     if hasattr(pipe.sampler, "eta"):
         assert pipe.sampler.eta == case["eta"]
@@ -141,6 +142,7 @@ def check_end_to_end(case, golden, folder):
     assert rel_err(latents, golden[case["outputs"]["final_latents"]]) < END_TO_END_TOL
     video = pipe.decode(latents)
     assert rel_err(video, golden[case["outputs"]["video"]]) < END_TO_END_TOL
+    return pipe
 
 
 HANDLERS = {

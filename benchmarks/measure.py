@@ -67,8 +67,17 @@ class PhaseMeter:
             self._step_began = now
 
 
+def _host_peak_gib() -> float:
+    """Peak resident host memory of this process (pinned weights and parked activations included)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
 def measure(cfg) -> dict:
-    pipe = build(PipelineSpec.from_config(cfg), weights=cfg.bench.weights)
+    plan = PipelineSpec.from_config(cfg).validate()
+    pipe = build(plan, weights=cfg.bench.weights)
+    weights = sum(t.numel() * t.element_size() for m in pipe.modules.values() for t in [*m.parameters(), *m.buffers()])
     bench = cfg.bench
     steps = bench.warmup_steps + bench.measured_steps
     meter = PhaseMeter()
@@ -96,6 +105,10 @@ def measure(cfg) -> dict:
         "peak_denoise_gib": meter.peak_gib["denoise"],
         "peak_decode_gib": meter.peak_gib.get("decode", 0.0),
         "peak_encode_gib": meter.peak_gib["encode"],
+        "weights_gib": weights / GIB,  # what offload=group keeps pinned in host memory
+        "host_peak_gib": _host_peak_gib(),
+        "plan": {"offload": repr(plan.offload), "skip_steps": plan.spec.skip_steps,
+                 "vae_tile_size": plan.spec.vae_tile_size, "strategies": [repr(s) for s in plan.strategies]},
     }
 
 

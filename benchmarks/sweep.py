@@ -65,6 +65,7 @@ def main(cfg: DictConfig) -> None:
     result.update(
         overrides=overrides, frames=int(cfg.frames), resolution=int(cfg.bench.resolution),
         offload=HydraConfig.get().runtime.choices["offload"], precision=HydraConfig.get().runtime.choices["precision"],
+        memory=HydraConfig.get().runtime.choices.get("memory"),
         skip_steps=int(cfg.skip_steps), vae_tile_size=int(cfg.vae_tile_size), weights=cfg.bench.weights, when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )  # fmt: skip
     record(result, results=Path(to_absolute_path(cfg.bench.results)), failures=Path(to_absolute_path(cfg.bench.failures)))

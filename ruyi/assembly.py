@@ -137,6 +137,9 @@ class PipelineSpec:
             plugins=tuple(p.create() for p in self.plugins),
         )
         _check_sampler_options(self.sampler)
+        for strategy in plan.strategies:  # memory=auto settles offload, skip_steps and VAE tiles here
+            if callable(getattr(strategy, "resolve", None)):
+                plan = strategy.resolve(plan)
         for obj in plan.components():
             check = getattr(obj, "check", None)
             if callable(check):

@@ -31,6 +31,7 @@ BUILTIN_MODULES = [
     "ruyi.models.attention",
     "ruyi.compile",
     "ruyi.parallel",
+    "ruyi.memory",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -114,11 +115,12 @@ PLUGINS: Registry[type] = Registry("plugin")
 ATTENTIONS: Registry[type] = Registry("attention")
 COMPILES: Registry[type] = Registry("compile")
 PARALLELS: Registry[type] = Registry("parallel")
+MEMORIES: Registry[type] = Registry("memory")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
     r.kind: r
     for r in (
         TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
-        COMPILES, PARALLELS,
+        COMPILES, PARALLELS, MEMORIES,
     )
 }  # fmt: skip

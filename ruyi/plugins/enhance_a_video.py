@@ -50,6 +50,8 @@ class EnhanceAVideo:
     last ``skip_end_steps`` run unchanged. Single-frame inputs are left alone (no cross-frame
     attention to measure)."""
 
+    reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
+
     def __init__(self, *, weight: float = 1.0, skip_start_steps: int = 0, skip_end_steps: int = 0) -> None:
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < MAX_WEIGHT:
             raise ConfigError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")

@@ -39,6 +39,7 @@ class TeaCache:
 
     # called outside their block's forward: strategies that load or gather weights per block keep them ready
     modules_called_directly: ClassVar[tuple[str, ...]] = ("blocks.0.norm1",)
+    reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
 
     def __init__(
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False

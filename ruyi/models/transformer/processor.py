@@ -28,6 +28,7 @@ class RuyiAttnProcessor:
     def __init__(self) -> None:
         self.score_hook: ScoreHook | None = None
         self.attention_backend: AttentionBackend | None = None
+        self.rotary: Callable[..., torch.Tensor] = apply_rotary_emb  # memory options swap in a leaner one
 
     def __call__(
         self,
@@ -53,9 +54,9 @@ class RuyiAttnProcessor:
             key = attn.norm_k(key)
         factor = None if self.score_hook is None else self.score_hook(query, key, num_frames)
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb)
+            query = self.rotary(query, image_rotary_emb)
             if self_attention:
-                key = apply_rotary_emb(key, image_rotary_emb)
+                key = self.rotary(key, image_rotary_emb)
 
         out = attention(
             query, key, value, mask=attention_mask, backend=self.attention_backend, self_attention=self_attention

@@ -1,0 +1,83 @@
+"""The measured rules ``memory=auto`` chooses from: settings -> peak GPU memory and step time.
+
+Each :class:`Rule` is one combination of placement (``offload``), long-skip parking, VAE tiles and
+memory options, with the peak ``torch.cuda.max_memory_allocated`` of a whole pipeline call
+(encode, denoise, decode) and its seconds per step relative to ``offload=none``, at the square
+sizes and frame counts where it was measured. ``benchmarks/memory_rows.py`` measures the rows
+(random weights at the real 7B shape, bf16, guidance on) and prints this table for pasting.
+
+A request is predicted from the smallest measured size whose area covers it and the smallest
+measured frame count that covers it (peaks grow with both), so a prediction errs on the high side;
+beyond the largest measurement the peak is scaled up by the ratio of tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, int]  # (square side in pixels, frames)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    offload: str
+    skip_steps: int = 0
+    vae_tile_size: int = 0
+    memory: tuple[str, ...] = ()  # memory options, applied as memory=combo
+    memory_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    peak_gib: Mapping[Shape, float] = field(default_factory=dict)
+    step_ratio: Mapping[Shape, float] = field(default_factory=dict)  # s/step over offload=none's
+    source: str = ""
+
+    def predict(self, side: float, frames: int) -> tuple[float, float, Shape]:
+        """(peak GiB, step ratio, the measured shape used) for a video of ``side``^2 pixels x ``frames``."""
+        shapes = sorted(self.peak_gib, key=lambda s: (s[0], s[1]))
+        covering = [s for s in shapes if s[0] >= side - 1e-6 and s[1] >= frames]
+        if covering:
+            ref = min(covering, key=lambda s: (s[0], s[1]))
+            scale = 1.0
+        else:  # beyond the measurements: scale the largest one by tokens
+            ref = max(shapes, key=lambda s: (s[0] ** 2 * s[1], s[0]))
+            scale = max(1.0, (side**2 * frames) / (ref[0] ** 2 * ref[1]))
+        ratio = self.step_ratio.get(ref, max(self.step_ratio.values(), default=1.0))
+        return self.peak_gib[ref] * scale, ratio, ref
+
+
+H100 = "H100 80GB, benchmarks/RESULTS.md 2026-11-24 (first VAE tiling grid)"
+ESTIMATE = (
+    "ESTIMATE, TO MEASURE: activations from ruyi.memory.estimate at the real shape + the weights "
+    "the placement keeps; time from the kernels' batch size (run benchmarks/memory_rows.py)"
+)
+LEAN = ("cfg_split", "token_chunks", "inplace", "vae_stream")
+TRANSFORMER_SPLIT = {"cfg_split": {"granularity": "transformer"}}
+
+# Fastest first when several fit; ``memory=auto`` takes the fastest predicted step that fits.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "none", "none",
+        peak_gib={(512, 24): 22.54, (512, 120): 25.34, (768, 48): 32.49, (768, 120): 38.71},
+        step_ratio={(512, 24): 1.0, (512, 120): 1.0, (768, 48): 1.0, (768, 120): 1.0},
+        source=H100,
+    ),
+    Rule(
+        "none_lean", "none", vae_tile_size=384, memory=LEAN, memory_options=TRANSFORMER_SPLIT,
+        peak_gib={(512, 120): 16.6, (768, 120): 18.7},
+        step_ratio={(512, 120): 1.02, (768, 120): 1.01},
+        source=ESTIMATE,
+    ),
+    Rule(
+        "group_skip", "group", skip_steps=1, vae_tile_size=512,
+        peak_gib={(512, 24): 6.02, (512, 120): 6.19, (768, 48): 5.57, (768, 120): 12.18},
+        step_ratio={(512, 24): 1.39, (512, 120): 1.055, (768, 48): 1.056, (768, 120): 1.02},
+        source=H100,
+    ),
+    Rule(
+        "group_lean", "group", skip_steps=1, vae_tile_size=384, memory=LEAN, memory_options=TRANSFORMER_SPLIT,
+        peak_gib={(512, 120): 3.4, (768, 120): 5.3},
+        step_ratio={(512, 120): 1.10, (768, 120): 1.05},
+        source=ESTIMATE,
+    ),
+)  # fmt: skip

@@ -1,12 +1,15 @@
 """Sweep results (JSON lines) -> the original's table layout (markdown) and a memory/time plot.
 
+    pip install -e ".[bench]"     # matplotlib, for the plot
     python benchmarks/report.py benchmarks/results/sweep.jsonl --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,14 +72,24 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    if importlib.util.find_spec("matplotlib") is None:
+        fail("benchmarks/report.py draws its plot with matplotlib, from the `bench` extra: pip install -e '.[bench]'")
+    if not args.results.is_file():
+        fail(f"{args.results} does not exist; run benchmarks/sweep.py first")
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    rows = [row for row in rows if row.get("status") in ("ok", "oom")]  # failures of older sweeps are no data
     if not rows:
-        raise SystemExit(f"error: {args.results} holds no results; run benchmarks/sweep.py first")
+        fail(f"{args.results} holds no results; run benchmarks/sweep.py first")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tables.md").write_text(tables(rows))
     plot(rows, args.out / "memory_vs_time.png")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,6 @@ class SpeedOption:
     mode: str | None = None
     dynamic: bool | None = None
     fp8: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_option(text: str, attention_names: list[str]) -> SpeedOption:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ruyi.checks import plain
 from ruyi.components import Component, ModelSource
 from ruyi.errors import AcceleratorRequired, ConfigError, RuyiUserError
 from ruyi.weights import load_models, random_models, resolve_checkpoint, scheduler_config
@@ -100,12 +101,13 @@ class PipelineSpec:
         return cls(
             model=ModelSource(path=None if path is None else Path(path), arch=arch),
             sampler=Component("sampler", sampler, dict(sampler_kwargs or {})),
-            image_conditioning=Component("conditioning", "start_end_frames", {"clip_apply_ratio": clip_apply_ratio}),
+            image_conditioning=Component("conditioning", "start_end_frames", {"clip_apply_ratio": plain(clip_apply_ratio)}),
             offload=Component("offload", offload, dict(offload_kwargs or {})),
             precision=Component("precision", precision, dict(precision_kwargs or {})),
             strategies=tuple(extra),
             plugins=tuple(_plugin_component(p) for p in plugins),
-            skip_steps=skip_steps, vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap,
+            # numpy scalars from a Python caller become plain numbers (validate() checks them)
+            skip_steps=plain(skip_steps), vae_tile_size=plain(vae_tile_size), vae_tile_overlap=plain(vae_tile_overlap),
             device=str(device), dtype=_dtype_name(dtype),
         )  # fmt: skip
 

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ruyi.conditioning.buckets import resolve_size
+from ruyi.checks import check_int, check_number
+from ruyi.conditioning.buckets import MAX_RESOLUTION, MIN_RESOLUTION, resolve_size
 from ruyi.conditioning.control import CameraMotionControl, ControlEmbeddings
-from ruyi.conditioning.image import ImageLatents, StartEndFrames
+from ruyi.conditioning.image import ImageLatents, StartEndFrames, load_image
 from ruyi.errors import ConfigError, InputError
 from ruyi.samplers.loop import DenoiseState, denoise, phase
 from ruyi.samplers.schedulers import DiffusersSampler
@@ -26,7 +27,13 @@ from ruyi.samplers.schedulers import DiffusersSampler
 log = logging.getLogger(__name__)
 
 MAX_FRAMES = 120
-FRAME_MULTIPLE = 8
+FRAME_MULTIPLE = 8  # the VAE encodes 8 frames at a time
+FRAMES_ROUNDING = ("error", "down")
+MAX_STEPS = 1000  # the schedulers' training timesteps: diffusers refuses more inference steps
+MAX_CFG = 20.0  # the ComfyUI sampler's range; the original uses 7, larger scales only burn the video
+SEED_LIMIT = 2**64  # torch generators take 64-bit seeds
+# one latent patch (VAE 8x, patch 2) at least; at most twice the largest bucket side at 512
+MIN_SIDE, MAX_SIDE = 16, 2048
 ORIGINAL_SIZE = (1024, 1024)  # the add-time-ids' "original size", fixed in the original
 ROTARY_BASE = 512  # rotary grid base size in pixels, as trained
 
@@ -47,36 +54,71 @@ class GenerationRequest:
 
 def validate_request(
     start_image, end_image=None, *, control: CameraMotionControl, sampler, frames, base_resolution, video_size, steps, cfg, seed,
-    camera, motion,
+    camera, motion, frames_rounding: str = "error",
 ) -> GenerationRequest:
-    """Check every argument of a call before any model runs; ``sampler`` may be a class or instance."""
-    check_frames(frames)
+    """Check every argument of a call before any model runs; ``sampler`` may be a class or instance.
+
+    Numbers may be Python or numpy scalars; they must be finite and in range (``cfg=inf`` or a
+    NaN would otherwise give a video of noise and exit 0). Images are decoded completely here, so a
+    damaged file fails before the weights load.
+    """
+    frames = round_frames(frames, frames_rounding)
     control.check_choice(camera, motion)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < max(1, sampler.min_steps):
-        raise ConfigError(f"steps={steps!r} is invalid for sampler {sampler.label}; use an integer >= {sampler.min_steps}")
-    if not isinstance(cfg, (int, float)) or not cfg >= 0:
-        raise ConfigError(f"cfg={cfg!r} must be a number >= 0 (1 disables guidance; the original uses 7.0)")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"seed={seed!r} must be an integer")
+    least = max(1, sampler.min_steps)
+    steps = check_int("steps", steps, low=least, high=MAX_STEPS,
+                      hint=f"sampler {sampler.label} needs at least {least}; the original uses 25")  # fmt: skip
+    cfg = check_number("cfg", cfg, low=0, high=MAX_CFG, hint="1 disables guidance; the original uses 7.0")
+    seed = check_int("seed", seed, low=0, high=SEED_LIMIT - 1, hint="below 2**64")
+    base_resolution = check_int("base_resolution", base_resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION,
+                                hint="512 or 768 are the trained ones")  # fmt: skip
+    video_size = check_video_size(video_size)
     if start_image is None:
         raise InputError("a start image is required (image=path/to/start.png)")
     height, width = resolve_size(image_size(start_image), base_resolution, video_size)
     if end_image is not None:
-        image_size(end_image)
+        image_size(end_image, name="end_image")
     return GenerationRequest(
-        frames=frames, height=height, width=width, steps=steps, guidance_scale=float(cfg),
+        frames=frames, height=height, width=width, steps=steps, guidance_scale=cfg,
         seed=seed, camera=str(camera), motion=str(motion),
     )  # fmt: skip
 
 
-def check_frames(frames: int) -> None:
-    if not isinstance(frames, int) or isinstance(frames, bool) or not (
-        frames == 1 or (frames % FRAME_MULTIPLE == 0 and 0 < frames <= MAX_FRAMES)
-    ):
+def check_frames(frames: int) -> int:
+    frames = check_int("frames", frames, hint=f"1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES}")
+    if not (frames == 1 or (frames % FRAME_MULTIPLE == 0 and 0 < frames <= MAX_FRAMES)):
         raise ConfigError(
             f"frames={frames!r} is invalid; use 1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES} "
-            "(24 fps: 120 frames = 5 s)"
+            "(24 fps: 120 frames = 5 s), or frames_rounding=down"
         )
+    return frames
+
+
+def round_frames(frames: int, rounding: str = "error") -> int:
+    """``frames`` checked; with ``rounding="down"`` first floored to a multiple of 8 as the original
+    does (its VAE encodes 8 frames at a time), with a warning."""
+    if rounding not in FRAMES_ROUNDING:
+        raise ConfigError(f"frames_rounding={rounding!r} is not one of {', '.join(FRAMES_ROUNDING)}")
+    frames = check_int("frames", frames, hint=f"1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES}")
+    if rounding == "down" and frames > FRAME_MULTIPLE and frames % FRAME_MULTIPLE:
+        rounded = frames // FRAME_MULTIPLE * FRAME_MULTIPLE
+        log.warning("frames=%d is not a multiple of %d: rounded down to %d (frames_rounding=down)",
+                    frames, FRAME_MULTIPLE, rounded)  # fmt: skip
+        frames = rounded
+    return check_frames(frames)
+
+
+def check_video_size(video_size: Sequence[int] | None) -> tuple[int, int] | None:
+    """``[height, width]`` as two Python ints in [MIN_SIDE, MAX_SIDE] (multiples of 16 are checked
+    with the buckets), or None."""
+    if video_size is None:
+        return None
+    usage = f"give [height, width] as multiples of 16 between {MIN_SIDE} and {MAX_SIDE}, e.g. [384, 672]"
+    if isinstance(video_size, (str, bytes)) or not isinstance(video_size, (Sequence, np.ndarray)):
+        raise ConfigError(f"video_size={video_size!r} is invalid; {usage}")
+    if len(video_size) != 2:
+        raise ConfigError(f"video_size={list(video_size)} is invalid; {usage}")
+    sides = tuple(check_int("video_size", side, low=MIN_SIDE, high=MAX_SIDE, hint=usage) for side in video_size)
+    return sides  # type: ignore[return-value]
 
 
 class RuyiPipeline:
@@ -121,6 +163,7 @@ class RuyiPipeline:
         end_image: Image.Image | np.ndarray | str | None = None,
         *,
         frames: int = 120,
+        frames_rounding: str = "error",
         base_resolution: int = 512,
         video_size: Sequence[int] | None = None,
         steps: int = 25,
@@ -137,7 +180,7 @@ class RuyiPipeline:
         # 1. check inputs
         request = self.check_inputs(
             start_image, end_image, frames=frames, base_resolution=base_resolution, video_size=video_size,
-            steps=steps, cfg=cfg, seed=seed, camera=camera, motion=motion,
+            steps=steps, cfg=cfg, seed=seed, camera=camera, motion=motion, frames_rounding=frames_rounding,
         )  # fmt: skip
         # 2. encode conditioning
         with phase(callbacks, "encode"):
@@ -246,20 +289,6 @@ class RuyiPipeline:
         return (video / 2 + 0.5).clamp(0, 1).float().cpu()
 
 
-def image_size(image: Any) -> tuple[int, int]:
-    """(width, height) of a path, PIL image or HWC array."""
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise InputError(f"image {image} does not exist")
-        try:
-            with Image.open(image) as img:
-                return img.size
-        except OSError:
-            raise InputError(f"{image} is not a readable image (PNG/JPEG/WebP...)") from None
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise InputError(f"image array must be (H, W, 3), got {image.shape}")
-        return image.shape[1], image.shape[0]
-    if isinstance(image, Image.Image):
-        return image.size
-    raise InputError(f"start/end image must be a path, PIL image or (H, W, 3) array, not {type(image).__name__}")
+def image_size(image: Any, *, name: str = "image") -> tuple[int, int]:
+    """(width, height) of a path, PIL image or array, decoding it completely (see ``load_image``)."""
+    return load_image(image, name=name).size

@@ -30,22 +30,27 @@ def is_checkpoint(path: Path) -> bool:
 def resolve_checkpoint(source: ModelSource) -> Path:
     """The checkpoint folder: found, created (the tiny preset), downloaded (``download``) or a clear error.
 
-    The tiny checkpoint is only created where nothing exists yet (or an empty folder): a folder
-    with other content is never replaced.
+    Data safety: the tiny checkpoint is only created where nothing exists yet or in an empty
+    folder, and a download only goes into a new or empty folder or one that already holds part of
+    the checkpoint (a resumed download). Any other existing path is the user's and is left alone:
+    the error names what a checkpoint folder is missing.
     """
     if source.path is None:
         raise CheckpointError("no model path given; pass the checkpoint folder (model.path=...)")
     path = Path(source.path).expanduser()
     if is_checkpoint(path):
         return path
-    occupied = path.exists() and (not path.is_dir() or any(path.iterdir()))
-    if occupied:
-        missing = [part for part in CHECKPOINT_PARTS if not (path / part).exists()] if path.is_dir() else ["(a file)"]
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"model.path={path} is a file; point it at the checkpoint folder")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    partial_download = source.download and any(name in CHECKPOINT_PARTS or name == ".cache" for name in entries)
+    if entries and not partial_download:
+        missing = [part for part in CHECKPOINT_PARTS if part not in entries]
         raise CheckpointError(
             f"model.path={path} exists but is not a Ruyi checkpoint (missing: {', '.join(missing)}); "
-            "point model.path at the checkpoint folder, or at a new folder for the tiny model"
+            "point model.path at the checkpoint folder, or at a new or empty folder for the tiny model"
         )
-    if source.create_if_missing:
+    if source.create_if_missing and not partial_download:
         from ruyi.models.tiny import create_tiny_checkpoint
 
         if source.arch is None:

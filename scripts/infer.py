@@ -6,17 +6,24 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from ruyi.cli import run  # noqa: E402
+from ruyi.overrides import exit_on_bad_overrides  # noqa: E402
+
+FAILED: list[int] = []  # exit codes of failed jobs: a multirun goes on after one, then exits non-zero
 
 
 @hydra.main(version_base=None, config_path="../configs", config_name="infer")
 def main(cfg: DictConfig) -> None:
+    from ruyi.cli import run  # after the override check: importing torch and diffusers takes seconds
+
     code = run(cfg)
     if code:
-        sys.exit(code)
+        FAILED.append(code)
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
     main()
+    sys.exit(max(FAILED, default=0))

@@ -7,6 +7,7 @@ into VAE latents (posterior mean, so runs are deterministic) and CLIP image feat
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ruyi.errors import ConfigError
+from ruyi.errors import ConfigError, InputError
 from ruyi.registry import CONDITIONINGS
 
 KEEP, GENERATE = 0.0, 255.0
@@ -45,12 +46,119 @@ class ImageLatents:
     clip_features: torch.Tensor
 
 
-def _to_rgb(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
+# Pillow's own decompression-bomb threshold (about 89 megapixels): a larger start frame is a
+# mistake (it is resized to at most 896 px anyway) or a crafted file, and decoding it could take
+# gigabytes of RAM before the first step.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def load_image(image: Image.Image | np.ndarray | str | Path, *, name: str = "image") -> Image.Image:
+    """A start/end image as a fully decoded 8-bit RGB PIL image.
+
+    Paths are decoded completely (a truncated file fails here, not halfway through a run);
+    16-bit images are scaled to 8 bits (not clipped to white); arrays may be uint8, uint16, bool
+    or float in [0, 1], shaped (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha is dropped, as
+    PIL's RGB conversion does). Every problem is an :class:`InputError` naming ``name``.
+    """
     if isinstance(image, (str, Path)):
-        with Image.open(image) as img:
-            return img.convert("RGB")
+        return _read_file(Path(image), name)
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
+        return _from_array(image, name)
+    if isinstance(image, Image.Image):
+        return _to_rgb8(image, name)
+    raise InputError(f"{name} must be a file path, a PIL image or an (H, W, 3) array, not {type(image).__name__}")
+
+
+def _read_file(path: Path, name: str) -> Image.Image:
+    if path.is_dir():
+        raise InputError(f"{name}={path} is a directory; give an image file (PNG, JPEG, WebP...)")
+    if not path.exists():
+        raise InputError(f"{name}={path} does not exist; check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with the size
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_large(f"{name}={path}", img.size)
+                img.load()
+                return _to_rgb8(img, f"{name}={path}")
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise _too_large(f"{name}={path}", None) from None
+    except PermissionError:
+        raise InputError(f"{name}={path} cannot be read (permission denied)") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name}={path} is not an image file Pillow can read (PNG, JPEG, WebP...)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's decoders raise all three for damaged data
+        raise InputError(f"{name}={path} cannot be decoded ({err}); the file is truncated or damaged") from None
+
+
+def _too_large(what: str, size: tuple[int, int] | None) -> InputError:
+    dims = f" ({size[0]} x {size[1]} pixels)" if size else ""
+    return InputError(
+        f"{what} is larger than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels{dims}; downscale it "
+        "(it is resized to at most 896 px anyway)"
+    )
+
+
+def _check_pixels(size: tuple[int, int], what: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InputError(f"{what} is empty ({width} x {height} pixels)")
+
+
+def _to_rgb8(img: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB; 16-bit grey modes are scaled (PIL's own conversion clips them to white)."""
+    _check_pixels(img.size, name)
+    if img.mode in SIXTEEN_BIT_MODES:
+        return _from_array(np.asarray(img).astype(np.uint16), name)
+    if img.mode == "I":
+        # 32-bit integer grey: older Pillow opens 16-bit PNGs this way; 8-bit data converted to "I"
+        # keeps 0..255. Scale only what needs scaling.
+        values = np.asarray(img)
+        if values.max(initial=0) > 255:
+            return _from_array(np.clip(values, 0, 65535).astype(np.uint16), name)
+        return _from_array(np.clip(values, 0, 255).astype(np.uint8), name)
+    if img.mode == "F":
+        return _from_array(np.asarray(img), name)
+    return img.convert("RGB")
+
+
+def _from_array(array: np.ndarray, name: str) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        pixels = array[..., :3] if array.shape[2] != 1 else array[..., 0]
+    elif array.ndim == 2:
+        pixels = array
+    else:
+        raise InputError(f"{name} array must be (H, W, 3), (H, W, 4), (H, W, 1) or (H, W), got {array.shape}")
+    _check_pixels((pixels.shape[1], pixels.shape[0]), name)
+    kind = pixels.dtype.kind
+    if kind == "b":
+        pixels = pixels.astype(np.uint8) * 255
+    elif pixels.dtype == np.uint16:
+        pixels = np.round(pixels / 257.0).astype(np.uint8)
+    elif kind in "iu" and pixels.dtype != np.uint8:
+        if pixels.min() < 0 or pixels.max() > 255:
+            raise InputError(
+                f"{name} array of {pixels.dtype} holds {pixels.min()}..{pixels.max()}; integer images must be "
+                "uint8 (0..255) or uint16 (0..65535)"
+            )
+        pixels = pixels.astype(np.uint8)
+    elif kind == "f":
+        finite = np.isfinite(pixels).all()
+        if not finite or pixels.min() < 0 or pixels.max() > 1:
+            held = f"{pixels.min():g}..{pixels.max():g}" if finite else "NaN or infinite values"
+            raise InputError(
+                f"{name} float array holds {held}; float images must lie in [0, 1] "
+                "(divide 0..255 data by 255, or pass uint8)"
+            )
+        pixels = np.round(pixels.astype(np.float64) * 255.0).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise InputError(f"{name} array has dtype {pixels.dtype}; use uint8, uint16 or float in [0, 1]")
+    image = Image.fromarray(np.ascontiguousarray(pixels))
     return image.convert("RGB")
 
 
@@ -68,12 +176,12 @@ def frames_from_images(
     width: int,
 ) -> FrameConditioning:
     """Resize the images to (width, height) with PIL's bicubic filter and lay out the video + mask."""
-    start = _to_rgb(start_image).resize((width, height), Image.Resampling.BICUBIC)
+    start = load_image(start_image).resize((width, height), Image.Resampling.BICUBIC)
     video = _as_frame(start)[:, None].repeat(1, frames, 1, 1)
     mask = torch.full((1, frames, height, width), GENERATE)
     mask[:, 0] = KEEP
     if end_image is not None:
-        end = _to_rgb(end_image).resize(start.size, Image.Resampling.BICUBIC)
+        end = load_image(end_image, name="end_image").resize(start.size, Image.Resampling.BICUBIC)
         video[:, -1] = _as_frame(end)
         mask[:, -1] = KEEP
     return FrameConditioning(

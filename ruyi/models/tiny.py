@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from ruyi.errors import CheckpointError
-from ruyi.io import umask_mode
+from ruyi.io import publish_folder
 from ruyi.models.loading import quiet_progress
 from ruyi.registry import TRANSFORMERS, VAES
 
@@ -88,8 +87,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
             str(tmp / "embeddings.safetensors"),
         )
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))
-        os.chmod(tmp, umask_mode(directory=True))
-        os.replace(tmp, path)
+        publish_folder(tmp, path)  # only into a new or empty folder; ordinary modes (safetensors writes 0600)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,10 +8,12 @@ and clamped to at least 1, multiplies the layer's output. It hooks only the bloc
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 
+from ruyi.checks import check_int
 from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
@@ -51,13 +53,11 @@ class EnhanceAVideo:
     reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
 
     def __init__(self, *, weight: float = 1.0, skip_start_steps: int = 0, skip_end_steps: int = 0) -> None:
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < MAX_WEIGHT:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < MAX_WEIGHT:
             raise ConfigError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
-        for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"enhance_a_video.{name}={value!r} must be an integer >= 0")
         self.weight = float(weight)
-        self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
+        self.skip_start_steps = check_int("enhance_a_video.skip_start_steps", skip_start_steps, low=0)
+        self.skip_end_steps = check_int("enhance_a_video.skip_end_steps", skip_end_steps, low=0)
         self.active = True  # outside a denoising loop every forward is enhanced
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by ruyi.parallel
         self._processors: list = []

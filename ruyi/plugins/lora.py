@@ -20,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ruyi.checks import check_number
 from ruyi.errors import InputError
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
 
 KOHYA_PREFIX, KOHYA_TEXT_PREFIX = "lora_unet_", "lora_te"
+MAX_STRENGTH = 100.0  # the ComfyUI Load LoRA node's range; useful values are about -2..2
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
 SUFFIXES = {  # key ending -> factor name
     ".lora_down.weight": "down", ".lora_up.weight": "up",
@@ -51,17 +54,31 @@ class LoRALayer:
         return (scale * (up @ down)).reshape(shape)
 
 
-def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, LoRALayer]:
-    """LoRA tensors -> {module path in ``model``: LoRALayer}; errors name unknown or unmatched keys."""
+def split_key(key: str) -> tuple[str, str] | None:
+    """``(layer, factor)`` of a LoRA key (``factor`` in up/down/alpha), or None for another key."""
+    ending = next((s for s in SUFFIXES if key.endswith(s)), None)
+    return None if ending is None else (key[: -len(ending)], SUFFIXES[ending])
+
+
+def check_key_names(keys: list[str], where: str) -> None:
+    """Every key must follow one of the two conventions (checked from the file header alone)."""
+    unknown = [key for key in keys if split_key(key) is None]
+    if unknown:
+        raise InputError(
+            f"{where}: {len(unknown)} LoRA keys follow neither the lora_down/lora_up nor the lora_A/lora_B "
+            f"convention, e.g. {unknown[:3]}; is this a LoRA file?"
+        )
+
+
+def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, where: str = "LoRA") -> dict[str, LoRALayer]:
+    """LoRA tensors -> {module path in ``model``: LoRALayer}; errors name unknown, unmatched or
+    mis-shaped keys."""
     by_underscored = {name.replace(".", "_"): name for name, _ in model.named_modules() if name}
+    check_key_names(list(state_dict), where)
     factors: dict[str, dict[str, torch.Tensor]] = {}
-    unknown, text_encoder = [], 0
+    text_encoder = 0
     for key, tensor in state_dict.items():
-        ending = next((s for s in SUFFIXES if key.endswith(s)), None)
-        if ending is None:
-            unknown.append(key)
-            continue
-        layer = key[: -len(ending)]
+        layer, factor = split_key(key)  # type: ignore[misc]
         if layer.startswith(KOHYA_TEXT_PREFIX):
             text_encoder += 1
             continue
@@ -71,24 +88,37 @@ def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> di
             name = by_underscored.get(layer[len(KOHYA_PREFIX) :], layer)
         else:
             name = next((layer[len(p) :] for p in PEFT_PREFIXES if layer.startswith(p)), layer)
-        factors.setdefault(name, {})[SUFFIXES[ending]] = tensor
-    if unknown:
-        raise InputError(f"{len(unknown)} LoRA keys follow neither the lora_down/lora_up nor the lora_A/lora_B convention, e.g. {unknown[:3]}")
+        factors.setdefault(name, {})[factor] = tensor
     if text_encoder:
         log.warning("ignoring %d text-encoder LoRA tensors (lora_te*): Ruyi has no text encoder", text_encoder)
     modules = dict(model.named_modules())
     missing = sorted(n for n in factors if n not in modules or not isinstance(getattr(modules[n], "weight", None), torch.Tensor))
     if missing:
         matched = len(factors) - len(missing)
-        raise InputError(f"{len(missing)} of {len(factors)} LoRA layers match no transformer weight ({matched} do), e.g. {missing[:3]}")
+        raise InputError(f"{where}: {len(missing)} of {len(factors)} LoRA layers match no transformer weight ({matched} do), e.g. {missing[:3]}")
     layers = {}
     for name, f in factors.items():
         if "up" not in f or "down" not in f:
-            raise InputError(f"LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
+            raise InputError(f"{where}: LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
+        _check_shapes(name, f["up"], f["down"], modules[name].weight, where)
         layers[name] = LoRALayer(down=f["down"], up=f["up"], alpha=float(f["alpha"]) if "alpha" in f else None)
     if not layers:
-        raise InputError("the LoRA file holds no transformer layers")
+        raise InputError(f"{where}: the LoRA file holds no transformer layers")
     return layers
+
+
+def _check_shapes(name: str, up: torch.Tensor, down: torch.Tensor, weight: torch.Tensor, where: str) -> None:
+    """up (out, rank[, 1, 1]) @ down (rank, in[, kh, kw]) must give the weight's shape."""
+    fits = (
+        up.ndim >= 2 and down.ndim >= 2 and up.is_floating_point() and down.is_floating_point()
+        and up.shape[0] == weight.shape[0] and up.shape[1] == down.shape[0]
+        and up[0].numel() == up.shape[1] and down[0].numel() == weight[0].numel()
+    )  # fmt: skip
+    if not fits:
+        raise InputError(
+            f"{where}: LoRA layer {name!r} has up {tuple(up.shape)} {up.dtype} and down {tuple(down.shape)} {down.dtype}, "
+            f"which do not fit its weight {tuple(weight.shape)}; is this LoRA for another model?"
+        )
 
 
 @PLUGINS.register("lora")
@@ -103,14 +133,26 @@ class LoRAWeights:
             raise InputError(f"lora path {path} must be a .safetensors file")
         if not path.is_file():
             raise InputError(f"lora file {path} does not exist")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise InputError(f"lora strength={strength!r} must be a number (the original suggests 1.0-1.4)")
-        self.path, self.strength = path, float(strength)
+        strength = check_number("lora strength", strength, low=-MAX_STRENGTH, high=MAX_STRENGTH,
+                                hint="the original suggests 1.0-1.4")  # fmt: skip
+        self.path, self.strength = path, strength
         self.layers: dict[str, LoRALayer] = {}
         self._merged_into: torch.nn.Module | None = None
 
     def __repr__(self) -> str:
         return f"LoRAWeights(path={str(self.path)!r}, strength={self.strength})"
+
+    def check(self, plan) -> None:
+        """Before any weight loads: the file is a readable safetensors file whose keys are LoRA keys."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise InputError(
+                f"lora file {self.path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                "re-download or re-export it"
+            ) from None
+        check_key_names(keys, f"lora file {self.path}")
 
     def attach(self, pipe) -> None:
         self.merge(pipe.transformer)
@@ -122,7 +164,7 @@ class LoRAWeights:
         """Add the deltas to ``model``'s weights; returns the number of layers changed."""
         if self._merged_into is not None:
             raise ValueError(f"{self} is already merged; unmerge it first")
-        self.layers = read_lora(load_file(str(self.path)), model)
+        self.layers = read_lora(load_file(str(self.path)), model, f"lora file {self.path}")
         self._apply(model, self.strength)
         self._merged_into = model
         log.info("merged %s into %d layers", self, len(self.layers))

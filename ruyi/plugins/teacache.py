@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ruyi.checks import check_int, check_number
 from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
@@ -43,13 +44,9 @@ class TeaCache:
     def __init__(
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-            raise ConfigError(f"teacache.threshold={threshold!r} must be a number >= 0 (0.10 caches ~6-8 of 25 steps)")
-        for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"teacache.{name}={value!r} must be an integer >= 1")
-        self.threshold = float(threshold)
-        self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
+        self.threshold = check_number("teacache.threshold", threshold, low=0, hint="0.10 caches ~6-8 of 25 steps")
+        self.skip_start_steps = check_int("teacache.skip_start_steps", skip_start_steps, low=1)
+        self.skip_end_steps = check_int("teacache.skip_end_steps", skip_end_steps, low=1)
         self.offload_cpu = bool(offload_cpu)
         self.skipped_steps = 0
         self.skipped: list[int] = []  # step indices of the last run that reused the cache

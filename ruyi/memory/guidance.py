@@ -72,6 +72,7 @@ class GuidanceSplit(MemoryOption):
         self._patches = ForwardPatches()
 
     def check(self, plan) -> None:
+        super().check(plan)
         coupled = [type(p).registry_name for p in plan.plugins if getattr(p, "reads_whole_batch", False)]
         if coupled:
             raise ConfigError(

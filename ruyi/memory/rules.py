@@ -74,10 +74,7 @@ RULES: tuple[Rule, ...] = (
         step_ratio={(512, 24): 1.39, (512, 120): 1.055, (768, 48): 1.056, (768, 120): 1.02},
         source=H100,
     ),
-    Rule(
-        "group_lean", "group", skip_steps=1, vae_tile_size=384, memory=LEAN, memory_options=TRANSFORMER_SPLIT,
-        peak_gib={(512, 120): 3.4, (768, 120): 5.3},
-        step_ratio={(512, 120): 1.10, (768, 120): 1.05},
-        source=ESTIMATE,
-    ),
+    # "group_lean" (group offload + cfg_split/token_chunks/inplace) measured 6.0 GiB at 768 x 120
+    # and 3.46 GiB at 512 x 120 on an H200, but its output was wrong (48 % error in the GPU parity
+    # test): block-wrapping options now refuse block-level offload, so the rule is gone until fixed.
 )  # fmt: skip

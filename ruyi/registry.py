@@ -23,11 +23,15 @@ T = TypeVar("T")
 BUILTIN_MODULES = [
     "ruyi.models.transformer",
     "ruyi.models.vae",
+    "ruyi.models.vae.pixel",
     "ruyi.models.image_encoder",
     "ruyi.samplers",
     "ruyi.conditioning",
     "ruyi.offload",
     "ruyi.plugins",
+    # training components (torch only at import; lightning and peft load when training starts)
+    "ruyi.training.finetune",
+    "ruyi.training.data",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -108,7 +112,11 @@ CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
+FINETUNES: Registry[type] = Registry("finetune")
+DATASETS: Registry[type] = Registry("data")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS)
+    r.kind: r for r in (
+        TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, FINETUNES, DATASETS
+    )
 }

@@ -73,10 +73,12 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
     try:
         torch.manual_seed(int(preset.get("seed", 0)))
         t_arch, v_arch = dict(preset["transformer_arch"]), dict(preset["vae_arch"])
+        names = {**DEFAULT_MODELS, **dict(preset.get("components") or {})}  # e.g. {vae: pixel_patch}
         for name, registry, arch in (("transformer", TRANSFORMERS, t_arch), ("vae", VAES, v_arch)):
-            cls = registry.get(DEFAULT_MODELS[name])
+            cls = registry.get(names[name])
             model = cls(**constructor_kwargs(cls, arch))
-            _save_component(model, arch, tmp / name, CLASS_NAMES[name])
+            class_name = CLASS_NAMES[name] if names[name] == DEFAULT_MODELS[name] else cls.__name__
+            _save_component(model, arch, tmp / name, class_name)
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**preset["image_encoder_arch"]))
         clip.save_pretrained(tmp / "image_encoder", safe_serialization=True)
         CLIPImageProcessor(**preset["image_processor"]).save_pretrained(tmp / "image_encoder")

@@ -1,0 +1,129 @@
+"""``RuyiTrainingModule``: a LightningModule around an assembled ``RuyiPipeline``.
+
+Lightning owns the loop, devices, precision, strategies (DDP, FSDP) and checkpoints; peft owns
+LoRA (see ``finetune.py``); this module owns one training step: encode the clip with the frozen
+VAE/CLIP as inference does, noise it, and regress the scheduler's target.
+
+Only the transformer is a registered submodule. The frozen VAE and image encoder stay outside
+what the strategy wraps: FSDP would shard them and gather their weights only inside ``forward``,
+which ``vae.encode`` never calls; DDP would broadcast them for nothing; checkpoints would carry
+them. The module therefore places them on its device itself when fitting starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+
+from ruyi.training.inputs import BatchEncoder
+from ruyi.training.objective import DiffusionObjective
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "cosine")
+
+
+def enable_activation_checkpointing(transformer: torch.nn.Module) -> int:
+    """Recompute each DiT block in the backward pass instead of keeping its activations.
+
+    The wrapper keeps state-dict keys unchanged (it strips its own prefix), so exports and
+    checkpoints are unaffected. Returns the number of wrapped blocks.
+    """
+    from functools import partial
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    from ruyi.models.transformer import RuyiDiTBlock
+
+    blocks = sum(isinstance(m, RuyiDiTBlock) for m in transformer.modules())
+    apply_activation_checkpointing(
+        transformer, checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: isinstance(m, RuyiDiTBlock),
+    )  # fmt: skip
+    return blocks
+
+
+class RuyiTrainingModule(L.LightningModule):
+    """``training_step(batch)`` -> loss; batch as ``ruyi.training.data.collate_clips`` makes it."""
+
+    def __init__(
+        self,
+        *,
+        pipe,
+        finetune,
+        objective: DiffusionObjective,
+        encoder: BatchEncoder,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        schedule: str = "constant",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            from ruyi.errors import ConfigError
+
+            raise ConfigError(f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+        self.pipe, self.finetune, self.objective, self.encoder = pipe, finetune, objective, encoder
+        self.learning_rate, self.weight_decay = float(learning_rate), float(weight_decay)
+        self.warmup_steps, self.schedule = int(warmup_steps), schedule
+        self.transformer = pipe.transformer
+        finetune.prepare(self.transformer)
+        self.transformer.train()
+        if gradient_checkpointing:
+            log.info("activation checkpointing on %d blocks", enable_activation_checkpointing(self.transformer))
+        # a LoRA checkpoint holds the adapter only: the base weights come from model.path again
+        self.strict_loading = not hasattr(finetune, "rank")
+
+    # -- placement of what the strategy does not manage ------------------------------------------
+    def on_fit_start(self) -> None:
+        for frozen in (self.pipe.vae, self.pipe.image_encoder):
+            frozen.to(self.device).eval().requires_grad_(False)
+        self.pipe.execution_device = self.device
+
+    # -- the step ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        encoded = self.encoder.encode(batch)
+        x0 = encoded.x0.float()
+        t = self.objective.sample_timesteps(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        noisy, target = self.objective.noisy_and_target(x0, noise, t)
+        kwargs = self.encoder.transformer_kwargs(encoded, batch, t, self.objective.num_train_timesteps)
+        prediction = self.transformer(noisy.to(self.pipe.dtype), t.to(self.pipe.dtype), **kwargs)
+        loss = self.objective.loss(prediction, target)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps and self.trainer.max_steps > 0 else None
+
+        def factor(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            if self.schedule == "cosine" and total:
+                progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        prefix = "transformer."
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        checkpoint["state_dict"] = {prefix + k: v for k, v in self.finetune.checkpoint_state(state).items()}
+
+    def transformer_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The transformer's keys of a LightningModule state dict, without the module prefix."""
+        prefix = "transformer."
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

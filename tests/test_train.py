@@ -23,17 +23,19 @@ from ruyi.training.objective import DiffusionObjective  # noqa: E402
 from ruyi.training.run import build_run  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMALL_DATA = ["data.frames=8", "data.height=64", "data.width=64"]
 SMALL = [
-    "data.frames=8", "data.height=64", "data.width=64", "batch_size=2", "num_workers=0",
+    "batch_size=2", "num_workers=0",
     "trainer.accelerator=cpu", "trainer.logger=none", "trainer.checkpoint_every_n_steps=null",
     "trainer.progress_refresh_rate=0", "+trainer.enable_model_summary=false", "warmup_steps=0",
 ]  # fmt: skip
 
 
-def train_config(fixture_dir: Path, output_dir: Path, *overrides: str):
+def train_config(fixture_dir: Path, output_dir: Path, *overrides: str, small_data: bool = True):
     """The real configs/train.yaml, shrunk for the CPU and pointed at the parity checkpoint."""
+    small = [*SMALL, *(SMALL_DATA if small_data else ())]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("train", overrides=[f"model.path={fixture_dir}", f"output_dir={output_dir}", *SMALL, *overrides])
+        return compose("train", overrides=[f"model.path={fixture_dir}", f"output_dir={output_dir}", *small, *overrides])
 
 
 # -- the objective ---------------------------------------------------------------------------

@@ -41,6 +41,18 @@ def check_output_dir(output_dir: Path) -> None:
         )
 
 
+def build_component(node: DictConfig) -> Any:
+    """``instantiate(node)``, with a user error in the constructor reported as itself (Hydra wraps it)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, RuyiUserError):
+            raise err.__cause__ from None
+        raise
+
+
 def build_training_pipeline(cfg: DictConfig, path: Path):
     """The pipeline, assembled by the same code as ``infer.py`` (on the CPU: Lightning places it).
 
@@ -113,8 +125,8 @@ def build_run(cfg: DictConfig) -> TrainingRun:
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         check_output_dir(output_dir)
     parse_dtype(cfg.dtype)
-    finetune = instantiate(cfg.finetune)
-    dataset = instantiate(cfg.data)
+    finetune = build_component(cfg.finetune)
+    dataset = build_component(cfg.data)
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
     L.seed_everything(int(cfg.seed), workers=True)

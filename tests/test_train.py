@@ -167,3 +167,25 @@ def test_full_finetune_exports_a_checkpoint_model_path_loads(fixture_dir, tmp_pa
     assert any(not torch.equal(before[k], trained[k]) for k in trained)
     for part in ("vae/diffusion_pytorch_model.safetensors", "embeddings.safetensors", "scheduler/scheduler_config.json"):
         assert (folder / part).read_bytes() == (fixture_dir / part).read_bytes()
+
+
+# -- schedule --------------------------------------------------------------------------------
+def test_a_time_budget_becomes_a_fixed_step_count(fixture_dir, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import ruyi.training.module as module_file
+    from ruyi.training.module import seconds
+
+    assert seconds("00:01:02:03") == 3723.0 and seconds({"minutes": 2}) == 120.0 and seconds(None) is None
+    job = build_run(train_config(fixture_dir, tmp_path / "run", "steps_for_time=00:00:03:20", "trainer.max_steps=100000"))
+    module = job.module
+    loop = SimpleNamespace(max_steps=100000)
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=loop))
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: SimpleNamespace(**vars(trainer), max_steps=loop.max_steps)))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(module_file.time, "monotonic", lambda: clock["now"])
+    for step in range(1, 101):  # 1 step/s; at step 100, 99 s of the 200 s budget are gone
+        monkeypatch.setattr(type(module), "global_step", property(lambda self, s=step: s))
+        clock["now"] = float(step)
+        module.on_train_batch_end(None, None, step)
+    assert loop.max_steps == 100 + 92  # 101 s left at 1 step/s, with the 8 % margin

@@ -62,6 +62,7 @@ def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, obj
     (folder / "config.json").write_text(json.dumps(dict(config), indent=2))
     tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()) for k, v in state.items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
+    os.chmod(folder / WEIGHTS, umask_mode(directory=False))  # safetensors creates it private (0600)
 
 
 def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder: Path, dtype: torch.dtype | None = None) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning as L
 import torch
@@ -24,6 +25,16 @@ from ruyi.training.objective import DiffusionObjective
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("constant", "cosine")
+
+
+def seconds(max_time: str | dict | None) -> float | None:
+    """Lightning's ``max_time`` ("DD:HH:MM:SS" or {days:, hours:, minutes:, seconds:}) in seconds."""
+    if not max_time:
+        return None
+    if isinstance(max_time, str):
+        days, hours, minutes, secs = (int(x) for x in max_time.split(":"))
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + secs)
+    return float(sum(max_time.get(k, 0) * f for k, f in (("days", 86400), ("hours", 3600), ("minutes", 60), ("seconds", 1))))
 
 
 def enable_activation_checkpointing(transformer: torch.nn.Module) -> int:
@@ -64,6 +75,7 @@ class RuyiTrainingModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         schedule: str = "constant",
+        steps_for_time_s: float | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -74,6 +86,8 @@ class RuyiTrainingModule(L.LightningModule):
         self.pipe, self.finetune, self.objective, self.encoder = pipe, finetune, objective, encoder
         self.learning_rate, self.weight_decay = float(learning_rate), float(weight_decay)
         self.warmup_steps, self.schedule = int(warmup_steps), schedule
+        self.steps_for_time_s = steps_for_time_s
+        self._clock: dict[int, float] = {}
         self.transformer = pipe.transformer
         finetune.prepare(self.transformer)
         self.transformer.train()
@@ -83,6 +97,24 @@ class RuyiTrainingModule(L.LightningModule):
         self.strict_loading = not hasattr(finetune, "rank")
 
     # -- placement of what the strategy does not manage ------------------------------------------
+    # -- a step budget from a time budget -----------------------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """With ``steps_for_time_s``, measure the speed over steps 10-100 (inside the warm-up) and
+        fix ``max_steps`` to what fits the time left. The schedule then depends on steps only, so
+        ``trainer.max_steps=<that number>`` re-creates the run on any hardware."""
+        if not self.steps_for_time_s:
+            return
+        step, now = self.global_step, time.monotonic()
+        if step in (1, 10, 100):
+            self._clock[step] = now
+        if step == 100 and self.steps_for_time_s:
+            rate = 90 / (now - self._clock[10])
+            left = self.steps_for_time_s - (now - self._clock[1])
+            total = min(self.trainer.max_steps, step + int(0.92 * rate * max(0.0, left)))
+            self.trainer.fit_loop.epoch_loop.max_steps = total
+            log.info("%.1f steps/s: max_steps fixed to %d for the %.0f s budget", rate, total, self.steps_for_time_s)
+            self.steps_for_time_s = None
+
     def on_fit_start(self) -> None:
         for frozen in (self.pipe.vae, self.pipe.image_encoder):
             frozen.to(self.device).eval().requires_grad_(False)
@@ -104,15 +136,15 @@ class RuyiTrainingModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps and self.trainer.max_steps > 0 else None
 
         def factor(step: int) -> float:
             if step < self.warmup_steps:
                 return (step + 1) / self.warmup_steps
-            if self.schedule == "cosine" and total:
-                progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
+            total = self.trainer.max_steps if self.trainer is not None else -1
+            if self.schedule != "cosine" or not total or total <= 0:
+                return 1.0
+            progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -53,13 +53,10 @@ def build_component(node: DictConfig) -> Any:
         raise
 
 
-def build_training_pipeline(cfg: DictConfig, path: Path):
-    """The pipeline, assembled by the same code as ``infer.py`` (on the CPU: Lightning places it).
-
-    A model preset's ``components`` (e.g. ``{vae: pixel_patch}``) pick the classes its checkpoint
-    was made with, over the component groups' defaults.
-    """
-    from ruyi.cli import MODEL_KINDS, build_pipeline
+def with_preset_components(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose model groups follow the preset's ``components`` (e.g. ``{vae:
+    pixel_patch}``): the classes its checkpoint was made with, over the groups' defaults."""
+    from ruyi.cli import MODEL_KINDS
     from ruyi.registry import ALL_REGISTRIES
 
     cfg = cfg.copy()
@@ -67,7 +64,14 @@ def build_training_pipeline(cfg: DictConfig, path: Path):
         if kind in MODEL_KINDS:
             cls = ALL_REGISTRIES[kind].get(name)
             cfg[kind] = OmegaConf.create({"_target_": f"{cls.__module__}.{cls.__qualname__}"})
-    return build_pipeline(cfg, path, torch.device("cpu"))
+    return cfg
+
+
+def build_training_pipeline(cfg: DictConfig, path: Path):
+    """The pipeline, assembled by the same code as ``infer.py`` (on the CPU: Lightning places it)."""
+    from ruyi.cli import build_pipeline
+
+    return build_pipeline(with_preset_components(cfg), path, torch.device("cpu"))
 
 
 def run(cfg: DictConfig) -> int:
@@ -106,8 +110,12 @@ class TrainingRun:
         return self.finetune.export(state, source=self.source, output_dir=self.output_dir)
 
 
-def build_run(cfg: DictConfig) -> TrainingRun:
-    """Validate the config (before any weights load), then load and assemble everything."""
+def build_run(cfg: DictConfig, *, pipe=None) -> TrainingRun:
+    """Validate the config (before any weights load), then load and assemble everything.
+
+    ``pipe``: an already assembled pipeline to train instead of loading ``model.path`` (benchmarks
+    pass random weights at the real shape; the scheduler then comes from ``model.scheduler_config``).
+    """
     import lightning as L
 
     from ruyi.cli import ensure_checkpoint
@@ -115,7 +123,7 @@ def build_run(cfg: DictConfig) -> TrainingRun:
     from ruyi.models.loading import read_config
     from ruyi.training.datamodule import ClipDataModule
     from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
-    from ruyi.training.module import RuyiTrainingModule
+    from ruyi.training.module import RuyiTrainingModule, seconds
     from ruyi.training.objective import DiffusionObjective
     from ruyi.training.trainer import build_trainer, check_trainer
 
@@ -131,14 +139,19 @@ def build_run(cfg: DictConfig) -> TrainingRun:
     check_trainer(trainer_options)
     L.seed_everything(int(cfg.seed), workers=True)
     # 2. weights, assembled as for inference
-    path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
-    pipe = build_training_pipeline(cfg, path)
-    objective = DiffusionObjective(read_config(path / "scheduler", "scheduler_config.json"))
+    if pipe is None:
+        path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
+        pipe = build_training_pipeline(cfg, path)
+        objective = DiffusionObjective(read_config(path / "scheduler", "scheduler_config.json"))
+    else:
+        path = pipe.model_path
+        objective = DiffusionObjective(OmegaConf.to_container(cfg.model.scheduler_config, resolve=True))
     cache = LatentCache(output_dir / "latent_cache") if cfg.cache_latents else None
     module = RuyiTrainingModule(
         pipe=pipe, finetune=finetune, objective=objective, encoder=BatchEncoder(pipe, uncond_prob=cfg.uncond_prob, cache=cache),
         learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        schedule=cfg.schedule, gradient_checkpointing=bool(cfg.gradient_checkpointing),
+        schedule=cfg.schedule, steps_for_time_s=seconds(cfg.steps_for_time),
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
     )  # fmt: skip
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters; data %s (%d clips)", finetune, trainable, type(dataset).__name__, len(dataset))
@@ -160,7 +173,8 @@ def _run(cfg: DictConfig) -> int:
         return 0
     trainer = job.trainer
     summary = {
-        "exported": str(exported), "steps": trainer.global_step, "seconds": round(job.seconds, 1),
+        "exported": str(exported), "steps": trainer.global_step, "max_steps": trainer.max_steps,
+        "seconds": round(job.seconds, 1),
         "loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "trainable_parameters": sum(p.numel() for p in job.module.parameters() if p.requires_grad),
         "device": torch.cuda.get_device_name() if trainer.strategy.root_device.type == "cuda" else platform.machine(),

@@ -86,7 +86,7 @@ def measure(overrides: list[str], *, steps: int, warmup: int, random_weights: bo
         from ruyi.training.run import with_preset_components
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = build_random_pipeline(with_preset_components(cfg), device, "cpu")
+        pipe = build_random_pipeline(with_preset_components(cfg), device, device)
         pipe.transformer.requires_grad_(False)
     job = build_run(cfg, pipe=pipe)
     timer = step_timer(warmup)

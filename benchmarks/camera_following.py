@@ -106,16 +106,16 @@ def markdown(table: list[dict]) -> str:
 
 # -- generation ---------------------------------------------------------------------------------
 def build(model_path: Path, device: str, overrides: list[str]):
+    """The pipeline as ``infer.py model=ruyi_tiny_pans vae=pixel_patch model.path=...`` builds it."""
     from hydra import compose, initialize_config_dir
 
-    from ruyi.cli import build_pipeline
-    from ruyi.components import import_builtins
-    from ruyi.offload.base import resolve_device
+    from ruyi.assembly import PipelineSpec, build
 
-    import_builtins()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("infer", overrides=["model=ruyi_tiny_pans", "vae=pixel_patch", f"model.path={model_path}", *overrides])
-    return build_pipeline(cfg, model_path, resolve_device(device)), cfg
+        cfg = compose("infer", overrides=[
+            "model=ruyi_tiny_pans", "vae=pixel_patch", f"model.path={model_path}", f"device={device}", *overrides,
+        ])  # fmt: skip
+    return build(PipelineSpec.from_config(cfg)), cfg
 
 
 def to_frames(video: torch.Tensor) -> np.ndarray:

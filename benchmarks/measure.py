@@ -17,90 +17,85 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 
-from benchmarks.random_pipeline import build_random_pipeline  # noqa: E402
-from ruyi.components import attach_strategies, import_builtins  # noqa: E402
+from ruyi.assembly import PipelineSpec, build  # noqa: E402
 from ruyi.io import procedural_image  # noqa: E402
-from ruyi.plugins import build_plugins  # noqa: E402
-from ruyi.samplers.loop import denoise  # noqa: E402
 
 GIB = 1024**3
 
 
-class StepTimer:
-    """Per-step wall time, synchronised with the GPU."""
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
+class PhaseMeter:
+    """Pipeline callback: wall time and peak GPU memory of each phase of the real ``__call__``
+    (encode / denoise / decode), and the time of each denoising step (user steps)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.seconds: dict[str, float] = {}
+        self.peak_gib: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self._began = self._step_began = 0.0
+
+    def on_phase_begin(self, name: str) -> None:
+        _sync()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._began = time.perf_counter()
+
+    def on_phase_end(self, name: str) -> None:
+        _sync()
+        self.seconds[name] = time.perf_counter() - self._began
+        self.peak_gib[name] = _peak_gib()
 
     def on_step_begin(self, state) -> None:
-        torch.cuda.synchronize()
-        self._start = time.perf_counter()
+        if state.call == 0 or self._step_began == 0.0:
+            _sync()
+            self._step_began = time.perf_counter()
 
     def on_step_end(self, state) -> None:
-        torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
-
-
-def _phase(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    began = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, time.perf_counter() - began, torch.cuda.max_memory_allocated() / GIB
+        if state.step_done:
+            _sync()
+            now = time.perf_counter()
+            self.step_times.append(now - self._step_began)
+            self._step_began = now
 
 
 def measure(cfg) -> dict:
-    import_builtins()
-    device = torch.device("cuda")
-    offload, precision = instantiate(cfg.offload), instantiate(cfg.precision)
-    home = "cuda" if type(offload).__name__ == "NoOffload" else "cpu"
-    plugins = build_plugins(cfg)
-    pipe = build_random_pipeline(cfg, device, home)
-    attach_strategies(
-        pipe, precision=precision, offload=offload, skip_steps=cfg.skip_steps, device=device,
-        vae_tile_size=cfg.vae_tile_size, vae_tile_overlap=cfg.vae_tile_overlap, plugins=plugins,
-    )  # fmt: skip
-    torch.cuda.empty_cache()
+    pipe = build(PipelineSpec.from_config(cfg), weights=cfg.bench.weights)
     bench = cfg.bench
     steps = bench.warmup_steps + bench.measured_steps
-    image = procedural_image(640, 640)
-    request = pipe.check_inputs(
-        image, None, frames=cfg.frames, base_resolution=cfg.base_resolution, video_size=list(cfg.video_size),
-        steps=steps, cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera, motion=str(cfg.motion),
+    meter = PhaseMeter()
+    latents_only = not bench.decode
+    pipe(
+        procedural_image(640, 640), None, frames=cfg.frames, base_resolution=cfg.base_resolution,
+        video_size=list(cfg.video_size), steps=steps, cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera,
+        motion=str(cfg.motion), callbacks=[meter], progress=False, output_latents=latents_only,
     )  # fmt: skip
-    control = pipe.control.select(request.camera, request.motion)
-    with torch.no_grad():
-        image_latents, t_encode, m_encode = _phase(lambda: pipe.encode_images(image, None, request))
-        timesteps = pipe.sampler.set_timesteps(steps, device=pipe.execution_device)
-        latents = pipe.prepare_latents(request, None, torch.Generator().manual_seed(0))
-        timer = StepTimer()
-        model_fn = pipe.model_fn(request, control, image_latents)
-        latents, t_denoise, m_denoise = _phase(
-            lambda: denoise(model_fn, latents, pipe.sampler, timesteps, guidance_scale=request.guidance_scale,
-                            callbacks=[*pipe.callbacks, timer], progress=False)  # fmt: skip
-        )
-        t_decode = m_decode = 0.0
-        if bench.decode:
-            _, t_decode, m_decode = _phase(lambda: pipe.decode(latents))
-    per_step = sum(timer.times[bench.warmup_steps :]) / bench.measured_steps
-    skipped = {type(p).__name__: p.skipped_steps for p in plugins if hasattr(p, "skipped_steps")}
+    measured = meter.step_times[bench.warmup_steps :]
+    per_step = sum(measured) / len(measured)
+    plugins = [c for c in pipe.callbacks if hasattr(c, "skipped_steps")]
+    skipped = {type(p).__name__: p.skipped_steps for p in plugins}
+    t_encode, t_decode = meter.seconds.get("encode", 0.0), meter.seconds.get("decode", 0.0)
     return {
         "status": "ok",
-        "denoise_s": t_denoise,
+        "denoise_s": meter.seconds["denoise"],
         "plugin_skipped_steps": skipped,
         "step_s": per_step,
-        "step_times_s": timer.times,
+        "step_times_s": meter.step_times,
         "encode_s": t_encode,
         "decode_s": t_decode,
         "total_s_extrapolated": t_encode + per_step * bench.report_steps + t_decode,
-        "peak_gib": max(m_encode, m_denoise, m_decode),
-        "peak_denoise_gib": m_denoise,
-        "peak_decode_gib": m_decode,
-        "peak_encode_gib": m_encode,
+        "peak_gib": max(meter.peak_gib.values()),
+        "peak_denoise_gib": meter.peak_gib["denoise"],
+        "peak_decode_gib": meter.peak_gib.get("decode", 0.0),
+        "peak_encode_gib": meter.peak_gib["encode"],
     }
 
 
@@ -111,7 +106,8 @@ def main(overrides: list[str]) -> int:
         result = measure(cfg)
     except torch.OutOfMemoryError as err:
         result = {"status": "oom", "error": str(err).splitlines()[0][:300]}
-    result.update(device=torch.cuda.get_device_name(), overrides=overrides)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result.update(device=device, overrides=overrides)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -8,7 +8,7 @@ optimizer steps and times them through a Lightning callback: the step time (batc
 loaded; synchronised on the GPU), the wall time between steps (data loading included), samples
 per second, and the peak memory (``torch.cuda.max_memory_allocated`` after the warm-up reset on a
 GPU, the process's peak RSS on the CPU). ``--random-weights`` builds the model at its preset's
-real shape with random weights (benchmarks/random_pipeline.py), so the 7B needs no download. An
+real shape with random weights (the assembly's ``weights="random"``), so the 7B needs no download. An
 out-of-memory step is recorded as ``oom``.
 
     # tiny model, CPU
@@ -79,16 +79,10 @@ def measure(overrides: list[str], *, steps: int, warmup: int, random_weights: bo
 
     out = Path(tempfile.mkdtemp(prefix="ruyi-train-speed-"))
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("train", overrides=[f"output_dir={out / 'run'}", *QUIET, f"trainer.max_steps={warmup + steps}", *overrides])
-    pipe = None
-    if random_weights:
-        from benchmarks.random_pipeline import build_random_pipeline
-        from ruyi.training.run import with_preset_components
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = build_random_pipeline(with_preset_components(cfg), device, device)
-        pipe.transformer.requires_grad_(False)
-    job = build_run(cfg, pipe=pipe)
+        # random weights are made where they run (one GPU here): no 7B round trip through CPU RAM
+        made_on = ["device=auto"] if random_weights else []
+        cfg = compose("train", overrides=[f"output_dir={out / 'run'}", *QUIET, *made_on, f"trainer.max_steps={warmup + steps}", *overrides])
+    job = build_run(cfg, weights="random" if random_weights else "checkpoint")
     timer = step_timer(warmup)
     job.trainer.callbacks.append(timer)
     try:

@@ -1,29 +1,33 @@
-"""ComfyUI nodes for Ruyi image-to-video, on top of ``ruyi.pipeline.RuyiPipeline``.
+"""ComfyUI nodes for Ruyi image-to-video (category "Ruyi"); pipelines come from ``ruyi.load_pipeline``.
 
-Node names and inputs follow the original's ComfyUI nodes (Ruyi_LoadModel, Ruyi_LoadLora,
-Ruyi_TeaCache, Ruyi_EnhanceAVideo, Ruyi_I2VSampler) so their workflows keep working.
+Node names, widget names and widget order follow the original's nodes (Ruyi_LoadModel,
+Ruyi_LoadLora, Ruyi_TeaCache, Ruyi_EnhanceAVideo, Ruyi_I2VSampler), so a workflow saved with them
+loads here: ComfyUI's UI format stores widget values by position, so inputs the original did not
+have come after its own. Dropdowns read ruyi's registries (``choices.py``).
 
-This module imports without ComfyUI: ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``
-are imported inside the functions that need them.
+This module imports without ComfyUI: ``folder_paths`` and ``comfy.*`` are imported where used.
 
-The RUYI_MODEL passed between nodes is a :class:`RuyiModel`: where the checkpoint is, how to load it,
-and the plugins to use. Nodes never mutate it; the LoRA / TeaCache / Enhance-A-Video nodes return a
-copy with one more plugin. The pipeline itself is built by the sampler (LoRAs merge while loading,
-before an FP8 precision strategy) and cached until the load settings or LoRAs change.
+The RUYI_MODEL passed between nodes is a frozen :class:`RuyiModel`: where the checkpoint is, its
+load settings and the plugins to use. The LoRA / TeaCache / Enhance-A-Video nodes return a copy with
+one more plugin. The sampler builds the pipeline (LoRAs merge while loading, before FP8 storage)
+and keeps it until anything that went into building it changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from . import choices
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +35,20 @@ CATEGORY = "Ruyi"
 MODELS_FOLDER = "Ruyi"  # ComfyUI/models/Ruyi/<model name>
 MODEL_NAMES = ("Ruyi-Mini-7B",)
 REPO_OWNER = "IamCreateAI"
-OFFLOADS = ("model", "none", "sequential", "group")
-PRECISIONS = ("bf16", "fp8_lite", "fp8_strong", "fp8_extreme")
-FP8_DATA_TYPES = ("e4m3fn", "e5m2")
-SCHEDULERS = ("Euler", "Euler A", "DPM++", "PNDM", "DDIM")
-MOTIONS = ("1", "2", "3", "4", "auto")
-CAMERAS = ("static", "left", "right", "up", "down", "auto")
-GPU_MEMORY_MODES = ("from_model", "normal_mode", "low_memory_mode")  # -> the model's offload / model / sequential
-GPU_OFFLOAD_STEPS = ("0", "1", "5", "7", "10")
-MEMORY_MODE_OFFLOAD = {"normal_mode": "model", "low_memory_mode": "sequential"}
+RUYI_MODEL_TIP = "The model from Load Model, optionally through Load LoRA / Add TeaCache / Add Enhance-A-Video."
 
 
 # -- the model object passed between nodes -----------------------------------------------------
 @dataclass(frozen=True)
 class RuyiModel:
-    """A checkpoint folder, its load settings and the plugins to attach (LoRAs first)."""
+    """A checkpoint folder, its load settings (registry names) and the plugins to attach."""
 
     path: Path
     offload: str = "model"
     precision: str = "bf16"
     fp8_data_type: str = "e4m3fn"
     loras: tuple = ()  # ruyi.plugins.LoRAWeights: merged into the weights while loading
-    hooks: tuple = ()  # TeaCache / EnhanceAVideo: attached for each sampler run
-    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+    hooks: tuple = ()  # TeaCache / EnhanceAVideo: attached for each sampler run, detached after
 
     def with_lora(self, lora) -> RuyiModel:
         return dataclasses.replace(self, loras=(*self.loras, lora))
@@ -90,8 +85,8 @@ def available_models() -> list[str]:
         for folder in ruyi_model_dirs():
             if os.path.isdir(folder):
                 names += sorted(n for n in os.listdir(folder) if (Path(folder, n) / "transformer").is_dir() and n not in names)
-    except Exception:  # noqa: BLE001 - listing must never break ComfyUI's node registration
-        pass
+    except OSError as err:  # listing must never break ComfyUI's node registration
+        log.warning("[Ruyi] could not list %s: %s", MODELS_FOLDER, err)
     return names
 
 
@@ -142,12 +137,9 @@ class ComfyStepCallback:
         self.mm = _model_management()
 
     def on_step_begin(self, state) -> None:
-        if self.mm is None:
-            return
-        if hasattr(self.mm, "throw_exception_if_processing_interrupted"):
-            self.mm.throw_exception_if_processing_interrupted()  # ComfyUI treats this as a clean stop
-        elif getattr(self.mm, "processing_interrupted", lambda: False)():
-            raise InterruptedError("Ruyi sampling interrupted")
+        if self.mm is not None:
+            # raises ComfyUI's InterruptProcessingException, which it reports as a clean stop
+            self.mm.throw_exception_if_processing_interrupted()
 
     def on_step_end(self, state) -> None:
         if self.bar is not None:
@@ -157,15 +149,17 @@ class ComfyStepCallback:
 # -- tensors <-> images ------------------------------------------------------------------------------
 def image_to_array(image: torch.Tensor) -> np.ndarray:
     """ComfyUI IMAGE [B, H, W, C] float in [0, 1] -> the first image as (H, W, 3) uint8."""
+    from ruyi.errors import InputError
+
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f"expected a ComfyUI IMAGE tensor [B, H, W, C], got {getattr(image, 'shape', type(image))}")
+        raise InputError(f"expected a ComfyUI IMAGE tensor [B, H, W, C], got {getattr(image, 'shape', type(image))}")
     first = image[0] if image.ndim == 4 else image
     if first.shape[-1] == 4:
         first = first[..., :3]
     elif first.shape[-1] == 1:
         first = first.expand(*first.shape[:-1], 3)
     if first.shape[-1] != 3:
-        raise ValueError(f"expected 1, 3 or 4 channels last, got image shape {tuple(image.shape)}")
+        raise InputError(f"expected 1, 3 or 4 channels last, got image shape {tuple(image.shape)}")
     return (first.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
@@ -178,27 +172,34 @@ def video_to_images(video: torch.Tensor) -> torch.Tensor:
 _PIPELINE: dict[str, Any] = {"key": None, "pipe": None}
 
 
-def get_pipeline(model: RuyiModel, *, offload: str, skip_steps: int, device: torch.device):
-    """The pipeline for these settings: cached, rebuilt when the checkpoint, memory settings or LoRAs change."""
-    from ruyi.pipeline import RuyiPipeline
+def build_options(model: RuyiModel, *, sampler: str, offload: str, skip_steps: int, device: torch.device) -> dict[str, Any]:
+    """``ruyi.load_pipeline`` / ``PipelineSpec.from_names`` options for these settings (registry names)."""
+    from ruyi.registry import PRECISIONS
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    takes_fp8_type = "fp8_dtype" in inspect.signature(PRECISIONS.get(model.precision)).parameters
+    return dict(
+        sampler=sampler, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, offload=offload,
+        precision=model.precision, precision_kwargs={"fp8_dtype": model.fp8_data_type} if takes_fp8_type else {},
+        skip_steps=skip_steps, device=device,
+    )  # fmt: skip
+
+
+def get_pipeline(model: RuyiModel, options: dict[str, Any]):
+    """The pipeline for ``options`` (from :func:`build_options`) and the model's LoRAs, built by
+    ``ruyi.load_pipeline``. Kept until any of them changes; the sampler is one of them, as the
+    pipeline's sampler is never swapped after building (a scheduler change rebuilds)."""
+    import ruyi
+    from ruyi.plugins import LoRAWeights
+
     loras = tuple((str(lora.path), lora.strength) for lora in model.loras)
-    key = (str(model.path), offload, model.precision, model.fp8_data_type, skip_steps, str(device), dtype, loras)
+    key = (str(model.path), tuple(sorted((k, str(v)) for k, v in options.items())), loras)
     if _PIPELINE["key"] == key:
         return _PIPELINE["pipe"]
     _PIPELINE.update(key=None, pipe=None)
     _free_memory()
-    # the FP8 strategies default to e4m3fn; another storage dtype needs a constructor argument
-    precision_kwargs = {} if model.precision == "bf16" else {"fp8_dtype": model.fp8_data_type}
-    # fresh LoRA instances: a LoRAWeights remembers the model it is merged into
-    from ruyi.plugins import LoRAWeights
-
+    # fresh instances: a LoRAWeights remembers the model it was merged into
     plugins = [LoRAWeights(path=lora.path, strength=lora.strength) for lora in model.loras]
-    pipe = RuyiPipeline.from_pretrained(
-        model.path, dtype=dtype, offload=offload, precision=model.precision,
-        precision_kwargs=precision_kwargs, skip_steps=skip_steps, device=device, plugins=plugins,
-    )  # fmt: skip
+    pipe = ruyi.load_pipeline(model.path, plugins=plugins, **options)
     _PIPELINE.update(key=key, pipe=pipe)
     return pipe
 
@@ -210,31 +211,38 @@ def clear_pipeline_cache() -> None:
 
 # -- nodes ---------------------------------------------------------------------------------------------
 class Ruyi_LoadModel:
+    DESCRIPTION = "Locate a Ruyi checkpoint in models/Ruyi (downloading it if asked) and choose how it is loaded."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (available_models(), {"default": MODEL_NAMES[0]}),
-                "auto_download": (["yes", "no"], {"default": "yes", "tooltip": "Download from Hugging Face if missing."}),
-                "auto_update": (["yes", "no"], {"default": "yes", "tooltip": "Check Hugging Face for updated files."}),
-                "offload": (list(OFFLOADS), {"default": "model", "tooltip": "model: one model on the GPU at a time; sequential: layer by layer (least memory, slowest); group: block groups; none: all on the GPU."}),
-                "fp8_quant_mode": (list(PRECISIONS), {"default": "bf16", "tooltip": "bf16: no quantisation; fp8_lite / fp8_strong / fp8_extreme store more transformer weights in FP8."}),
-                "fp8_data_type": (list(FP8_DATA_TYPES), {"default": "e4m3fn", "tooltip": 'do not use "e5m2" with fp8_extreme'}),
+                "model": (available_models(), {"default": MODEL_NAMES[0], "tooltip": "A folder of models/Ruyi holding a Ruyi checkpoint."}),
+                "auto_download": (["yes", "no"], {"default": "yes", "tooltip": "Download the checkpoint from Hugging Face if it is missing."}),
+                "auto_update": (["yes", "no"], {"default": "yes", "tooltip": "Check Hugging Face for updated files at each load (with auto_download)."}),
+                "fp8_quant_mode": (choices.precisions(), {"default": "bf16", "tooltip": "Transformer weight storage: bf16 keeps the compute dtype; fp8_lite / fp8_strong / fp8_extreme store more layers in FP8 (less memory). The original's none / lite / strong / extreme are accepted."}),
+                "fp8_data_type": (choices.fp8_types(), {"default": "e4m3fn", "tooltip": 'FP8 storage type; do not use "e5m2" with fp8_extreme. The original\'s auto / fp8_e4m3fn / fp8_e5m2 are accepted.'}),
+                "offload": (choices.offloads(), {"default": "model", "tooltip": "Used when the sampler's GPU_memory_mode is from_model. model: one model on the GPU at a time; sequential: layer by layer (least memory, slowest); group: streamed block groups; none: everything on the GPU."}),
             }
         }  # fmt: skip
 
     RETURN_TYPES = ("RUYI_MODEL",)
     RETURN_NAMES = ("ruyi_model",)
+    OUTPUT_TOOLTIPS = ("The checkpoint and its load settings; the sampler loads the weights.",)
     FUNCTION = "load_model"
     CATEGORY = CATEGORY
 
-    def load_model(self, model, auto_download="yes", auto_update="yes", offload="model", fp8_quant_mode="bf16", fp8_data_type="e4m3fn"):
-        if offload not in OFFLOADS:
-            raise ValueError(f"offload={offload!r} is not one of {', '.join(OFFLOADS)}")
-        if fp8_quant_mode not in PRECISIONS:
-            raise ValueError(f"fp8_quant_mode={fp8_quant_mode!r} is not one of {', '.join(PRECISIONS)}")
-        if fp8_data_type not in FP8_DATA_TYPES:
-            raise ValueError(f"fp8_data_type={fp8_data_type!r} is not one of {', '.join(FP8_DATA_TYPES)}")
+    @classmethod
+    def VALIDATE_INPUTS(cls, fp8_quant_mode, fp8_data_type):
+        # ComfyUI leaves these inputs' list check to us, so the original's spellings are accepted
+        return choices.validation_message((choices.precision_name, fp8_quant_mode), (choices.fp8_type_name, fp8_data_type))
+
+    def load_model(self, model, auto_download="yes", auto_update="yes", fp8_quant_mode="bf16", fp8_data_type="e4m3fn", offload="model"):
+        from ruyi.errors import ConfigError, MissingWeightsError
+
+        precision, fp8_type = choices.precision_name(fp8_quant_mode), choices.fp8_type_name(fp8_data_type)
+        if offload not in choices.offloads():
+            raise ConfigError(f"offload={offload!r} is not one of {', '.join(choices.offloads())}")
         path = resolve_model_path(model)
         present = (path / "transformer").is_dir()
         repo_id = f"{REPO_OWNER}/{model}"
@@ -246,12 +254,12 @@ class Ruyi_LoadModel:
                 snapshot_download(repo_id=repo_id, local_dir=str(path))
             except Exception as err:  # noqa: BLE001 - offline with a local copy is fine
                 if not present:
-                    raise FileNotFoundError(f"[Ruyi] downloading {repo_id} failed ({type(err).__name__}: {err}); {_hint(repo_id, path)}") from None
+                    raise MissingWeightsError(f"[Ruyi] downloading {repo_id} failed ({type(err).__name__}: {err}); {_hint(repo_id, path)}") from None
                 log.warning("[Ruyi] update check for %s failed (%s); using the local copy", repo_id, err)
         if not (path / "transformer").is_dir():
             hint = _hint(repo_id, path)
-            raise FileNotFoundError(f"[Ruyi] {model} not found at {path}; {hint}" + ("" if auto_download == "yes" else ", or set auto_download to yes"))
-        return (RuyiModel(path=path, offload=offload, precision=fp8_quant_mode, fp8_data_type=fp8_data_type),)
+            raise MissingWeightsError(f"[Ruyi] {model} not found at {path}; {hint}" + ("" if auto_download == "yes" else ", or set auto_download to yes"))
+        return (RuyiModel(path=path, offload=offload, precision=precision, fp8_data_type=fp8_type),)
 
 
 def _hint(repo_id: str, path: Path) -> str:
@@ -259,15 +267,17 @@ def _hint(repo_id: str, path: Path) -> str:
 
 
 class Ruyi_LoadLora:
+    DESCRIPTION = "Merge a LoRA from models/loras into the transformer when the sampler loads it."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ruyi_model": ("RUYI_MODEL",),
-                "lora_name": (_folder_paths().get_filename_list("loras"),),
-                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+                "ruyi_model": ("RUYI_MODEL", {"tooltip": RUYI_MODEL_TIP}),
+                "lora_name": (_folder_paths().get_filename_list("loras"), {"tooltip": "A .safetensors LoRA in models/loras (the original's lora_down/lora_up keys or peft's lora_A/lora_B)."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip": "Scale of the LoRA delta; 1.0-1.4 works well, 0 skips the LoRA."}),
             }
-        }
+        }  # fmt: skip
 
     RETURN_TYPES = ("RUYI_MODEL",)
     RETURN_NAMES = ("ruyi_model",)
@@ -275,22 +285,25 @@ class Ruyi_LoadLora:
     CATEGORY = CATEGORY
 
     def load_lora(self, ruyi_model: RuyiModel, lora_name: str, strength_model: float):
+        from ruyi.errors import InputError
         from ruyi.plugins import LoRAWeights
 
         if not lora_name or strength_model == 0:
             return (ruyi_model,)
         path = _folder_paths().get_full_path("loras", lora_name)
         if path is None:
-            raise FileNotFoundError(f"[Ruyi] LoRA {lora_name!r} not found in the loras folder")
+            raise InputError(f"[Ruyi] LoRA {lora_name!r} not found in the loras folder")
         return (ruyi_model.with_lora(LoRAWeights(path=path, strength=float(strength_model))),)
 
 
 class Ruyi_TeaCache:
+    DESCRIPTION = "Skip the transformer on steps whose input barely changed (faster, slightly lower quality)."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ruyi_model": ("RUYI_MODEL",),
+                "ruyi_model": ("RUYI_MODEL", {"tooltip": RUYI_MODEL_TIP}),
                 "enable": ("BOOLEAN", {"default": True, "tooltip": "Enable TeaCache."}),
                 "threshold": ("FLOAT", {"default": 0.10, "min": 0.0, "max": 0.50, "step": 0.01,
                                         "tooltip": "0.10 caches 6-8 of 25 steps, 0.15 caches 10-12."}),
@@ -316,11 +329,13 @@ class Ruyi_TeaCache:
 
 
 class Ruyi_EnhanceAVideo:
+    DESCRIPTION = "Strengthen cross-frame consistency by scaling self-attention."
+
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ruyi_model": ("RUYI_MODEL",),
+                "ruyi_model": ("RUYI_MODEL", {"tooltip": RUYI_MODEL_TIP}),
                 "enable": ("BOOLEAN", {"default": True, "tooltip": "Enable Enhance-A-Video."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 9.99, "step": 0.01,
                                      "tooltip": "Cross-frame consistency strength; keep it below 5."}),
@@ -344,65 +359,67 @@ class Ruyi_EnhanceAVideo:
 
 
 class Ruyi_I2VSampler:
+    DESCRIPTION = "Generate a video from a start frame (and an optional end frame). Save it with CreateVideo (fps 24) + SaveVideo."
+
     @classmethod
     def INPUT_TYPES(cls):
+        cameras, motions = choices.control_choices()
         return {
             "required": {
-                "ruyi_model": ("RUYI_MODEL",),
-                "video_length": ("INT", {"default": 72, "min": 8, "max": 120, "step": 8}),
-                "base_resolution": ("INT", {"default": 512, "min": 384, "max": 1024, "step": 16}),
-                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 200, "step": 1}),
-                "cfg": ("FLOAT", {"default": 7.0, "min": 1.0, "max": 20.0, "step": 0.01}),
-                "scheduler": (list(SCHEDULERS), {"default": "DDIM"}),
-                "motion": (list(MOTIONS), {"default": "2"}),
-                "camera_direction": (list(CAMERAS), {"default": "static"}),
-                "GPU_memory_mode": (list(GPU_MEMORY_MODES), {"default": "from_model",
-                                    "tooltip": "from_model: the Load Model offload; normal_mode: model offload; low_memory_mode: sequential offload."}),
-                "GPU_offload_steps": (list(GPU_OFFLOAD_STEPS), {"default": "0",
-                                      "tooltip": "Park long-skip activations on the CPU for n steps (saves GPU memory)."}),
-                "start_img": ("IMAGE",),
+                "ruyi_model": ("RUYI_MODEL", {"tooltip": RUYI_MODEL_TIP}),
+                "video_length": ("INT", {"default": 72, "min": 8, "max": 120, "step": 8, "tooltip": "Frames to generate: a multiple of 8 up to 120 (24 fps: 120 frames = 5 s)."}),
+                "base_resolution": ("INT", {"default": 512, "min": 384, "max": 1024, "step": 16, "tooltip": "Resolution class; the size is the aspect bucket closest to the start image (512 or 768 as trained)."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Same seed and settings, same video."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 200, "step": 1, "tooltip": "Denoising steps (PNDM needs at least 4)."}),
+                "cfg": ("FLOAT", {"default": 7.0, "min": 1.0, "max": 20.0, "step": 0.01, "tooltip": "Classifier-free guidance scale; 1 disables guidance."}),
+                "scheduler": (choices.sampler_labels(), {"default": "DDIM", "tooltip": "Sampler (ruyi's sampler registry)."}),
+                "motion": (motions, {"default": "2", "tooltip": "Motion amplitude: 1 nearly static .. 4 very large, or auto."}),
+                "camera_direction": (cameras, {"default": "static", "tooltip": "Camera movement."}),
+                "GPU_memory_mode": (choices.memory_modes(), {"default": choices.FROM_MODEL, "tooltip": "from_model: Load Model's offload; normal_mode: model offload; low_memory_mode: sequential offload."}),
+                "GPU_offload_steps": (list(choices.GPU_OFFLOAD_STEPS), {"default": "0", "tooltip": "Park long-skip activations in CPU RAM in groups of n blocks (less GPU memory, slower); 0 = off."}),
+                "start_img": ("IMAGE", {"tooltip": "The first frame of the video."}),
             },
             "optional": {
-                "end_img": ("IMAGE",),
-                "video_height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
-                                         "tooltip": "0: from base_resolution and the start image's aspect ratio."}),
-                "video_width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16,
-                                        "tooltip": "0: from base_resolution and the start image's aspect ratio."}),
+                "end_img": ("IMAGE", {"tooltip": "Optional last frame of the video."}),
+                "video_height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0: from base_resolution and the start image's aspect ratio; else a multiple of 16 (with video_width)."}),
+                "video_width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0: from base_resolution and the start image's aspect ratio; else a multiple of 16 (with video_height)."}),
             },
         }  # fmt: skip
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The video as an IMAGE batch [frames, H, W, 3], 24 fps.",)
     FUNCTION = "process"
     CATEGORY = CATEGORY
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, scheduler):
+        return choices.validation_message((choices.sampler_name, scheduler))
 
     def process(
         self, ruyi_model: RuyiModel, video_length, base_resolution, seed, steps, cfg, scheduler, motion,
         camera_direction, GPU_memory_mode, GPU_offload_steps, start_img, end_img=None, video_height=0, video_width=0,
     ):  # fmt: skip
-        from ruyi.components import build_sampler, import_builtins
+        from ruyi.assembly import PipelineSpec
+        from ruyi.errors import ConfigError
         from ruyi.pipeline import check_frames
-        from ruyi.plugins import check_offload_compatible
-        from ruyi.samplers.schedulers import sampler_by_label
 
         if not isinstance(ruyi_model, RuyiModel):
-            raise TypeError(f"ruyi_model must come from a Ruyi Load Model node, got {type(ruyi_model).__name__}")
+            raise ConfigError(f"ruyi_model must come from a Ruyi Load Model node, got {type(ruyi_model).__name__}")
+        # every choice is checked before any weight loads
         check_frames(int(video_length))
-        if GPU_memory_mode not in GPU_MEMORY_MODES:
-            raise ValueError(f"GPU_memory_mode={GPU_memory_mode!r} is not one of {', '.join(GPU_MEMORY_MODES)}")
-        offload = MEMORY_MODE_OFFLOAD.get(GPU_memory_mode, ruyi_model.offload)
-        check_offload_compatible(ruyi_model.hooks, offload)
+        sampler = choices.sampler_name(scheduler)
+        offload = choices.offload_name(GPU_memory_mode, ruyi_model.offload)
         if bool(video_height) != bool(video_width):
-            raise ValueError("set both video_height and video_width, or neither (0 = from base_resolution)")
+            raise ConfigError("set both video_height and video_width, or neither (0 = from base_resolution)")
         video_size = [int(video_height), int(video_width)] if video_height else None
-        import_builtins()
-        sampler_cls = sampler_by_label(scheduler)
         start = image_to_array(start_img)
         end = image_to_array(end_img) if end_img is not None else None
 
-        pipe = get_pipeline(ruyi_model, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
-        pipe.sampler = build_sampler(_registry_name(sampler_cls), pipe.model_path)
+        options = build_options(ruyi_model, sampler=sampler, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
+        # the whole combination, the per-run hooks included, is checked before any weight loads
+        PipelineSpec.from_names(ruyi_model.path, plugins=[*ruyi_model.loras, *ruyi_model.hooks], **options).validate()
+        pipe = get_pipeline(ruyi_model, options)
         attached = []
         try:
             for hook in ruyi_model.hooks:
@@ -417,12 +434,6 @@ class Ruyi_I2VSampler:
             for hook in reversed(attached):
                 hook.detach(pipe)
         return (video_to_images(video),)
-
-
-def _registry_name(cls: type) -> str:
-    from ruyi.registry import SAMPLERS
-
-    return next(n for n in SAMPLERS.names() if SAMPLERS.get(n) is cls)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,7 +1,306 @@
-"""The one place a pipeline is put together (work in progress: see issue 9)."""
+"""The one place a pipeline is put together.
+
+Every caller — the CLI (Hydra), the Python API, ComfyUI, benchmarks, training — goes through the
+same three steps::
+
+    spec = PipelineSpec.from_config(cfg)        # or PipelineSpec.from_names(path, sampler="ddim", ...)
+    plan = spec.validate()                      # every check that needs no weights, before any load
+    pipe = build(plan, weights="checkpoint")    # or weights="random": the preset's shape, random numbers
+
+``validate`` builds the light objects (strategies, plugins, conditioning) and asks each of them to
+``check(plan)`` the whole combination; a component declares what it needs through class attributes
+and that method, so nothing here knows component names. ``build`` then loads (or creates) the
+weights and attaches everything in one fixed order (:data:`STAGES`).
+"""
 
 from __future__ import annotations
 
-from ruyi.components import load_pipeline
+import logging
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-__all__ = ["load_pipeline"]
+import torch
+
+from ruyi.components import Component, ModelSource
+from ruyi.errors import AcceleratorRequired, ConfigError, RuyiUserError
+from ruyi.weights import load_models, random_models, resolve_checkpoint, scheduler_config
+
+log = logging.getLogger(__name__)
+
+MODEL_KINDS = ("transformer", "vae", "image_encoder")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+# The order strategies attach in. LoRA merges into the weights as loaded, FP8 storage comes before
+# anything moves the (then smaller) weights, sharding before placement, kernels choices last.
+STAGES = ("plugins", "precision", "parallel", "memory", "skip", "vae", "offload", "attention", "compile")
+EXTRA_KINDS = ("attention", "compile", "parallel", "memory")  # strategy kinds beyond offload/precision
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything a pipeline is made of, by name. Immutable; ``validate()`` checks it whole."""
+
+    model: ModelSource
+    transformer: Component = Component("transformer", "ruyi_transformer3d")
+    vae: Component = Component("vae", "magvit")
+    image_encoder: Component = Component("image_encoder", "clip_vision")
+    sampler: Component = Component("sampler", "ddim")
+    image_conditioning: Component = Component("conditioning", "start_end_frames")
+    control: Component = Component("conditioning", "camera_motion")
+    precision: Component = Component("precision", "bf16")
+    offload: Component = Component("offload", "none")
+    strategies: tuple[Component, ...] = ()  # attention, compile, parallel, memory options
+    plugins: tuple[Component, ...] = ()
+    skip_steps: int = 0
+    vae_tile_size: int = 0
+    vae_tile_overlap: int = 96
+    device: str = "auto"
+    dtype: str = "float32"
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any) -> PipelineSpec:
+        """From a composed Hydra config (``configs/infer.yaml`` and the configs that extend it)."""
+        from ruyi.hydra_config import spec_fields
+
+        return cls(**spec_fields(cfg))
+
+    @classmethod
+    def from_names(
+        cls,
+        path: str | Path | None,
+        *,
+        sampler: str = "ddim",
+        sampler_kwargs: Mapping[str, Any] | None = None,
+        dtype: str | torch.dtype = "float32",
+        offload: str = "none",
+        offload_kwargs: Mapping[str, Any] | None = None,
+        precision: str = "bf16",
+        precision_kwargs: Mapping[str, Any] | None = None,
+        skip_steps: int = 0,
+        vae_tile_size: int = 0,
+        vae_tile_overlap: int = 96,
+        device: str | torch.device = "auto",
+        clip_apply_ratio: float = 0.4,
+        plugins: Sequence[Any] = (),
+        strategies: Mapping[str, str | tuple[str, Mapping[str, Any]]] | None = None,
+        arch: Mapping[str, Any] | None = None,
+    ) -> PipelineSpec:
+        """From registry names (Python API, ComfyUI). ``plugins`` are built plugin objects or
+        ``(name, options)`` pairs; ``strategies`` maps a kind (``attention``, ``compile``...) to a
+        name or ``(name, options)``."""
+        extra = []
+        for kind, choice in (strategies or {}).items():
+            name, options = (choice, {}) if isinstance(choice, str) else choice
+            extra.append(Component(kind, name, dict(options)))
+        return cls(
+            model=ModelSource(path=None if path is None else Path(path), arch=arch),
+            sampler=Component("sampler", sampler, dict(sampler_kwargs or {})),
+            image_conditioning=Component("conditioning", "start_end_frames", {"clip_apply_ratio": clip_apply_ratio}),
+            offload=Component("offload", offload, dict(offload_kwargs or {})),
+            precision=Component("precision", precision, dict(precision_kwargs or {})),
+            strategies=tuple(extra),
+            plugins=tuple(_plugin_component(p) for p in plugins),
+            skip_steps=skip_steps, vae_tile_size=vae_tile_size, vae_tile_overlap=vae_tile_overlap,
+            device=str(device), dtype=_dtype_name(dtype),
+        )  # fmt: skip
+
+    def replace(self, **changes: Any) -> PipelineSpec:
+        return replace(self, **changes)
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> Plan:
+        """Every check that needs no weights; returns the :class:`Plan` that ``build`` follows."""
+        device = resolve_device(self.device)
+        dtype = parse_dtype(self.dtype)
+        _check_int("skip_steps", self.skip_steps, "0 = off; the original offers 10, 7, 5, 1")
+        _check_int("vae_tile_size", self.vae_tile_size, "0 = untiled; e.g. 512")
+        _check_int("vae_tile_overlap", self.vae_tile_overlap, "pixels, e.g. 96")
+        for component in (self.transformer, self.vae, self.image_encoder):
+            component.cls  # noqa: B018 - an unknown name fails here, listing the valid ones
+        plan = Plan(
+            spec=self,
+            device=device,
+            dtype=dtype,
+            sampler_cls=self.sampler.cls,
+            image_conditioning=self.image_conditioning.create(),
+            control=self.control.create(),
+            precision=self.precision.create(),
+            offload=self.offload.create(),
+            strategies=tuple(sorted((c.create() for c in self.strategies), key=_stage_index)),
+            plugins=tuple(p.create() for p in self.plugins),
+        )
+        _check_sampler_options(self.sampler)
+        for obj in plan.components():
+            check = getattr(obj, "check", None)
+            if callable(check):
+                check(plan)
+        return plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated spec with its light objects built: what ``build`` attaches, in ``STAGES`` order."""
+
+    spec: PipelineSpec
+    device: torch.device
+    dtype: torch.dtype
+    sampler_cls: type
+    image_conditioning: Any
+    control: Any
+    precision: Any
+    offload: Any
+    strategies: tuple[Any, ...]
+    plugins: tuple[Any, ...]
+
+    def components(self) -> list[Any]:
+        return [self.precision, self.offload, *self.strategies, *self.plugins]
+
+    def has(self, attribute: str) -> bool:
+        """Whether any attached component declares ``attribute = True`` (e.g. ``hooks_block_forward``)."""
+        return any(getattr(obj, attribute, False) for obj in self.components())
+
+
+def build(spec: PipelineSpec | Plan, *, weights: str = "checkpoint"):
+    """A ready ``RuyiPipeline``: validate (if not yet), load or create weights, attach strategies."""
+    from ruyi.pipeline import RuyiPipeline
+
+    plan = spec if isinstance(spec, Plan) else spec.validate()
+    spec = plan.spec
+    classes = {kind: getattr(spec, kind).cls for kind in MODEL_KINDS}
+    if weights == "checkpoint":
+        path = resolve_checkpoint(spec.model)
+        models = load_models(classes, path, dtype=plan.dtype)
+        plan.control.load(path)
+        sampler = spec.sampler.create(scheduler_config=scheduler_config(path))
+    elif weights == "random":
+        if spec.model.arch is None:
+            raise ConfigError("weights=random needs a model preset with the architecture (model=ruyi_mini_7b)")
+        home = plan.device if getattr(plan.offload, "keeps_weights_on_device", False) else torch.device("cpu")
+        models, table = random_models(classes, spec.model.arch, dtype=plan.dtype, device=plan.device, home=home)
+        plan.control.use_table(table)
+        sampler = spec.sampler.create(scheduler_config=spec.model.arch["scheduler_config"])
+        path = None
+    else:
+        raise ConfigError(f"weights={weights!r} must be 'checkpoint' or 'random'")
+    pipe = RuyiPipeline(
+        **models, sampler=sampler, image_conditioning=plan.image_conditioning, control=plan.control,
+        dtype=plan.dtype, model_path=path,
+    )  # fmt: skip
+    log.info("pipeline: sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s%s",
+             sampler, plan.offload, plan.precision, spec.skip_steps, plan.device, plan.dtype,
+             "".join(f", {s}" for s in plan.strategies))  # fmt: skip
+    attach(plan, pipe)
+    return pipe
+
+
+def attach(plan: Plan, pipe) -> None:
+    """Attach plugins and strategies in ``STAGES`` order (see the module docstring)."""
+    from ruyi.offload.skip_steps import apply_skip_offload
+
+    by_stage: dict[str, list[Any]] = {}
+    for strategy in plan.strategies:
+        by_stage.setdefault(strategy.stage, []).append(strategy)
+    for stage in STAGES:
+        if stage == "plugins":
+            for plugin in plan.plugins:
+                log.info("attaching %s", plugin)
+                plugin.attach(pipe)
+        elif stage == "precision":
+            converted = plan.precision.apply(pipe.transformer, plan.dtype)
+            if converted:
+                log.info("%s: %d transformer layers stored in FP8", plan.precision, converted)
+        elif stage == "skip":
+            apply_skip_offload(pipe.transformer, plan.spec.skip_steps)
+        elif stage == "vae" and plan.spec.vae_tile_size:
+            pipe.vae.enable_tiling(tile_sample_size=plan.spec.vae_tile_size, tile_overlap=plan.spec.vae_tile_overlap)
+        elif stage == "offload":
+            plan.offload.apply(pipe, plan.device)
+        for strategy in by_stage.get(stage, ()):
+            log.info("attaching %s", strategy)
+            strategy.apply(pipe)
+
+
+def load_pipeline(path: str | Path | None = None, *, weights: str = "checkpoint", **options: Any):
+    """The Python API: ``ruyi.load_pipeline("models/Ruyi-Mini-7B", offload="group", dtype="bf16", ...)``.
+
+    Options as :meth:`PipelineSpec.from_names` (sampler, dtype, offload[_kwargs],
+    precision[_kwargs], skip_steps, vae_tile_size, device, plugins, strategies). Bad options raise
+    :class:`ruyi.errors.RuyiUserError` subclasses before any weight loads.
+    """
+    return build(PipelineSpec.from_names(path, **options), weights=weights)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}") from None
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in DTYPES.items() if "1" in k or "3" in k}  # float32, bfloat16, float16
+        if dtype not in names:
+            raise ConfigError(f"dtype={dtype} is not one of {', '.join(DTYPES)}")
+        return names[dtype]
+    return str(dtype)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None -> cuda when present else cpu; an absent or unknown device is a clear error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AcceleratorRequired(
+                f"device={device} was asked for but no CUDA GPU is visible; use device=cpu (slow) or run on a GPU"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise AcceleratorRequired(f"device={device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
+
+
+def _check_int(name: str, value: Any, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be an integer >= 0 ({hint})")
+
+
+def _check_sampler_options(sampler: Component) -> None:
+    for key, value in dict(sampler.options).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"sampler.{key}={value!r} must be finite")
+
+
+def _stage_index(strategy: Any) -> int:
+    stage = getattr(strategy, "stage", None)
+    if stage not in STAGES:
+        raise ConfigError(f"{strategy!r} declares stage={stage!r}; strategies must declare one of {', '.join(STAGES)}")
+    return STAGES.index(stage)
+
+
+def _plugin_component(plugin: Any) -> Component:
+    if isinstance(plugin, Component):
+        return plugin
+    if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
+        return Component("plugin", plugin[0], dict(plugin[1]))
+    return Component.of("plugin", plugin)
+
+
+__all__ = [
+    "Component", "ModelSource", "PipelineSpec", "Plan", "RuyiUserError", "STAGES", "attach", "build",
+    "load_pipeline", "parse_dtype", "resolve_device",
+]  # fmt: skip

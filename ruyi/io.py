@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ruyi.errors import OutputError
+
 
 def umask_mode(directory: bool) -> int:
     """The mode a plain open()/mkdir() would give under the current umask (mkstemp uses 0600)."""
@@ -31,11 +33,11 @@ def check_output_path(path: str | Path) -> Path:
     """Fail before any work if the output cannot be written where asked."""
     path = Path(path)
     if path.exists() and path.is_dir() and path.suffix == ".mp4":
-        raise ValueError(f"output={path} is a folder; give a file path ending in .mp4")
+        raise OutputError(f"output={path} is a folder; give a file path ending in .mp4")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"output={path}: {parent} is a file, not a folder")
+                raise OutputError(f"output={path}: {parent} is a file, not a folder")
             break
     return path
 

@@ -19,7 +19,8 @@ from PIL import Image
 from ruyi.conditioning.buckets import resolve_size
 from ruyi.conditioning.control import CameraMotionControl, ControlEmbeddings
 from ruyi.conditioning.image import ImageLatents, StartEndFrames
-from ruyi.samplers.loop import DenoiseState, denoise
+from ruyi.errors import ConfigError, InputError
+from ruyi.samplers.loop import DenoiseState, denoise, phase
 from ruyi.samplers.schedulers import DiffusersSampler
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,15 @@ def validate_request(
 ) -> GenerationRequest:
     """Check every argument of a call before any model runs; ``sampler`` may be a class or instance."""
     check_frames(frames)
-    control.check(camera, motion)
+    control.check_choice(camera, motion)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < max(1, sampler.min_steps):
-        raise ValueError(f"steps={steps!r} is invalid for sampler {sampler.label}; use an integer >= {sampler.min_steps}")
+        raise ConfigError(f"steps={steps!r} is invalid for sampler {sampler.label}; use an integer >= {sampler.min_steps}")
     if not isinstance(cfg, (int, float)) or not cfg >= 0:
-        raise ValueError(f"cfg={cfg!r} must be a number >= 0 (1 disables guidance; the original uses 7.0)")
+        raise ConfigError(f"cfg={cfg!r} must be a number >= 0 (1 disables guidance; the original uses 7.0)")
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed={seed!r} must be an integer")
+        raise ConfigError(f"seed={seed!r} must be an integer")
     if start_image is None:
-        raise ValueError("a start image is required (image=path/to/start.png)")
+        raise InputError("a start image is required (image=path/to/start.png)")
     height, width = resolve_size(image_size(start_image), base_resolution, video_size)
     if end_image is not None:
         image_size(end_image)
@@ -72,7 +73,7 @@ def check_frames(frames: int) -> None:
     if not isinstance(frames, int) or isinstance(frames, bool) or not (
         frames == 1 or (frames % FRAME_MULTIPLE == 0 and 0 < frames <= MAX_FRAMES)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"frames={frames!r} is invalid; use 1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES} "
             "(24 fps: 120 frames = 5 s)"
         )
@@ -93,8 +94,8 @@ class RuyiPipeline:
         sampler: DiffusersSampler,
         image_conditioning: StartEndFrames,
         control: CameraMotionControl,
-        model_path: str | Path,
         dtype: torch.dtype = torch.float32,
+        model_path: str | Path | None = None,
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -102,20 +103,10 @@ class RuyiPipeline:
         self.sampler = sampler
         self.image_conditioning = image_conditioning
         self.control = control
-        self.model_path = Path(model_path)
-        self.control.load(self.model_path)
+        self.model_path = None if model_path is None else Path(model_path)  # None: random weights
         self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
         self.execution_device = torch.device("cpu")  # offload strategies set this
         self.callbacks: list[object] = []  # denoising-loop callbacks that attached extensions add
-
-    # -- construction ------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **options: Any) -> RuyiPipeline:
-        """Load a checkpoint folder with components chosen by registry name; ``options`` as in
-        :func:`ruyi.components.load_pipeline` (sampler, dtype, offload, precision, plugins, ...)."""
-        from ruyi.components import load_pipeline
-
-        return load_pipeline(path, **options)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -142,28 +133,31 @@ class RuyiPipeline:
         progress: bool = True,
         output_latents: bool = False,
     ) -> torch.Tensor:
+        callbacks = [*self.callbacks, *callbacks]
         # 1. check inputs
         request = self.check_inputs(
             start_image, end_image, frames=frames, base_resolution=base_resolution, video_size=video_size,
             steps=steps, cfg=cfg, seed=seed, camera=camera, motion=motion,
         )  # fmt: skip
         # 2. encode conditioning
-        control = self.control.select(request.camera, request.motion)
-        image = self.encode_images(start_image, end_image, request)
+        with phase(callbacks, "encode"):
+            control = self.control.select(request.camera, request.motion)
+            image = self.encode_images(start_image, end_image, request)
         # 3. prepare latents
         timesteps = self.sampler.set_timesteps(request.steps, device=self.execution_device)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         latents = self.prepare_latents(request, latents, generator)
         # 4. denoise
-        model_fn = self.model_fn(request, control, image)
-        latents = denoise(
-            model_fn, latents, self.sampler, timesteps, guidance_scale=request.guidance_scale,
-            generator=generator, callbacks=[*self.callbacks, *callbacks], progress=progress,
-        )  # fmt: skip
+        with phase(callbacks, "denoise"):
+            latents = denoise(
+                self.model_fn(request, control, image), latents, self.sampler, timesteps, steps=request.steps,
+                guidance_scale=request.guidance_scale, generator=generator, callbacks=callbacks, progress=progress,
+            )  # fmt: skip
         if output_latents:
             return latents
         # 5. decode
-        return self.decode(latents)
+        with phase(callbacks, "decode"):
+            return self.decode(latents)
 
     def check_inputs(self, start_image, end_image=None, **kwargs) -> GenerationRequest:
         return validate_request(start_image, end_image, control=self.control, sampler=self.sampler, **kwargs)
@@ -187,7 +181,7 @@ class RuyiPipeline:
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this request")
+            raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this request")
         return (latents * self.sampler.init_noise_sigma).to(self.execution_device, self.dtype)
 
     def model_fn(self, request: GenerationRequest, control: ControlEmbeddings, image: ImageLatents):
@@ -256,16 +250,16 @@ def image_size(image: Any) -> tuple[int, int]:
     """(width, height) of a path, PIL image or HWC array."""
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
-            raise FileNotFoundError(f"image {image} does not exist")
+            raise InputError(f"image {image} does not exist")
         try:
             with Image.open(image) as img:
                 return img.size
         except OSError:
-            raise ValueError(f"{image} is not a readable image (PNG/JPEG/WebP...)") from None
+            raise InputError(f"{image} is not a readable image (PNG/JPEG/WebP...)") from None
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise ValueError(f"image array must be (H, W, 3), got {image.shape}")
+            raise InputError(f"image array must be (H, W, 3), got {image.shape}")
         return image.shape[1], image.shape[0]
     if isinstance(image, Image.Image):
         return image.size
-    raise TypeError(f"start/end image must be a path, PIL image or (H, W, 3) array, not {type(image).__name__}")
+    raise InputError(f"start/end image must be a path, PIL image or (H, W, 3) array, not {type(image).__name__}")

@@ -29,6 +29,9 @@ BUILTIN_MODULES = [
     "ruyi.conditioning",
     "ruyi.offload",
     "ruyi.plugins",
+    "ruyi.models.attention",
+    "ruyi.compile",
+    "ruyi.parallel",
     # training components (torch only at import; lightning and peft load when training starts)
     "ruyi.training.finetune",
     "ruyi.training.data",
@@ -112,11 +115,16 @@ CONDITIONINGS: Registry[type] = Registry("conditioning")
 OFFLOADS: Registry[type] = Registry("offload")
 PRECISIONS: Registry[type] = Registry("precision")
 PLUGINS: Registry[type] = Registry("plugin")
+ATTENTIONS: Registry[type] = Registry("attention")
+COMPILES: Registry[type] = Registry("compile")
+PARALLELS: Registry[type] = Registry("parallel")
 FINETUNES: Registry[type] = Registry("finetune")
 DATASETS: Registry[type] = Registry("data")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
-    r.kind: r for r in (
-        TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, FINETUNES, DATASETS
+    r.kind: r
+    for r in (
+        TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
+        COMPILES, PARALLELS, FINETUNES, DATASETS,
     )
-}
+}  # fmt: skip

@@ -98,7 +98,7 @@ def test_missing_real_weights_say_how_to_download(tmp_path, capsys):
     code = run(_cfg("model=ruyi_mini_7b", f"model.path={tmp_path / 'Ruyi-Mini-7B'}", f"output={tmp_path / 'v.mp4'}"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "huggingface-cli download IamCreateAI/Ruyi-Mini-7B --local-dir" in err and "download=true" in err
+    assert "hf download IamCreateAI/Ruyi-Mini-7B --local-dir" in err and "download=true" in err
     assert not (tmp_path / "v.mp4").exists()
 
 
@@ -111,7 +111,7 @@ def test_download_offline_fails_with_the_same_message(tmp_path, capsys, monkeypa
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     code = run(_cfg("model=ruyi_mini_7b", f"model.path={tmp_path / 'm'}", "download=true", f"output={tmp_path / 'v.mp4'}"))
     err = capsys.readouterr().err
-    assert code == 2 and "download failed (OSError)" in err and "huggingface-cli download" in err
+    assert code == 2 and "download failed (OSError)" in err and "hf download" in err
 
 
 def test_script_default_run_in_a_fresh_directory(tmp_path):

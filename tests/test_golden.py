@@ -14,10 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ruyi.components import import_builtins, load_model
 from ruyi.conditioning.buckets import bucket_size
 from ruyi.conditioning.image import frames_from_images
-from ruyi.models.loading import read_config
+from ruyi.models.loading import load_model, read_config
 from ruyi.registry import IMAGE_ENCODERS, TRANSFORMERS, VAES
 from ruyi.samplers import sampler_by_label
 from tests.conftest import golden_cases, require_fixtures
@@ -25,7 +24,6 @@ from tests.conftest import golden_cases, require_fixtures
 COMPONENT_TOL = 1e-5
 END_TO_END_TOL = 1e-4
 
-import_builtins()
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -125,11 +123,12 @@ def check_sampler_timesteps(case, golden, folder):
         assert [float(t) for t in got] == [float(t) for t in expected], label
 
 
-def check_end_to_end(case, golden, folder):
-    from ruyi.pipeline import RuyiPipeline
+def check_end_to_end(case, golden, folder, **options):
+    """``options``: more ``load_pipeline`` options (strategies...) that must keep the goldens too."""
+    from ruyi import load_pipeline
 
     sampler = sampler_by_label(case["sampler"]).registry_name
-    pipe = RuyiPipeline.from_pretrained(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"])
+    pipe = load_pipeline(folder, sampler=sampler, clip_apply_ratio=case["clip_apply_ratio"], **options)
     assert pipe.control.key(case["camera"], case["motion"]) == case["embedding_key"]
     if hasattr(pipe.sampler, "eta"):
         assert pipe.sampler.eta == case["eta"]
@@ -143,6 +142,7 @@ def check_end_to_end(case, golden, folder):
     assert rel_err(latents, golden[case["outputs"]["final_latents"]]) < END_TO_END_TOL
     video = pipe.decode(latents)
     assert rel_err(video, golden[case["outputs"]["video"]]) < END_TO_END_TOL
+    return pipe
 
 
 HANDLERS = {

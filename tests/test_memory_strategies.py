@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ruyi.components import build_offload, build_precision, import_builtins, load_model
+from ruyi.assembly import load_pipeline
 from ruyi.io import procedural_image
+from ruyi.models.loading import load_model
 from ruyi.models.transformer import RuyiTransformer3D
 from ruyi.offload.base import AcceleratorRequired
-from ruyi.pipeline import RuyiPipeline
 from ruyi.registry import OFFLOADS, PRECISIONS
 
 KW = dict(frames=8, video_size=[64, 64], steps=2, progress=False)
@@ -19,12 +19,11 @@ FP8_TOLERANCE = {"e4m3fn": 0.1, "e5m2": 0.2}
 
 @pytest.fixture(scope="module")
 def reference(fixture_dir):
-    pipe = RuyiPipeline.from_pretrained(fixture_dir)
+    pipe = load_pipeline(fixture_dir)
     return pipe(procedural_image(96, 64), seed=5, **KW)
 
 
 def test_registries_list_the_strategies():
-    import_builtins()
     assert {"none", "model", "sequential", "group"} <= set(OFFLOADS.names())
     assert set(PRECISIONS.names()) >= {"bf16", "fp8_lite", "fp8_strong", "fp8_extreme"}
 
@@ -42,16 +41,16 @@ def test_registries_list_the_strategies():
 def test_lossless_strategies_equal_none(fixture_dir, reference, kwargs):
     kwargs = dict(kwargs)
     offload_kwargs = kwargs.pop("offload_kwargs", {})
-    pipe = RuyiPipeline.from_pretrained(fixture_dir, **kwargs, offload_kwargs=offload_kwargs)
+    pipe = load_pipeline(fixture_dir, **kwargs, offload_kwargs=offload_kwargs)
     assert torch.equal(pipe(procedural_image(96, 64), seed=5, **KW), reference)
 
 
 def test_group_stream_needs_a_gpu_and_says_so(fixture_dir):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    pipe = RuyiPipeline.from_pretrained(fixture_dir)
+    pipe = load_pipeline(fixture_dir)
     with pytest.raises(AcceleratorRequired, match="use_stream=false"):
-        build_offload("group").apply(pipe, torch.device("cpu"))
+        OFFLOADS.get("group")().apply(pipe, torch.device("cpu"))
 
 
 def _forward(model, golden):
@@ -72,7 +71,7 @@ def test_fp8_modes_stay_within_tolerance(fixture_dir, golden, fp8_dtype):
     shares = {}
     for mode in ("fp8_lite", "fp8_strong", "fp8_extreme"):
         model = load_model(RuyiTransformer3D, fixture_dir)
-        assert build_precision(mode, fp8_dtype=fp8_dtype).apply(model, torch.float32) > 0
+        assert PRECISIONS.get(mode)(fp8_dtype=fp8_dtype).apply(model, torch.float32) > 0
         shares[mode] = _fp8_share(model)
         out = _forward(model, golden)
         error = float((out - reference).norm() / reference.norm())
@@ -82,11 +81,11 @@ def test_fp8_modes_stay_within_tolerance(fixture_dir, golden, fp8_dtype):
 
 def test_bf16_precision_is_a_no_op(fixture_dir):
     model = load_model(RuyiTransformer3D, fixture_dir)
-    assert build_precision("bf16").apply(model, torch.float32) == 0 and _fp8_share(model) == 0
+    assert PRECISIONS.get("bf16")().apply(model, torch.float32) == 0 and _fp8_share(model) == 0
 
 
 def test_bad_fp8_dtype_and_skip_steps_are_clear_errors(fixture_dir):
     with pytest.raises(ValueError, match="fp8_dtype='e3m4' is not one of e4m3fn, e5m2"):
-        build_precision("fp8_lite", fp8_dtype="e3m4")
+        PRECISIONS.get("fp8_lite")(fp8_dtype="e3m4")
     with pytest.raises(ValueError, match="skip_steps=-1 must be an integer >= 0"):
-        RuyiPipeline.from_pretrained(fixture_dir, skip_steps=-1)
+        load_pipeline(fixture_dir, skip_steps=-1)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ruyi.assembly import load_pipeline
 from ruyi.io import procedural_image
-from ruyi.pipeline import RuyiPipeline
 
 KW = dict(frames=8, video_size=[64, 64], steps=2, progress=False)
 
 
 @pytest.fixture(scope="module")
 def pipe(fixture_dir):
-    return RuyiPipeline.from_pretrained(fixture_dir)
+    return load_pipeline(fixture_dir)
 
 
 def test_same_seed_same_video_other_seed_other_video(pipe):
@@ -28,7 +28,7 @@ def test_same_seed_same_video_other_seed_other_video(pipe):
 def test_offload_strategies_equal_none(fixture_dir, pipe, strategy):
     image = procedural_image(96, 64)
     expected = pipe(image, seed=3, **KW)
-    other = RuyiPipeline.from_pretrained(fixture_dir, offload=strategy)
+    other = load_pipeline(fixture_dir, offload=strategy)
     assert torch.equal(other(image, seed=3, **KW), expected)
 
 

@@ -9,9 +9,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
+from ruyi.assembly import PipelineSpec, load_pipeline
+from ruyi.errors import RuyiUserError
 from ruyi.io import procedural_image
-from ruyi.pipeline import RuyiPipeline
-from ruyi.plugins import EnhanceAVideo, LoRAWeights, TeaCache, build_plugins, enhance_factor
+from ruyi.plugins import EnhanceAVideo, LoRAWeights, TeaCache, enhance_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KW = dict(frames=8, video_size=[64, 64], steps=5, seed=3, progress=False)
@@ -20,7 +21,7 @@ TARGETS = ("blocks.0.attn1.to_q", "blocks.1.ff.net.2", "blocks.2.attn2.to_out.0"
 
 @pytest.fixture(scope="module")
 def pipe(fixture_dir):
-    return RuyiPipeline.from_pretrained(fixture_dir)
+    return load_pipeline(fixture_dir)
 
 
 @pytest.fixture(scope="module")
@@ -221,34 +222,39 @@ def test_enhance_a_video_scales_self_attention_only_on_its_steps(pipe, image, pl
 
 
 # -- configuration ---------------------------------------------------------------------------
+def _plugins(*overrides: str) -> list:
+    """The plugins a composed infer config validates into (no weights load)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="infer", overrides=[*overrides, "device=cpu"])
+    return list(PipelineSpec.from_config(cfg).validate().plugins)
+
+
 def test_config_groups_build_the_plugins(tmp_path):
     lora = _peft_file(tmp_path / "l.safetensors", {"x": (torch.ones(1, 2), torch.ones(2, 1))})
-    overrides = ["teacache=on", "teacache.threshold=0.15", "enhance_a_video=on", "enhance_a_video.weight=2",
-                 f"lora=[{{path: {lora}, strength: 1.2}}]"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        plugins = build_plugins(compose(config_name="infer", overrides=overrides))
-        assert build_plugins(compose(config_name="infer")) == []
-    assert [type(p) for p in plugins] == [LoRAWeights, TeaCache, EnhanceAVideo]
-    assert plugins[0].strength == 1.2 and plugins[1].threshold == 0.15 and plugins[2].weight == 2.0
+    plugins = _plugins("teacache=on", "teacache.threshold=0.15", "enhance_a_video=on", "enhance_a_video.weight=2",
+                       f"lora=[{{path: {lora}, strength: 1.2}}]")  # fmt: skip
+    assert _plugins() == []
+    assert [type(p) for p in plugins] == [LoRAWeights, EnhanceAVideo, TeaCache]
+    assert plugins[0].strength == 1.2 and plugins[2].threshold == 0.15 and plugins[1].weight == 2.0
 
 
 @pytest.mark.parametrize(
-    ("cfg", "message"),
+    ("overrides", "message"),
     [
-        ({"teacache": {"threshold": -0.1}}, r"teacache.threshold=-0.1 must be a number >= 0"),
-        ({"teacache": {"skip_start_steps": 0}}, r"teacache.skip_start_steps=0 must be an integer >= 1"),
-        ({"enhance_a_video": {"weight": 10}}, r"enhance_a_video.weight=10 must be a number in \[0, 10\)"),
-        ({"lora": [{"path": "a.bin"}]}, r"must be a .safetensors file"),
-        ({"lora": [{"path": "missing.safetensors"}]}, r"does not exist"),
-        ({"lora": {"path": "a.safetensors"}}, r"lora must be a list"),
+        (["teacache=on", "teacache.threshold=-0.1"], r"teacache.threshold=-0.1 must be a number >= 0"),
+        (["teacache=on", "teacache.skip_start_steps=0"], r"teacache.skip_start_steps=0 must be an integer >= 1"),
+        (["enhance_a_video=on", "enhance_a_video.weight=10"], r"enhance_a_video.weight=10 must be a number in \[0, 10\)"),
+        (["lora=[{path: a.bin}]"], r"must be a .safetensors file"),
+        (["lora=[{path: missing.safetensors}]"], r"does not exist"),
+        (["teacache=on", "offload=group", "offload.use_stream=false"], r"teacache does not work with offload=group"),
     ],
 )
-def test_bad_plugin_options_fail_up_front(cfg, message):
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
-        build_plugins(cfg)
+def test_bad_plugin_options_fail_up_front(overrides, message):
+    with pytest.raises(RuyiUserError, match=message):
+        _plugins(*overrides)
 
 
 def test_lora_strength_must_be_numeric(tmp_path):
     path = _peft_file(tmp_path / "l.safetensors", {"x": (torch.ones(1, 2), torch.ones(2, 1))})
-    with pytest.raises(ValueError, match="strength='strong' must be a number"):
-        build_plugins({"lora": [{"path": str(path), "strength": "strong"}]})
+    with pytest.raises(RuyiUserError, match="strength='strong' must be a number"):
+        _plugins(f"lora=[{{path: {path}, strength: strong}}]")

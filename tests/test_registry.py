@@ -9,7 +9,6 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 
-from ruyi.components import import_builtins
 from ruyi.registry import ALL_REGISTRIES, SAMPLERS, Registry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -56,7 +55,6 @@ def _yaml_targets() -> dict[str, dict[str, str]]:
 
 
 def test_every_yaml_points_at_its_registered_class():
-    import_builtins()
     for kind, targets in _yaml_targets().items():
         assert targets, f"configs/{kind}/ has no YAML"
         for stem, target in targets.items():
@@ -65,7 +63,6 @@ def test_every_yaml_points_at_its_registered_class():
 
 
 def test_every_registered_class_has_a_yaml():
-    import_builtins()
     targets = _yaml_targets()
     for kind, registry in ALL_REGISTRIES.items():
         builtin = [n for n in registry.names() if registry.get(n).__module__.startswith("ruyi.")]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ruyi.samplers import DDIMSampler, EulerSampler, PNDMSampler, classifier_free_guidance, denoise, sampler_by_label
+from ruyi.samplers import (
+    DDIMSampler,
+    EulerSampler,
+    PNDMSampler,
+    classifier_free_guidance,
+    denoise,
+    sampler_by_label,
+)
 
 CONFIG = {
     "beta_start": 0.00085, "beta_end": 0.03, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,

@@ -125,9 +125,9 @@ def test_lora_export_merges_to_peft_effective_weights(fixture_dir, tmp_path):
     key = "lora_unet_blocks_0_attn1_to_q"
     assert tensors[f"{key}.alpha"].item() == 8.0 and tensors[f"{key}.lora_down.weight"].shape[0] == 4
 
-    from ruyi.pipeline import RuyiPipeline
+    import ruyi
 
-    fresh = RuyiPipeline.from_pretrained(fixture_dir)
+    fresh = ruyi.load_pipeline(fixture_dir)
     LoRAWeights(path=exported, strength=1.0).attach(fresh)
     merged = dict(fresh.transformer.named_modules())
     changed = 0

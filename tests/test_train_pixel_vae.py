@@ -54,23 +54,18 @@ def test_statistics_give_unit_variance_latents():
 
 
 def test_a_checkpoint_on_it_loads_strictly_and_generates(tmp_path):
-    from ruyi.components import build_models
+    from hydra import compose, initialize_config_dir
+
+    from ruyi.assembly import PipelineSpec, build
+    from ruyi.io import procedural_image
     from ruyi.models.tiny import create_tiny_checkpoint
 
     preset = OmegaConf.to_container(OmegaConf.load(PRESET))
     path = create_tiny_checkpoint(tmp_path / "ckpt", preset)
-    models = build_models(path, names={"vae": "pixel_patch"})
-    vae = models["vae"]
-    assert isinstance(vae, PixelPatchVAE)
-    assert vae.latent_std.tolist() == pytest.approx(preset["vae_arch"]["latent_std"])
-
-    from hydra import compose, initialize_config_dir
-
-    from ruyi.cli import build_pipeline
-    from ruyi.io import procedural_image
-
     with initialize_config_dir(config_dir=str(PRESET.parents[1]), version_base=None):
-        cfg = compose("infer", overrides=["model=ruyi_tiny_pans", "vae=pixel_patch", f"model.path={path}"])
-    pipe = build_pipeline(cfg, path, torch.device("cpu"))
+        cfg = compose("infer", overrides=["model=ruyi_tiny_pans", "vae=pixel_patch", f"model.path={path}", "device=cpu"])
+    pipe = build(PipelineSpec.from_config(cfg))
+    assert isinstance(pipe.vae, PixelPatchVAE)
+    assert pipe.vae.coeff_std.tolist() == pytest.approx(preset["vae_arch"]["latent_std"])
     video = pipe(procedural_image(96, 64), frames=8, video_size=[64, 96], steps=2, progress=False)
     assert video.shape == (1, 3, 8, 64, 96) and torch.isfinite(video).all()

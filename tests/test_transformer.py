@@ -1,4 +1,4 @@
-"""The 3D transformer: strict loading, the long-skip store, the rotary helper, edge inputs, the real shape.
+"""The 3D transformer: loading, the long-skip store, the rotary helper, edge inputs, the real shape.
 
 Golden parity of every ``transformer_forward`` case (output and trace, with the skip offload of
 its ``hidden_cache_size``) runs in tests/test_golden.py with the other kinds.
@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from ruyi.components import load_model
-from ruyi.models.loading import build_empty, constructor_kwargs
+from ruyi.errors import CheckpointError
+from ruyi.models.loading import load_model, meta_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
 from ruyi.offload.skip_steps import CPUSkipStack, apply_skip_offload, remove_skip_offload
 from tests.conftest import REPO
@@ -52,11 +52,10 @@ def run(model, inputs, **changes):
 def deep_model(arch, num_layers: int = 10) -> RuyiTransformer3D:
     """The fixture's widths with more blocks (random weights), so that several long skips exist."""
     torch.manual_seed(0)
-    kwargs = constructor_kwargs(RuyiTransformer3D, {**arch, "num_layers": num_layers})
-    return RuyiTransformer3D(**kwargs).eval()
+    return RuyiTransformer3D.from_config({**arch, "num_layers": num_layers}).eval()
 
 
-def test_strict_load_uses_every_checkpoint_tensor(model, fixture_dir):
+def test_load_uses_every_checkpoint_tensor(model, fixture_dir):
     state = load_file(str(fixture_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert set(model.state_dict()) == set(state)
     for name, tensor in model.state_dict().items():
@@ -83,7 +82,7 @@ def test_skip_offload_zero_is_off_and_negative_is_an_error(model):
     assert isinstance(model.skip_stack_factory(), CPUSkipStack)
     apply_skip_offload(model, 0)
     assert not isinstance(model.skip_stack_factory(), CPUSkipStack)
-    with pytest.raises(ValueError, match="group_size=-1"):
+    with pytest.raises(ValueError, match="skip_steps=-1"):
         apply_skip_offload(model, -1)
 
 
@@ -161,7 +160,7 @@ def test_real_preset_has_7_19b_parameters():
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose(config_name="infer", overrides=["model=ruyi_mini_7b"])
     arch = OmegaConf.to_container(cfg.model.transformer_arch, resolve=True)
-    model = build_empty(RuyiTransformer3D, arch)
+    model = meta_model(RuyiTransformer3D, arch)
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - 7.19e9) / 7.19e9 < 0.005, params
     assert model.hidden_size == 2816 and len(model.blocks) == 40 and model.head_dim == 88
@@ -176,12 +175,18 @@ def test_tiny_preset_equals_the_fixture_architecture(fixture_dir):
     assert {k: v for k, v in fixture.items() if not k.startswith("_")} == arch
 
 
-def test_unsupported_options_name_themselves():
-    with pytest.raises(NotImplementedError, match="basic_block_type='motionmodule'"):
-        build_empty(RuyiTransformer3D, {"basic_block_type": "motionmodule"})
-    with pytest.raises(NotImplementedError, match="after_norm"):
-        build_empty(RuyiTransformer3D, {"after_norm": True})
-    with pytest.raises(ValueError, match="hidden_size=100"):
-        build_empty(RuyiTransformer3D, {"hidden_size": 100})
-    with pytest.raises(ValueError, match="num_layers=5 must be even"):
-        build_empty(RuyiTransformer3D, {"num_layers": 5})
+@pytest.mark.parametrize(
+    ("option", "error", "match"),
+    [
+        ({"basic_block_type": "motionmodule"}, NotImplementedError, "basic_block_type='motionmodule'"),
+        ({"after_norm": True}, NotImplementedError, "after_norm"),
+        ({"hidden_size": 100}, ValueError, "hidden_size=100"),
+        ({"num_layers": 5}, ValueError, "num_layers=5 must be even"),
+    ],
+)
+def test_unsupported_options_name_themselves(option, error, match):
+    with pytest.raises(error, match=match), torch.device("meta"):
+        RuyiTransformer3D(**option)
+    # from a checkpoint's config.json it is the checkpoint's fault: one CheckpointError line
+    with pytest.raises(CheckpointError, match=f"config.json does not describe a valid RuyiTransformer3D: .*{match}"):
+        meta_model(RuyiTransformer3D, option, where=REPO / "somewhere")

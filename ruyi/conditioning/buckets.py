@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ruyi.errors import ConfigError
+
 # (height, width) at base resolution 512, in increasing h/w.
 BUCKETS_512: tuple[tuple[int, int], ...] = (
     (256, 1024), (256, 992), (256, 960), (256, 928), (288, 896), (288, 864), (288, 832),
@@ -26,7 +28,7 @@ SIDE_MULTIPLE = 16
 
 def check_base_resolution(base_resolution: int) -> None:
     if not isinstance(base_resolution, int) or not MIN_RESOLUTION <= base_resolution <= MAX_RESOLUTION:
-        raise ValueError(
+        raise ConfigError(
             f"base_resolution={base_resolution} is out of range; use {MIN_RESOLUTION}..{MAX_RESOLUTION} "
             "(512 or 768 are the trained ones)"
         )
@@ -51,7 +53,7 @@ def resolve_size(
     if video_size is None:
         return bucket_size(image_wh, base_resolution)
     if len(video_size) != 2 or any(int(s) != s or s <= 0 or s % SIDE_MULTIPLE for s in video_size):
-        raise ValueError(
+        raise ConfigError(
             f"video_size={list(video_size)} is invalid; give [height, width] as positive multiples of "
             f"{SIDE_MULTIPLE}, e.g. [384, 672]"
         )

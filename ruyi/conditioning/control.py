@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ruyi.models.loading import CheckpointError
+from ruyi.errors import CheckpointError, ConfigError
 from ruyi.registry import CONDITIONINGS
 
 FIELDS = ("emb1", "mask1", "emb2", "mask2")
@@ -60,21 +60,29 @@ class CameraMotionControl:
         self.motions = tuple(str(m) for m in motions)
         self._table: Mapping[str, torch.Tensor] | None = None
 
-    def check(self, camera: str, motion: str | int) -> None:
+    def check_choice(self, camera: str, motion: str | int) -> None:
         """Fail early, listing the allowed values, on an unknown camera or motion."""
         if str(camera) not in self.cameras:
-            raise ValueError(f"camera={camera!r} is not one of {', '.join(self.cameras)}")
+            raise ConfigError(f"camera={camera!r} is not one of {', '.join(self.cameras)}")
         if str(motion) not in self.motions:
-            raise ValueError(f"motion={motion!r} is not one of {', '.join(self.motions)}")
+            raise ConfigError(f"motion={motion!r} is not one of {', '.join(self.motions)}")
 
     def load(self, model_path: str | Path) -> None:
+        """Read the checkpoint's table of control embeddings."""
         path = Path(model_path) / self.file
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; the checkpoint's control embeddings must be there")
-        self._table = load_file(str(path))
+        try:
+            self._table = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
+            raise CheckpointError(f"cannot read {path} ({type(err).__name__}: {err}); re-download it") from None
+
+    def use_table(self, table: Mapping[str, torch.Tensor]) -> None:
+        """Use an in-memory table (random-weight pipelines: benchmarks, tests)."""
+        self._table = dict(table)
 
     def key(self, camera: str, motion: str | int) -> str:
-        self.check(camera, motion)
+        self.check_choice(camera, motion)
         motion_id = "0" if str(motion) == "auto" else str(motion)
         return f"p.{self.aspect}movie{motion_id}{camera}"
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ruyi.errors import ConfigError
 from ruyi.registry import CONDITIONINGS
 
 KEEP, GENERATE = 0.0, 255.0
@@ -92,7 +93,7 @@ class StartEndFrames:
 
     def __init__(self, *, clip_apply_ratio: float = 0.4) -> None:
         if not 0.0 <= clip_apply_ratio <= 1.0:
-            raise ValueError(f"clip_apply_ratio={clip_apply_ratio} must lie in [0, 1]")
+            raise ConfigError(f"clip_apply_ratio={clip_apply_ratio} must lie in [0, 1]")
         self.clip_apply_ratio = clip_apply_ratio
 
     def prepare(self, start_image, end_image=None, *, frames: int, height: int, width: int) -> FrameConditioning:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from accelerate import init_empty_weights
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -14,16 +17,11 @@ try:  # transformers >= 5: the PIL backend gives the original's numbers without 
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import CLIPImageProcessor
 
-from ruyi.models.loading import CheckpointError, check_keys, load_state_dict, read_config
+from ruyi.models.loading import check_weights, randomize, read_config
 from ruyi.registry import IMAGE_ENCODERS
 
-
-def restore_position_ids(vision: CLIPVisionModelWithProjection) -> None:
-    """Recreate the non-persistent ``position_ids`` buffer after a meta-device build."""
-    embeddings = vision.vision_model.embeddings
-    if hasattr(embeddings, "position_ids"):
-        device = embeddings.patch_embedding.weight.device
-        embeddings.position_ids = torch.arange(embeddings.num_positions, device=device)[None]
+# transformers rebuilds this non-persistent buffer itself; older exports also stored it
+POSITION_IDS = "vision_model.embeddings.position_ids"
 
 
 @IMAGE_ENCODERS.register("clip_vision")
@@ -34,7 +32,6 @@ class CLIPImageEncoder(torch.nn.Module):
     model's last hidden state without the class token.
     """
 
-    _no_split_modules = ["CLIPEncoderLayer"]
     subfolder = "image_encoder"
 
     def __init__(self, *, vision: CLIPVisionModelWithProjection, processor: CLIPImageProcessor) -> None:
@@ -44,22 +41,16 @@ class CLIPImageEncoder(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> "CLIPImageEncoder":
-        """Load ``config.json``, ``preprocessor_config.json`` and the safetensors of ``folder``."""
+        """``config.json``, ``preprocessor_config.json`` and the safetensors of ``folder``, the
+        headers checked before transformers loads them; ``dtype`` None: transformers' default."""
         folder = Path(folder)
         config = CLIPVisionConfig(**read_config(folder))
         processor = CLIPImageProcessor(**read_config(folder, "preprocessor_config.json"))
         with torch.device("meta"):
-            vision = CLIPVisionModelWithProjection(config)
-        state = load_state_dict(folder)
-        # transformers keeps position_ids as a non-persistent buffer; older exports stored it.
-        state.pop("vision_model.embeddings.position_ids", None)
-        check_keys(set(vision.state_dict()) - {"vision_model.embeddings.position_ids"}, set(state), str(folder))
-        vision.load_state_dict(state, strict=False, assign=True)
-        restore_position_ids(vision)
-        meta = [n for n, t in vision.state_dict().items() if t.is_meta]
-        if meta:
-            raise CheckpointError(f"{folder}: tensors {meta[:5]} were not loaded")
-        if dtype is not None:
+            skeleton = CLIPVisionModelWithProjection(config)
+        check_weights(folder, skeleton.state_dict(), ignore_unexpected={POSITION_IDS})
+        vision = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, use_safetensors=True)
+        if dtype is not None:  # cast here: transformers 4.x and 5.x spell the dtype argument differently
             vision = vision.to(dtype)
         return cls(vision=vision.eval().requires_grad_(False), processor=processor)
 
@@ -80,3 +71,18 @@ class CLIPImageEncoder(torch.nn.Module):
         # dtype only: under an offload hook the weights' device is not where the model runs
         hidden = self.vision(pixel_values=pixel_values.to(dtype=next(self.vision.parameters()).dtype)).last_hidden_state
         return hidden[:, 1:]
+
+
+def random_image_encoder(
+    arch: Mapping[str, Any],
+    image_processor: Mapping[str, Any],
+    *,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    seed: int = 0,
+) -> CLIPImageEncoder:
+    """A CLIP encoder of ``arch`` (a vision ``config.json``) with N(0, 0.02) weights made on ``device``."""
+    with init_empty_weights():  # parameters on meta; position_ids is a real (non-persistent) buffer
+        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch))
+    vision = randomize(vision, dtype=dtype, device=device, seed=seed)
+    return CLIPImageEncoder(vision=vision, processor=CLIPImageProcessor(**image_processor))

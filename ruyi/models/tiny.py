@@ -1,8 +1,9 @@
 """Create the embedded tiny checkpoint: random weights of the real architecture, in the real layout.
 
-The result is a folder the normal loader reads (config.json + safetensors per component,
-``embeddings.safetensors``, ``scheduler/``, ``model_index.json``), so the default CPU run exercises
-exactly the code path of the 17 GB Ruyi-Mini-7B.
+The result is a folder the normal loader reads (config.json + safetensors per component, written
+by each model's ``save_pretrained`` with the original's class names, ``embeddings.safetensors``,
+``scheduler/``, ``model_index.json``), so the default CPU run exercises exactly the code path of
+the 17 GB Ruyi-Mini-7B.
 """
 
 from __future__ import annotations
@@ -19,20 +20,17 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ruyi.errors import CheckpointError
 from ruyi.io import umask_mode
+from ruyi.models.loading import quiet_progress
+from ruyi.registry import TRANSFORMERS, VAES
 
 log = logging.getLogger(__name__)
 
 CAMERAS = ("static", "left", "right", "up", "down", "auto")
 MOTIONS = ("0", "1", "2", "3", "4")
-CLASS_NAMES = {"transformer": "HunyuanTransformer3DModel", "vae": "AutoencoderKLMagvit"}
-
-
-def _save_component(model: torch.nn.Module, config: Mapping[str, Any], folder: Path, class_name: str) -> None:
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"_class_name": class_name, **config}, indent=2))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+# the architecture of Ruyi-Mini-7B, whatever the configs select for a run
+MODELS = {"transformer": (TRANSFORMERS, "ruyi_transformer3d"), "vae": (VAES, "magvit")}
 
 
 def random_control_embeddings(arch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -61,35 +59,36 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
     """Write the checkpoint described by a ``ruyi_tiny``-style preset to ``path`` (atomically)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ruyi.components import DEFAULT_MODELS, import_builtins
     from ruyi.models.image_encoder import CLIPImageProcessor
-    from ruyi.models.loading import constructor_kwargs
-    from ruyi.registry import TRANSFORMERS, VAES
 
-    import_builtins()
     path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        # never replace what is there: it may be the user's (a complete tiny checkpoint is never rebuilt)
+        raise CheckpointError(
+            f"{path} exists and is not a checkpoint; move it away or set model.path elsewhere"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         torch.manual_seed(int(preset.get("seed", 0)))
-        t_arch, v_arch = dict(preset["transformer_arch"]), dict(preset["vae_arch"])
-        names = {**DEFAULT_MODELS, **dict(preset.get("components") or {})}  # e.g. {vae: pixel_patch}
-        for name, registry, arch in (("transformer", TRANSFORMERS, t_arch), ("vae", VAES, v_arch)):
-            cls = registry.get(names[name])
-            model = cls(**constructor_kwargs(cls, arch))
-            class_name = CLASS_NAMES[name] if names[name] == DEFAULT_MODELS[name] else cls.__name__
-            _save_component(model, arch, tmp / name, class_name)
-        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**preset["image_encoder_arch"]))
-        clip.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+        with quiet_progress():
+            for kind, (registry, name) in MODELS.items():
+                name = dict(preset.get("components") or {}).get(kind, name)  # e.g. {vae: pixel_patch}
+                # config fields the class does not take are kept and saved: the folder mirrors the real one
+                model = registry.get(name).from_config(dict(preset[f"{kind}_arch"]))
+                model.save_pretrained(tmp / kind, safe_serialization=True)
+            clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**preset["image_encoder_arch"]))
+            clip.save_pretrained(tmp / "image_encoder", safe_serialization=True)
         CLIPImageProcessor(**preset["image_processor"]).save_pretrained(tmp / "image_encoder")
         (tmp / "scheduler").mkdir()
         scheduler = {"_class_name": "DDPMScheduler", **preset["scheduler_config"]}
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         generator = torch.Generator().manual_seed(int(preset.get("seed", 0)))
-        save_file(random_control_embeddings(t_arch, generator), str(tmp / "embeddings.safetensors"))
+        save_file(
+            random_control_embeddings(preset["transformer_arch"], generator),
+            str(tmp / "embeddings.safetensors"),
+        )
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
         os.chmod(tmp, umask_mode(directory=True))
         os.replace(tmp, path)
     except BaseException:

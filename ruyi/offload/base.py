@@ -26,9 +26,24 @@ def offload_units(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class OffloadStrategy:
-    """Base: ``apply(pipe, device)`` places the models and sets ``pipe.execution_device``."""
+    """Base: ``apply(pipe, device)`` places the models and sets ``pipe.execution_device``.
+
+    Facts other components read (``Plan.has``): ``needs_accelerator`` (checked here),
+    ``loads_per_block`` (a block's weights are on the device only inside its forward),
+    ``keeps_weights_on_device`` (no streaming at all).
+    """
 
     needs_accelerator = False
+    loads_per_block = False
+    keeps_weights_on_device = False
+
+    def check(self, plan) -> None:
+        """Before any weight loads: a strategy that needs CUDA fails on another device."""
+        if self.needs_accelerator and plan.device.type != "cuda":
+            raise AcceleratorRequired(self.accelerator_hint(plan.device))
+
+    def accelerator_hint(self, device: torch.device) -> str:
+        return f"offload={self.registry_name} needs a CUDA GPU, but the device is {device}; run on a GPU"
 
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
         raise NotImplementedError
@@ -44,15 +59,3 @@ class OffloadStrategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when present else cpu; a CUDA device that is absent is a clear error."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AcceleratorRequired(
-            f"device={device} was asked for but no CUDA GPU is visible; use device=cpu (slow) or run on a GPU"
-        )
-    return device

@@ -10,15 +10,18 @@ from __future__ import annotations
 import torch
 from diffusers.hooks import apply_group_offloading
 
+from ruyi.errors import ConfigError
 from ruyi.offload.base import AcceleratorRequired, Offloadable, OffloadStrategy, offload_units
 from ruyi.registry import OFFLOADS
 
 
 @OFFLOADS.register("group")
 class GroupOffload(OffloadStrategy):
+    loads_per_block = True
+
     def __init__(self, *, blocks_per_group: int = 1, use_stream: bool = True, record_stream: bool = True) -> None:
         if blocks_per_group < 1:
-            raise ValueError(f"offload.blocks_per_group={blocks_per_group} must be >= 1")
+            raise ConfigError(f"offload.blocks_per_group={blocks_per_group} must be >= 1")
         self.blocks_per_group = blocks_per_group
         self.use_stream = use_stream
         self.record_stream = record_stream
@@ -26,12 +29,19 @@ class GroupOffload(OffloadStrategy):
     def __repr__(self) -> str:
         return f"GroupOffload(blocks_per_group={self.blocks_per_group}, use_stream={self.use_stream})"
 
+    @property
+    def needs_accelerator(self) -> bool:
+        return self.use_stream
+
+    def accelerator_hint(self, device: torch.device) -> str:
+        return (
+            f"offload=group with use_stream=true prefetches on a CUDA stream, but the device is {device}; "
+            "run on a GPU or set offload.use_stream=false"
+        )
+
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
-        if self.use_stream and device.type != "cuda":
-            raise AcceleratorRequired(
-                f"offload=group with use_stream=true prefetches on a CUDA stream, but the device is {device}; "
-                "run on a GPU or set offload.use_stream=false"
-            )
+        if self.needs_accelerator and device.type != "cuda":
+            raise AcceleratorRequired(self.accelerator_hint(device))
         for model in pipe.modules.values():
             model.to("cpu")
             for unit in offload_units(model):

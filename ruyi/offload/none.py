@@ -10,6 +10,8 @@ from ruyi.registry import OFFLOADS
 
 @OFFLOADS.register("none")
 class NoOffload(OffloadStrategy):
+    keeps_weights_on_device = True
+
     def apply(self, pipe: Offloadable, device: torch.device) -> None:
         for module in pipe.modules.values():
             module.to(device)

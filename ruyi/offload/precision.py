@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
 
+from ruyi.errors import ConfigError
 from ruyi.registry import PRECISIONS
 
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
@@ -37,6 +38,8 @@ class WeightPrecision:
 class PipelineDtype(WeightPrecision):
     """No storage change: weights stay in the pipeline's dtype (bfloat16 on GPU)."""
 
+    plain_weights = True  # fact for strategies that reshape weights (parallel.shard_weights)
+
     def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         return 0
 
@@ -44,7 +47,7 @@ class PipelineDtype(WeightPrecision):
 class FP8Weights(WeightPrecision):
     def __init__(self, *, fp8_dtype: str = "e4m3fn") -> None:
         if fp8_dtype not in FP8_DTYPES:
-            raise ValueError(f"fp8_dtype={fp8_dtype!r} is not one of {', '.join(FP8_DTYPES)}")
+            raise ConfigError(f"precision.fp8_dtype={fp8_dtype!r} is not one of {', '.join(FP8_DTYPES)}")
         self.fp8_dtype = fp8_dtype
 
     def __repr__(self) -> str:

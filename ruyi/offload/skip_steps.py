@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ruyi.errors import ConfigError
+
 
 class CPUSkipStack:
     """A LIFO of activations that keeps at most ``group_size`` pushed ones on the compute device.
@@ -26,7 +28,7 @@ class CPUSkipStack:
 
     def __init__(self, group_size: int, device: torch.device | str | None = None) -> None:
         if group_size < 1:
-            raise ValueError(f"group_size={group_size} must be >= 1")
+            raise ConfigError(f"group_size={group_size} must be >= 1")
         self.group_size = group_size
         self.device = None if device is None else torch.device(device)
         self._resident: list[torch.Tensor] = []  # on the compute device, newest last
@@ -105,7 +107,7 @@ class CPUSkipStack:
 def apply_skip_offload(transformer: torch.nn.Module, group_size: int) -> None:
     """Park the long skips of ``transformer`` in CPU RAM in groups of ``group_size`` (0 = off)."""
     if group_size < 0:
-        raise ValueError(f"group_size={group_size} must be >= 0 (0 = off)")
+        raise ConfigError(f"skip_steps={group_size} must be >= 0 (0 = off)")
     if group_size == 0:
         remove_skip_offload(transformer)
         return

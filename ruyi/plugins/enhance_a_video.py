@@ -8,17 +8,24 @@ and clamped to at least 1, multiplies the layer's output. It hooks only the bloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
 MAX_WEIGHT = 10.0
 
 
-def enhance_factor(query: torch.Tensor, key: torch.Tensor, num_frames: int, weight: float) -> torch.Tensor:
+def enhance_factor(
+    query: torch.Tensor, key: torch.Tensor, num_frames: int, weight: float,
+    across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:  # fmt: skip
     """query, key (B, heads, F*S, head_dim), tokens frame-major -> a 0-dim float32 factor >= 1.
 
     The attention maps are taken per spatial position S over the F frames, in float32.
+    ``across_ranks`` averages the mean over processes holding other positions or batch halves.
     """
     batch, heads, length, head_dim = query.shape
     spatial = length // num_frames
@@ -30,7 +37,8 @@ def enhance_factor(query: torch.Tensor, key: torch.Tensor, num_frames: int, weig
     probs = scores.float().softmax(dim=-1).reshape(-1, num_frames, num_frames)
     off_diagonal = probs.masked_fill(torch.eye(num_frames, dtype=torch.bool, device=probs.device), 0)
     mean_cross_frame = off_diagonal.sum(dim=(1, 2)) / (num_frames * num_frames - num_frames)
-    return (mean_cross_frame.mean() * (num_frames + weight)).clamp(min=1)
+    mean = mean_cross_frame.mean() if across_ranks is None else across_ranks(mean_cross_frame.mean())
+    return (mean * (num_frames + weight)).clamp(min=1)
 
 
 @PLUGINS.register("enhance_a_video")
@@ -42,13 +50,14 @@ class EnhanceAVideo:
 
     def __init__(self, *, weight: float = 1.0, skip_start_steps: int = 0, skip_end_steps: int = 0) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < MAX_WEIGHT:
-            raise ValueError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
+            raise ConfigError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
         for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"enhance_a_video.{name}={value!r} must be an integer >= 0")
+                raise ConfigError(f"enhance_a_video.{name}={value!r} must be an integer >= 0")
         self.weight = float(weight)
         self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
         self.active = True  # outside a denoising loop every forward is enhanced
+        self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by ruyi.parallel
         self._processors: list = []
 
     def __repr__(self) -> str:
@@ -85,4 +94,4 @@ class EnhanceAVideo:
         """The score hook: a factor for the layer's output, or None to leave it unchanged."""
         if not self.active or num_frames < 2:
             return None
-        return enhance_factor(query, key, num_frames, self.weight)
+        return enhance_factor(query, key, num_frames, self.weight, self.across_ranks)

@@ -167,7 +167,7 @@ class LoRAWeights:
         if path.suffix != ".safetensors":
             raise InputError(f"lora path {path} must be a .safetensors file")
         if not path.is_file():
-            raise FileNotFoundError(f"lora file {path} does not exist")
+            raise InputError(f"lora file {path} does not exist")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
             raise InputError(f"lora strength={strength!r} must be a number (the original suggests 1.0-1.4)")
         self.path, self.strength = path, float(strength)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ruyi.errors import ConfigError
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -30,22 +31,29 @@ class TeaCache:
     Steps ``< skip_start_steps`` and the last ``skip_end_steps`` always run the blocks.
     ``threshold=0`` never skips (the polynomial dips below zero for near-identical inputs, which
     would otherwise skip even at 0); 0.10 caches about 6-8 of 25 steps, 0.15 about 10-12.
+
+    ``across_ranks`` (None, or set by ``ruyi.parallel``) averages the statistic's means over the
+    processes that each hold part of the batch or tokens, so every rank takes the same branch.
     """
+
+    # called outside their block's forward: strategies that load or gather weights per block keep them ready
+    modules_called_directly: ClassVar[tuple[str, ...]] = ("blocks.0.norm1",)
 
     def __init__(
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-            raise ValueError(f"teacache.threshold={threshold!r} must be a number >= 0 (0.10 caches ~6-8 of 25 steps)")
+            raise ConfigError(f"teacache.threshold={threshold!r} must be a number >= 0 (0.10 caches ~6-8 of 25 steps)")
         for name, value in (("skip_start_steps", skip_start_steps), ("skip_end_steps", skip_end_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"teacache.{name}={value!r} must be an integer >= 1")
+                raise ConfigError(f"teacache.{name}={value!r} must be an integer >= 1")
         self.threshold = float(threshold)
         self.skip_start_steps, self.skip_end_steps = skip_start_steps, skip_end_steps
         self.offload_cpu = bool(offload_cpu)
         self.skipped_steps = 0
         self.skipped: list[int] = []  # step indices of the last run that reused the cache
         self._transformer: torch.nn.Module | None = None
+        self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._reset(num_steps=0)
 
     def __repr__(self) -> str:
@@ -60,6 +68,12 @@ class TeaCache:
         self._residual: torch.Tensor | None = None
 
     # -- attachment --------------------------------------------------------------------------
+    def check(self, plan) -> None:
+        """TeaCache runs the first block's norm outside that block's forward: a strategy that
+        loads a block's weights only inside its forward (``loads_per_block``) cannot serve it."""
+        if plan.has("loads_per_block"):
+            raise ConfigError(f"teacache does not work with offload={plan.spec.offload.name} yet; use offload=model or offload=sequential")
+
     def attach(self, pipe) -> None:
         transformer = pipe.transformer
         if transformer.blocks_runner is not None:
@@ -119,7 +133,10 @@ class TeaCache:
 
     def rescaled_distance(self, modulated: torch.Tensor) -> float:
         previous = self._previous_modulated.to(modulated.device)
-        rel_l1 = ((modulated - previous).abs().mean() / previous.abs().mean()).item()
+        means = torch.stack([(modulated - previous).abs().mean(), previous.abs().mean()])
+        if self.across_ranks is not None:
+            means = self.across_ranks(means)
+        rel_l1 = (means[0] / means[1]).item()
         return float(np.polyval(COEFFICIENTS, rel_l1))
 
     def _store(self, tensor: torch.Tensor) -> torch.Tensor:

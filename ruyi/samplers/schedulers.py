@@ -19,6 +19,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ruyi.errors import ConfigError
 from ruyi.registry import SAMPLERS
 
 
@@ -44,12 +45,19 @@ class DiffusersSampler:
     def set_timesteps(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Prepare ``steps`` denoising steps and return the timesteps the model is evaluated at."""
         if not isinstance(steps, int) or steps < self.min_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler {self.label!r} needs steps >= {self.min_steps}, got {steps}; "
                 f"raise steps or pick another sampler"
             )
         self.scheduler.set_timesteps(steps, device=device)
         return self.scheduler.timesteps
+
+    def step_of_calls(self, steps: int, calls: int) -> list[int]:
+        """The user step (0-based) of each of the ``calls`` model evaluations that ``steps`` take."""
+        if calls == steps:
+            return list(range(steps))
+        # a scheduler evaluating the model several times per step: spread the calls evenly
+        return [min(steps - 1, i * steps // calls) for i in range(calls)]
 
     @property
     def init_noise_sigma(self) -> float:
@@ -111,6 +119,12 @@ class PNDMSampler(DiffusersSampler):
     label = "PNDM"
     # The original crashes below 4 steps: PNDM's Runge-Kutta warm-up needs them.
     min_steps = 4
+
+    def step_of_calls(self, steps: int, calls: int) -> list[int]:
+        # the Runge-Kutta warm-up evaluates the model 4 times for each of its first steps
+        warmup = len(self.scheduler.prk_timesteps) if self.scheduler.prk_timesteps is not None else 0
+        order = 4
+        return [i // order if i < warmup else warmup // order + i - warmup for i in range(calls)]
 
 
 def sampler_by_label(label: str) -> type[DiffusersSampler]:

@@ -45,7 +45,7 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, *, m
 
 def stored_dtype(folder: Path) -> torch.dtype:
     """The dtype a checkpoint component stores its floating weights in (bf16 for Ruyi-Mini-7B)."""
-    with safe_open(str(weight_files(folder)[0]), framework="pt") as f:
+    with safe_open(str(weight_files(folder)[0][0]), framework="pt") as f:
         for key in f.keys():
             tensor = f.get_slice(key)
             dtype = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}.get(tensor.get_dtype())
@@ -55,9 +55,10 @@ def stored_dtype(folder: Path) -> torch.dtype:
 
 
 def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, object], folder: Path, *, dtype: torch.dtype) -> None:
-    """``folder/config.json`` + ``folder/diffusion_pytorch_model.safetensors``: the layout
-    ``ruyi.models.loading`` reads. (Once the transformer is a diffusers ``ModelMixin``, this becomes
-    ``transformer.save_pretrained(folder)``; callers go through this one function.)"""
+    """``folder/config.json`` + ``folder/diffusion_pytorch_model.safetensors``: the layout the
+    transformer's ``save_pretrained`` writes and its ``from_pretrained`` reads. ``save_pretrained``
+    itself cannot be used: under FSDP the weights arrive as a state dict gathered on rank 0, and the
+    export casts them to the checkpoint's own dtype without touching the trained model."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(dict(config), indent=2))
     tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()) for k, v in state.items()}
@@ -79,7 +80,9 @@ def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
-        os.chmod(tmp, umask_mode(directory=True))
+        # the copies are the user's new files: plain modes, not the source's (a read-only download)
+        for entry in (tmp, *tmp.rglob("*")):
+            os.chmod(entry, umask_mode(directory=entry.is_dir()))
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -90,10 +90,14 @@ class LoRAFinetune:
         )  # fmt: skip
 
     def prepare(self, transformer: torch.nn.Module) -> None:
-        from peft import inject_adapter_in_model
-
         transformer.requires_grad_(False)
-        inject_adapter_in_model(self.peft_config(), transformer, adapter_name=ADAPTER)
+        add_adapter = getattr(transformer, "add_adapter", None)  # diffusers' PeftAdapterMixin
+        if add_adapter is not None:
+            add_adapter(self.peft_config(), adapter_name=ADAPTER)
+        else:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(self.peft_config(), transformer, adapter_name=ADAPTER)
         wrapped = [n for n, p in transformer.named_parameters() if "lora_" in n]
         for name, param in transformer.named_parameters():
             param.requires_grad_("lora_" in name)

@@ -37,30 +37,6 @@ def seconds(max_time: str | dict | None) -> float | None:
     return float(sum(max_time.get(k, 0) * f for k, f in (("days", 86400), ("hours", 3600), ("minutes", 60), ("seconds", 1))))
 
 
-def enable_activation_checkpointing(transformer: torch.nn.Module) -> int:
-    """Recompute each DiT block in the backward pass instead of keeping its activations.
-
-    The wrapper keeps state-dict keys unchanged (it strips its own prefix), so exports and
-    checkpoints are unaffected. Returns the number of wrapped blocks.
-    """
-    from functools import partial
-
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointImpl,
-        apply_activation_checkpointing,
-        checkpoint_wrapper,
-    )
-
-    from ruyi.models.transformer import RuyiDiTBlock
-
-    blocks = sum(isinstance(m, RuyiDiTBlock) for m in transformer.modules())
-    apply_activation_checkpointing(
-        transformer, checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
-        check_fn=lambda m: isinstance(m, RuyiDiTBlock),
-    )  # fmt: skip
-    return blocks
-
-
 class RuyiTrainingModule(L.LightningModule):
     """``training_step(batch)`` -> loss; batch as ``ruyi.training.data.collate_clips`` makes it."""
 
@@ -92,7 +68,8 @@ class RuyiTrainingModule(L.LightningModule):
         finetune.prepare(self.transformer)
         self.transformer.train()
         if gradient_checkpointing:
-            log.info("activation checkpointing on %d blocks", enable_activation_checkpointing(self.transformer))
+            # the model's own (diffusers ModelMixin): each DiT block recomputed in backward
+            self.transformer.enable_gradient_checkpointing()
         # a LoRA checkpoint holds the adapter only: the base weights come from model.path again
         self.strict_loading = not hasattr(finetune, "rank")
 

@@ -56,7 +56,7 @@ def build_component(node: DictConfig) -> Any:
 def with_preset_components(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` whose model groups follow the preset's ``components`` (e.g. ``{vae:
     pixel_patch}``): the classes its checkpoint was made with, over the groups' defaults."""
-    from ruyi.cli import MODEL_KINDS
+    from ruyi.assembly import MODEL_KINDS
     from ruyi.registry import ALL_REGISTRIES
 
     cfg = cfg.copy()
@@ -65,13 +65,6 @@ def with_preset_components(cfg: DictConfig) -> DictConfig:
             cls = ALL_REGISTRIES[kind].get(name)
             cfg[kind] = OmegaConf.create({"_target_": f"{cls.__module__}.{cls.__qualname__}"})
     return cfg
-
-
-def build_training_pipeline(cfg: DictConfig, path: Path):
-    """The pipeline, assembled by the same code as ``infer.py`` (on the CPU: Lightning places it)."""
-    from ruyi.cli import build_pipeline
-
-    return build_pipeline(with_preset_components(cfg), path, torch.device("cpu"))
 
 
 def run(cfg: DictConfig) -> int:
@@ -110,48 +103,46 @@ class TrainingRun:
         return self.finetune.export(state, source=self.source, output_dir=self.output_dir)
 
 
-def build_run(cfg: DictConfig, *, pipe=None) -> TrainingRun:
+def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     """Validate the config (before any weights load), then load and assemble everything.
 
-    ``pipe``: an already assembled pipeline to train instead of loading ``model.path`` (benchmarks
-    pass random weights at the real shape; the scheduler then comes from ``model.scheduler_config``).
+    The pipeline comes from the one assembly path (``PipelineSpec.from_config`` -> ``validate`` ->
+    ``build``), built on ``cfg.device`` (cpu: Lightning places the trained model, the module its
+    frozen encoders). ``weights="random"``: the preset's real shape with random numbers
+    (benchmarks; the scheduler then comes from ``model.scheduler_config``).
     """
     import lightning as L
 
-    from ruyi.cli import ensure_checkpoint
-    from ruyi.components import import_builtins, parse_dtype
-    from ruyi.models.loading import read_config
+    from ruyi.assembly import PipelineSpec, build
+    from ruyi.registry import load_builtins
     from ruyi.training.datamodule import ClipDataModule
     from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
     from ruyi.training.module import RuyiTrainingModule, seconds
     from ruyi.training.objective import DiffusionObjective
     from ruyi.training.trainer import build_trainer, check_trainer
+    from ruyi.weights import scheduler_config
 
-    import_builtins()
+    load_builtins()
     # 1. everything that needs no weights
     output_dir = Path(to_absolute_path(cfg.output_dir))
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         check_output_dir(output_dir)
-    parse_dtype(cfg.dtype)
+    plan = PipelineSpec.from_config(with_preset_components(cfg)).validate()
     finetune = build_component(cfg.finetune)
     dataset = build_component(cfg.data)
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
     L.seed_everything(int(cfg.seed), workers=True)
     # 2. weights, assembled as for inference
-    if pipe is None:
-        path = ensure_checkpoint(cfg.model, download=bool(cfg.download))
-        pipe = build_training_pipeline(cfg, path)
-        objective = DiffusionObjective(read_config(path / "scheduler", "scheduler_config.json"))
-    else:
-        path = pipe.model_path
-        objective = DiffusionObjective(OmegaConf.to_container(cfg.model.scheduler_config, resolve=True))
+    pipe = build(plan, weights=weights)
+    path = pipe.model_path
+    schedule_config = scheduler_config(path) if path is not None else OmegaConf.to_container(cfg.model.scheduler_config, resolve=True)
     cache = LatentCache(output_dir / "latent_cache") if cfg.cache_latents else None
     module = RuyiTrainingModule(
-        pipe=pipe, finetune=finetune, objective=objective, encoder=BatchEncoder(pipe, uncond_prob=cfg.uncond_prob, cache=cache),
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-        schedule=cfg.schedule, steps_for_time_s=seconds(cfg.steps_for_time),
-        gradient_checkpointing=bool(cfg.gradient_checkpointing),
+        pipe=pipe, finetune=finetune, objective=DiffusionObjective(schedule_config),
+        encoder=BatchEncoder(pipe, uncond_prob=cfg.uncond_prob, cache=cache), learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
+        steps_for_time_s=seconds(cfg.steps_for_time), gradient_checkpointing=bool(cfg.gradient_checkpointing),
     )  # fmt: skip
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters; data %s (%d clips)", finetune, trainable, type(dataset).__name__, len(dataset))

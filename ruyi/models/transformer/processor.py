@@ -8,7 +8,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
-from ruyi.models.attention import attention
+from ruyi.models.attention import AttentionBackend, attention
 
 # (query, key, num_frames) -> factor the layer's output is multiplied by; both (B, heads, L, head_dim)
 ScoreHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor | float]
@@ -21,11 +21,13 @@ class RuyiAttnProcessor:
     hidden_states (B, L, D), encoder_hidden_states (B, Lk, Dc) or None -> (B, L, D).
 
     ``score_hook`` (None by default) is where plugins such as Enhance-A-Video attach: it sees the
-    normalised q and k before rotary and returns a factor for the output.
+    normalised q and k before rotary and returns a factor for the output. ``attention_backend``
+    (None = ``auto``) is where attention strategies attach (``configs/attention/``).
     """
 
     def __init__(self) -> None:
         self.score_hook: ScoreHook | None = None
+        self.attention_backend: AttentionBackend | None = None
 
     def __call__(
         self,
@@ -55,7 +57,9 @@ class RuyiAttnProcessor:
             if self_attention:
                 key = apply_rotary_emb(key, image_rotary_emb)
 
-        out = attention(query, key, value, mask=attention_mask)
+        out = attention(
+            query, key, value, mask=attention_mask, backend=self.attention_backend, self_attention=self_attention
+        )
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         return out if factor is None else out * factor

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
 import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import (
     HunyuanCombinedTimestepTextSizeStyleEmbedding,
     PatchEmbed,
@@ -16,6 +19,7 @@ from diffusers.models.normalization import AdaLayerNormContinuous
 from einops import rearrange
 from torch import nn
 
+from ruyi.models.base import RuyiModelMixin
 from ruyi.models.transformer.block import RuyiDiTBlock
 from ruyi.models.transformer.resampler import ClipResampler
 from ruyi.registry import TRANSFORMERS
@@ -43,7 +47,7 @@ class BlocksRunner(Protocol):
 
 
 @TRANSFORMERS.register("ruyi_transformer3d")
-class RuyiTransformer3D(nn.Module):
+class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
     """HunyuanDiT-based video DiT with U-ViT long skips, a per-block time table and CLIP-image
     cross-attention, for image-to-video inpainting.
 
@@ -56,21 +60,29 @@ class RuyiTransformer3D(nn.Module):
     ``blocks_runner`` (None by default) is called as ``runner(run_blocks, tokens, **kwargs)`` in
     place of ``run_blocks(tokens, **kwargs)``; caching plugins (``ruyi.plugins.teacache``) set it to
     decide per step whether the block stack runs at all.
+
+    A diffusers ``ModelMixin``: ``from_pretrained``/``save_pretrained`` on the checkpoint's
+    ``transformer/`` folder, ``enable_layerwise_casting``, ``enable_gradient_checkpointing``,
+    ``compile_repeated_blocks`` (the blocks) and peft adapters (``add_adapter``) come from the library.
     """
 
+    checkpoint_class_name: ClassVar[str] = "HunyuanTransformer3DModel"
     subfolder: ClassVar[str] = "transformer"
     # The original sets these on top of config.json when loading; the released weights need them.
     config_overrides: ClassVar[dict[str, Any]] = {
         "basic_block_type": "basic", "after_norm": False, "time_position_encoding": True,
     }  # fmt: skip
-    _no_split_modules: ClassVar[list[str]] = ["RuyiDiTBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["RuyiDiTBlock"]  # device_map placement
+    _repeated_blocks: ClassVar[list[str]] = ["RuyiDiTBlock"]  # compile_repeated_blocks
+    _supports_gradient_checkpointing: ClassVar[bool] = True
     # these read their children's weights directly (no child forward): hooks must treat them whole
     _preload_module_classes: ClassVar[list[str]] = ["HunyuanDiTAttentionPool", "MultiheadAttention"]
-    _keep_in_fp32_modules: ClassVar[list[str]] = []
+    # left in the load dtype by enable_layerwise_casting: small tables and norms that lose accuracy
     _skip_layerwise_casting_patterns: ClassVar[list[str]] = [
         "pos_embed", "norm", "pooler", "t_embed", "padding", "clip_projection",
     ]  # fmt: skip
 
+    @register_to_config
     def __init__(
         self,
         *,
@@ -153,6 +165,7 @@ class RuyiTransformer3D(nn.Module):
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.skip_stack_factory: Callable[[], SkipStore] = SkipStack
         self.blocks_runner: BlocksRunner | None = None
+        self.gradient_checkpointing = False  # set by enable_gradient_checkpointing()
 
     def embed_text(
         self, emb: torch.Tensor, mask: torch.Tensor, emb_t5: torch.Tensor, mask_t5: torch.Tensor
@@ -201,13 +214,18 @@ class RuyiTransformer3D(nn.Module):
         # the two middle blocks neither push nor pop
         skips = self.skip_stack_factory()
         half = self.num_layers // 2
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            hidden_states = block(
-                hidden_states, temb=temb, encoder_hidden_states=encoder_hidden_states,
-                image_rotary_emb=image_rotary_emb, num_frames=num_frames,
-                clip_encoder_hidden_states=clip_encoder_hidden_states,
-                skip=skips.pop() if layer > half else None,
+            tensors = (
+                hidden_states, temb, encoder_hidden_states, *image_rotary_emb, clip_encoder_hidden_states,
+                skips.pop() if layer > half else None,
             )  # fmt: skip
+            if checkpointing:
+                # every tensor goes in positionally, so a reentrant checkpoint function also
+                # propagates gradients to them (a closure over temb or the text would not)
+                hidden_states = self._gradient_checkpointing_func(partial(_call_block, block, num_frames), *tensors)
+            else:
+                hidden_states = _call_block(block, num_frames, *tensors)
             if layer < half - 1:
                 skips.push(hidden_states)
         return self.norm_out(hidden_states, temb.float())
@@ -265,6 +283,25 @@ class RuyiTransformer3D(nn.Module):
         hidden_states = self.proj_out(hidden_states)
         grid = dict(f=frames, h=height // p, w=width // p, p=p, q=p)
         return rearrange(hidden_states, "b (f h w) (p q c) -> b c f (h p) (w q)", **grid)
+
+
+def _call_block(
+    block: RuyiDiTBlock,
+    num_frames: int,
+    hidden_states: torch.Tensor,
+    temb: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    rotary_cos: torch.Tensor,
+    rotary_sin: torch.Tensor,
+    clip_encoder_hidden_states: torch.Tensor | None,
+    skip: torch.Tensor | None,
+) -> torch.Tensor:
+    """A block's keyword-only forward with positional tensors (the checkpoint function's calling convention)."""
+    return block(
+        hidden_states, temb=temb, encoder_hidden_states=encoder_hidden_states,
+        image_rotary_emb=(rotary_cos, rotary_sin), num_frames=num_frames,
+        clip_encoder_hidden_states=clip_encoder_hidden_states, skip=skip,
+    )  # fmt: skip
 
 
 def rotary_embedding(

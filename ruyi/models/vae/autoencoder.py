@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
+from ruyi.models.base import RuyiModelMixin
 from ruyi.models.vae.conv import TimeCache
 from ruyi.models.vae.decoder import TEMPORAL_UP, UP_BLOCK_TYPES, MagvitDecoder
 from ruyi.models.vae.encoder import DOWN_BLOCK_TYPES, TEMPORAL_DOWN, MagvitEncoder
@@ -31,15 +33,16 @@ UP_BLOCKS = ("SpatialUpBlock3D",) + (TEMPORAL_UP,) * 3
 
 
 @VAES.register("magvit")
-class MagvitVAE3D(nn.Module):
+class MagvitVAE3D(RuyiModelMixin):
     """MagViT VAE: ``encode(video (B, 3, F, H, W)) -> (mean, logvar)`` each ``(B, 16, F', H/8, W/8)``;
     ``decode(latents (B, 16, F', h, w)) -> video (B, 3, F, 8h, 8w)``; F' = F / 4 (F = 1 -> F' = 1).
 
     Keyword names are those of the checkpoint's ``vae/config.json``; the defaults describe
     Ruyi-Mini-7B. Options this class does not reproduce raise ``ValueError`` naming the option.
     Config fields that only matter in such modes or block types (``slice_mag_vae``,
-    ``slice_compression_vae``, ``num_attention_heads``, ``tile_*``) are not parameters, so a
-    config-driven loader drops them; the original ignores them too when ``cache_compression_vae`` is on.
+    ``slice_compression_vae``, ``num_attention_heads``, ``tile_*``) are not parameters: loading
+    keeps them in ``config`` unused (and saving writes them back); the original ignores them too
+    when ``cache_compression_vae`` is on.
 
     ``decode_chunks`` yields the video mini-batch by mini-batch, for callers that want to bound
     the memory of long videos.
@@ -57,18 +60,22 @@ class MagvitVAE3D(nn.Module):
     - ``decode_chunks`` goes mini-batch by mini-batch over all tiles, so it keeps every tile's
       cache at once: more memory than ``decode``, same values.
     - ``encode`` encodes each 8-frame mini-batch tile by tile.
+
+    A diffusers ``ModelMixin``: ``from_pretrained``/``save_pretrained`` on the checkpoint's ``vae/``
+    folder and ``enable_layerwise_casting`` come from the library.
     """
 
+    checkpoint_class_name = "AutoencoderKLMagvit"
     subfolder = "vae"
     # encode()/decode() are the entry points, not forward(): offload hooks attach to these parts
     _offload_units = ["encoder", "quant_conv", "post_quant_conv", "decoder"]
-    _no_split_modules = ["MagvitEncoder", "MagvitDecoder"]
-    _keep_in_fp32_modules: list[str] = []
-    _skip_layerwise_casting_patterns = ["norm"]
+    _no_split_modules = ["MagvitEncoder", "MagvitDecoder"]  # device_map placement
+    _skip_layerwise_casting_patterns = ["norm"]  # enable_layerwise_casting keeps GroupNorms in the load dtype
 
     spatial_compression: int
     temporal_compression: int
 
+    @register_to_config
     def __init__(
         self,
         *,

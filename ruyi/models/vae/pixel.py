@@ -26,8 +26,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from diffusers.configuration_utils import register_to_config
 
+from ruyi.models.base import RuyiModelMixin
 from ruyi.registry import VAES
 
 BLOCK, FRAMES, COLOURS = 8, 4, 3
@@ -53,21 +54,23 @@ def patch_basis() -> torch.Tensor:
 
 
 @VAES.register("pixel_patch")
-class PixelPatchVAE(nn.Module):
+class PixelPatchVAE(RuyiModelMixin):
     """``encode(video (B, 3, F, H, W) in [-1, 1]) -> (latents, logvar)`` each ``(B, 16, F', H/8, W/8)``
     with F' = F / 4 (F = 1 -> 1); ``decode(latents (B, 16, F', h, w)) -> video (B, 3, F, 8h, 8w)``.
 
     ``latent_mean`` / ``latent_std`` (16 numbers each, measured on the training data with
     :func:`latent_statistics` when a checkpoint is made) set ``latents = (coefficients - mean) / std``,
     so the pipeline's ``scaling_factor`` multiply is 1. They are also buffers saved in the weights,
-    which the strict loader checks like any other tensor.
+    which the strict loader checks like any other tensor. A diffusers ``ModelMixin`` like MagViT:
+    ``from_pretrained``/``save_pretrained`` on a checkpoint's ``vae/`` folder.
     """
 
+    checkpoint_class_name = "PixelPatchVAE"
     subfolder = "vae"
     spatial_compression = BLOCK
     temporal_compression = FRAMES
-    latent_channels = CHANNELS
 
+    @register_to_config
     def __init__(
         self,
         *,
@@ -85,8 +88,9 @@ class PixelPatchVAE(nn.Module):
         if len(mean) != CHANNELS or len(std) != CHANNELS or min(std) <= 0:
             raise ValueError(f"latent_mean and latent_std must be {CHANNELS} numbers each, every std > 0")
         self.scaling_factor = float(scaling_factor)
-        self.register_buffer("latent_mean", torch.tensor(mean))
-        self.register_buffer("latent_std", torch.tensor(std))
+        self.latent_channels = CHANNELS
+        self.register_buffer("coeff_mean", torch.tensor(mean))
+        self.register_buffer("coeff_std", torch.tensor(std))
         self.tiling = None
 
     # The codec works cell by cell, so spatial tiles would give identical results: tiling options
@@ -100,7 +104,7 @@ class PixelPatchVAE(nn.Module):
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # 16 numbers: fetched per call, so no offload strategy has anything to place
         view = (1, CHANNELS, 1, 1, 1)
-        return self.latent_mean.to(device, torch.float32).view(view), self.latent_std.to(device, torch.float32).view(view)
+        return self.coeff_mean.to(device, torch.float32).view(view), self.coeff_std.to(device, torch.float32).view(view)
 
     def coefficients(self, video: torch.Tensor) -> torch.Tensor:
         """video (B, 3, F, H, W) -> raw pattern coefficients (B, 16, F', h, w), float32."""

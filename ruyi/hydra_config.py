@@ -1,0 +1,113 @@
+"""Composed Hydra config -> the fields of :class:`ruyi.assembly.PipelineSpec`.
+
+Each component group's node names its class by ``_target_`` (which Hydra resolves and imports, so a
+user's own module registers itself); the class must be registered under that group's kind, and the
+node's other keys are its constructor options. Plugins are the registered ``PLUGINS`` whose group
+is selected (``teacache=on``), plus the ``lora`` list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ruyi.components import Component, ModelSource
+from ruyi.errors import ConfigError
+from ruyi.registry import ALL_REGISTRIES, PLUGINS
+
+# config group -> registry kind, for the spec's single components
+GROUPS = {
+    "transformer": "transformer", "vae": "vae", "image_encoder": "image_encoder", "sampler": "sampler",
+    "offload": "offload", "precision": "precision",
+}  # fmt: skip
+EXTRA_GROUPS = ("attention", "compile", "parallel", "memory")
+
+
+def _container(node: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
+def component_from_node(kind: str, node: Any, where: str):
+    """A ``Component`` from a config node with ``_target_``; the class must be registered as ``kind``."""
+    from hydra.utils import get_class
+
+    options = _container(node)
+    target = options.pop("_target_", None)
+    if not target:
+        raise ConfigError(f"{where} has no _target_; it must name a registered {kind} class")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps import failures in several types
+        raise ConfigError(f"{where}: cannot import {target} ({err})") from None
+    name = getattr(cls, "registry_name", None)
+    registry = ALL_REGISTRIES[kind]
+    if name is None or name not in registry or registry.get(name) is not cls:
+        raise ConfigError(
+            f"{where}: {target} is not a registered {kind}; decorate it with @{kind.upper()}S.register(name) "
+            f"(registered: {', '.join(registry.names())})"
+        )
+    return Component(kind, name, options)
+
+
+def plugin_components(cfg: Any) -> tuple:
+    """The ``lora`` list entries, then every selected plugin group in registry order."""
+    from collections.abc import Iterable, Mapping
+
+    plugins = []
+    loras = cfg.get("lora") or []
+    if isinstance(loras, (str, Mapping)) or not isinstance(loras, Iterable):
+        raise ConfigError("lora must be a list of {path: file.safetensors, strength: 1.2}")
+    for entry in loras:
+        entry = _container(entry) if not isinstance(entry, dict) else entry
+        if not isinstance(entry, Mapping) or "path" not in entry or set(entry) - {"path", "strength"}:
+            raise ConfigError(f"lora entry {entry!r} must be {{path: file.safetensors, strength: 1.2}}")
+        plugins.append(Component("plugin", "lora", {"path": _absolute(entry["path"]), "strength": entry.get("strength", 1.0)}))
+    for name in PLUGINS.names():
+        node = cfg.get(name) if name != "lora" else None
+        if node is not None:
+            plugins.append(component_from_node("plugin", node, name))
+    return tuple(plugins)
+
+
+def spec_fields(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of ``PipelineSpec`` for a composed config."""
+    preset = _container(cfg.model)
+    path = preset.get("path")
+    model = ModelSource(
+        path=Path(_absolute(path)) if path else None,
+        name=str(preset.get("name", "model")),
+        repo_id=preset.get("repo_id"),
+        create_if_missing=bool(preset.get("create_if_missing", False)),
+        download=bool(cfg.get("download", False)),
+        arch=preset,
+    )
+    components = {field: component_from_node(kind, cfg[field], field) for field, kind in GROUPS.items()}
+    strategies = tuple(
+        component_from_node(group, cfg[group], group)
+        for group in EXTRA_GROUPS
+        if group in ALL_REGISTRIES and cfg.get(group) is not None
+    )
+    return dict(
+        model=model,
+        **components,
+        image_conditioning=component_from_node("conditioning", cfg.conditioning.image, "conditioning/image"),
+        control=component_from_node("conditioning", cfg.conditioning.control, "conditioning/control"),
+        strategies=strategies,
+        plugins=plugin_components(cfg),
+        skip_steps=cfg.get("skip_steps", 0),
+        vae_tile_size=cfg.get("vae_tile_size", 0),
+        vae_tile_overlap=cfg.get("vae_tile_overlap", 96),
+        device=str(cfg.get("device", "auto")),
+        dtype=str(cfg.get("dtype", "float32")),
+    )
+
+
+def _absolute(path: str) -> str:
+    """Relative to where the user started the job, even if Hydra changed directory."""
+    from hydra.utils import to_absolute_path
+
+    return to_absolute_path(str(path))

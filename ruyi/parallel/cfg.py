@@ -1,0 +1,71 @@
+"""CFG parallelism: the negative and positive halves of the guidance batch on different ranks.
+
+Forward hooks on the transformer take this rank's half of every batched input and gather the
+halves of the output afterwards, so the denoising loop still sees the whole [negative; positive]
+prediction and every rank computes the same guided step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ruyi.parallel.groups import ParallelGroups
+
+log = logging.getLogger(__name__)
+
+
+class CfgSplit:
+    """Attach with ``attach(transformer)``, take off with ``detach()``.
+
+    A batch that does not split evenly (guidance off: batch 1) runs whole on every rank, so the
+    result stays right; the cfg ranks then duplicate work, which is logged once.
+    """
+
+    def __init__(self, groups: ParallelGroups) -> None:
+        self.groups = groups
+        self._handles: list[Any] = []
+        self._split = False
+        self._warned = False
+
+    def attach(self, transformer: torch.nn.Module) -> CfgSplit:
+        self._handles = [
+            transformer.register_forward_pre_hook(self._take_half, with_kwargs=True),
+            transformer.register_forward_hook(self._gather_halves),
+        ]
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _take_half(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        batch = (args[0] if args else kwargs["hidden_states"]).shape[0]
+        parts = self.groups.degrees.cfg
+        self._split = batch % parts == 0
+        if not self._split:
+            if not self._warned:
+                log.warning("batch %d does not split over %d cfg ranks (guidance off?): each computes it whole", batch, parts)
+                self._warned = True
+            return args, kwargs
+        index = self.groups.cfg_rank
+
+        def take(value: Any) -> Any:
+            # every batched input has the batch first; the rotary tables (a tuple) are per token
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
+                return value.chunk(parts)[index]
+            return value
+
+        return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
+
+    def _gather_halves(self, module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self._split:
+            return output
+        output = output.contiguous()
+        pieces = [torch.empty_like(output) for _ in range(self.groups.degrees.cfg)]
+        dist.all_gather(pieces, output, group=self.groups.cfg_group)
+        return torch.cat(pieces)

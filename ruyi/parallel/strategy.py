@@ -1,0 +1,249 @@
+"""The ``parallel`` strategies: how the processes of one ``torchrun`` share a generation.
+
+Degrees combine: ``cfg`` (1 or 2) x ``ring`` x ``ulysses`` must equal the number of processes;
+``shard_weights`` adds FSDP2 over the transformer blocks. The three registered names differ only in
+their defaults, so ``parallel=ulysses parallel.cfg=2`` and ``parallel=cfg parallel.ulysses=2`` mean
+the same thing.
+
+Build order: plugins (LoRA merges into whole weights) -> precision -> **parallel** -> skip stack ->
+VAE tiling -> offload (``none`` only) -> attention backend -> compile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ruyi.errors import AcceleratorRequired, ConfigError
+from ruyi.parallel.groups import Degrees, ParallelGroups, init_distributed, world_size
+from ruyi.registry import PARALLELS
+
+log = logging.getLogger(__name__)
+
+PIXELS_PER_TOKEN = 16  # the VAE's 8x spatial compression times the transformer's 2x2 patches
+CFG_DEGREES = (1, 2)  # the guidance batch has two halves
+MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
+
+
+class ParallelStrategy:
+    """Base of the registered strategies; see the module docstring for the degrees.
+
+    ``ulysses=None`` takes every rank that cfg and ring leave. ``attention_backend`` is a diffusers
+    attention backend with context-parallel support (``native`` = torch SDPA, which picks flash
+    attention on a GPU). Ring attention needs CUDA kernels.
+    """
+
+    stage: ClassVar[str] = "parallel"  # where the assembly attaches it (ruyi.assembly.STAGES)
+
+    def __init__(
+        self,
+        *,
+        cfg: int = 1,
+        ulysses: int | None = 1,
+        ring: int = 1,
+        shard_weights: bool = False,
+        attention_backend: str = "native",
+    ) -> None:
+        for name, value in (("cfg", cfg), ("ring", ring), ("ulysses", 1 if ulysses is None else ulysses)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"parallel.{name}={value!r} must be an integer >= 1")
+        if cfg not in CFG_DEGREES:
+            raise ConfigError(f"parallel.cfg={cfg} is invalid; valid: 1 or 2 (the negative and positive halves of guidance)")
+        if not isinstance(shard_weights, bool):
+            raise ConfigError(f"parallel.shard_weights={shard_weights!r} must be true or false")
+        self.cfg, self.ulysses, self.ring = cfg, ulysses, ring
+        self.shard_weights = shard_weights
+        self.attention_backend = attention_backend
+        self._device: torch.device | None = None
+        self._applied: dict[str, Any] = {}
+
+    @property
+    def groups(self) -> ParallelGroups | None:
+        """The mesh and groups of the attached run (None before ``apply`` or in a single process)."""
+        return self._applied.get("groups")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(cfg={self.cfg}, ulysses={self.ulysses}, ring={self.ring}, "
+                f"shard_weights={self.shard_weights})")  # fmt: skip
+
+    # -- validation (no weights) ---------------------------------------------------------------
+    def degrees(self, world: int) -> Degrees:
+        """The degrees for ``world`` processes, or a ConfigError naming the combinations that fit."""
+        ulysses = self.ulysses
+        if ulysses is None:
+            ulysses = max(1, world // (self.cfg * self.ring))
+        degrees = Degrees(cfg=self.cfg, ring=self.ring, ulysses=ulysses)
+        if degrees.total != world:
+            raise ConfigError(
+                f"{world} process(es) but parallel {degrees} uses {degrees.total}; "
+                f"{_valid_layouts(world, self.ring)}"
+            )
+        return degrees
+
+    def check(self, plan: Any) -> None:
+        """Every check that needs no weights, on the assembly's plan (``plan.device``, ``.offload``,
+        ``.precision``, ``.spec.model``); the world size comes from torchrun's environment."""
+        degrees = self.degrees(world_size())
+        self._device = plan.device
+        if degrees.total == 1:
+            if self.shard_weights:
+                raise ConfigError("parallel.shard_weights=true needs several processes: launch with "
+                                  "`torchrun --nproc-per-node 2 scripts/infer.py parallel=cfg parallel.shard_weights=true`")  # fmt: skip
+            return
+        if not getattr(plan.offload, "keeps_weights_on_device", False):
+            raise ConfigError(
+                f"offload={plan.spec.offload.name} cannot be combined with parallel {degrees}: each rank keeps its "
+                "models on its own GPU; use offload=none, and parallel.shard_weights=true to divide the weights instead"
+            )
+        if self.shard_weights and not getattr(plan.precision, "plain_weights", False):
+            raise ConfigError(f"parallel.shard_weights=true shards weights stored in the pipeline dtype; "
+                              f"precision={plan.spec.precision.name} is not supported with it, use precision=bf16")  # fmt: skip
+        if degrees.ring > 1 and plan.device.type != "cuda":
+            raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {plan.device}")
+        if degrees.sequence > 1:
+            _check_diffusers(self.attention_backend)
+            heads = _heads(plan.spec.model)
+            if heads is not None:
+                self.check_heads(heads, degrees)
+        if plan.device.type == "cuda" and plan.device.index is not None:
+            raise ConfigError(f"device={plan.device} pins every rank to one GPU; use device=cuda (rank r takes GPU LOCAL_RANK)")
+        # join now, before any weight is made: "cuda" then means this rank's GPU for every caller
+        init_distributed(plan.device)
+
+    def check_request(self, request: Any) -> None:
+        """The video size of one call (``request.height`` / ``.width`` in pixels) against ring x ulysses."""
+        degrees = self.degrees(world_size())
+        if degrees.sequence > 1:
+            self.check_tokens(request.height, request.width, degrees)
+
+    def check_heads(self, heads: int, degrees: Degrees) -> None:
+        if heads % degrees.ulysses:
+            valid = [n for n in range(1, heads + 1) if heads % n == 0]
+            raise ConfigError(f"parallel.ulysses={degrees.ulysses} does not divide the transformer's {heads} attention "
+                              f"heads; valid: {', '.join(map(str, valid))}")  # fmt: skip
+
+    def check_tokens(self, height: int, width: int, degrees: Degrees) -> None:
+        tokens = (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN)
+        if tokens % degrees.sequence:
+            valid = [n for n in range(1, 9) if tokens % n == 0]
+            raise ConfigError(
+                f"a {height}x{width} video has {tokens} tokens per frame, which do not split over ring x ulysses = "
+                f"{degrees.sequence} ranks; valid: {', '.join(map(str, valid))}, or another video_size"
+            )
+
+    # -- attachment ----------------------------------------------------------------------------
+    def apply(self, pipe: Any) -> None:
+        """Join the process group (if not yet) and attach every selected degree to ``pipe``."""
+        from ruyi.parallel.attention import attach_sequence_parallel_attention, context_parallel_config
+        from ruyi.parallel.cfg import CfgSplit
+        from ruyi.parallel.sharding import shard_blocks
+        from ruyi.parallel.tokens import SpatialShard
+
+        degrees = self.degrees(world_size())
+        if degrees.total == 1:
+            return
+        device = init_distributed(self._device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        transformer = pipe.transformer
+        groups = ParallelGroups.build(degrees, device.type)
+        applied: dict[str, Any] = {"groups": groups}
+        if degrees.sequence > 1:
+            self.check_heads(transformer.num_heads, degrees)
+            config = context_parallel_config(groups.mesh, ring=degrees.ring, ulysses=degrees.ulysses, device=device)
+            applied["processors"] = attach_sequence_parallel_attention(transformer.blocks, config, backend=self.attention_backend)
+            applied["runner"] = transformer.blocks_runner
+            transformer.blocks_runner = SpatialShard(groups, inner=transformer.blocks_runner)
+        if degrees.cfg > 1:
+            applied["cfg"] = CfgSplit(groups).attach(transformer)
+        # plugins whose statistics are means over the batch and tokens must see the global mean
+        applied["plugins"] = [p for p in pipe.callbacks if hasattr(p, "across_ranks")]
+        for plugin in applied["plugins"]:
+            plugin.across_ranks = groups.mean
+        if self.shard_weights:
+            keep = {name for p in pipe.callbacks for name in getattr(p, "modules_called_directly", ())}
+            shard_blocks(transformer, device_type=device.type, world=degrees.total, keep_whole=sorted(keep))
+            applied["sharded"] = True
+        self._applied = applied
+        log.info("parallel %s%s on %s", degrees, " + sharded weights" if self.shard_weights else "", device)
+
+    def remove(self, pipe: Any) -> None:
+        """Take every hook off again. Sharded weights cannot be gathered back in place."""
+        from ruyi.parallel.attention import detach_sequence_parallel_attention
+
+        applied, transformer = self._applied, pipe.transformer
+        if applied.get("sharded"):
+            raise NotImplementedError("parallel.shard_weights: sharded weights stay sharded; build a new pipeline instead")
+        for plugin in applied.get("plugins", ()):
+            plugin.across_ranks = None
+        if "cfg" in applied:
+            applied["cfg"].detach()
+        if "processors" in applied:
+            detach_sequence_parallel_attention(transformer.blocks, applied["processors"])
+            transformer.blocks_runner = applied["runner"]
+        self._applied = {}
+
+
+@PARALLELS.register("none")
+class NoParallel(ParallelStrategy):
+    """One process (the default). Degrees given on top (``parallel.cfg=2``) still apply."""
+
+
+@PARALLELS.register("ulysses")
+class UlyssesParallel(ParallelStrategy):
+    """Ulysses sequence parallelism over every process that cfg leaves (``parallel.ulysses=N`` to fix N)."""
+
+    def __init__(self, *, cfg: int = 1, ulysses: int | None = None, ring: int = 1, shard_weights: bool = False,
+                 attention_backend: str = "native") -> None:  # fmt: skip
+        super().__init__(cfg=cfg, ulysses=ulysses, ring=ring, shard_weights=shard_weights, attention_backend=attention_backend)
+
+
+@PARALLELS.register("cfg")
+class CfgParallel(ParallelStrategy):
+    """CFG parallelism: the negative and positive guidance halves on two processes."""
+
+    def __init__(self, *, cfg: int = 2, ulysses: int | None = 1, ring: int = 1, shard_weights: bool = False,
+                 attention_backend: str = "native") -> None:  # fmt: skip
+        super().__init__(cfg=cfg, ulysses=ulysses, ring=ring, shard_weights=shard_weights, attention_backend=attention_backend)
+
+
+def _valid_layouts(world: int, ring: int) -> str:
+    options = []
+    for cfg in CFG_DEGREES:
+        if world % (cfg * ring) == 0:
+            parts = [f"parallel.cfg={cfg}"] if cfg > 1 else []
+            if world // (cfg * ring) > 1:
+                parts.append(f"parallel.ulysses={world // (cfg * ring)}")
+            options.append(" ".join(parts) or "parallel=none")
+    launch = "run without torchrun, or " if world > 1 else "launch with `torchrun --nproc-per-node N`, or "
+    return f"with {world} process(es) use {' or '.join(options) or 'another process count'} ({launch}change the degrees)"
+
+
+def _heads(model: Any) -> int | None:
+    """``num_attention_heads`` from the checkpoint's ``transformer/config.json``, else the preset's
+    architecture (no weights read); None when neither is there yet (the tiny model before creation)."""
+    config = None if model.path is None else Path(model.path) / "transformer" / "config.json"
+    if config is not None and config.is_file():
+        return int(json.loads(config.read_text())["num_attention_heads"])
+    arch = (model.arch or {}).get("transformer_arch") or {}
+    return arch.get("num_attention_heads")
+
+
+def _check_diffusers(backend: str) -> None:
+    import diffusers
+
+    version = tuple(int(p) for p in diffusers.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_DIFFUSERS:
+        raise ConfigError(f"parallel ring/ulysses needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
+                          f"(installed {diffusers.__version__}); pip install -U diffusers")  # fmt: skip
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    names = sorted(_AttentionBackendRegistry._supports_context_parallel)
+    try:
+        ok = AttentionBackendName(backend).value in names
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"parallel.attention_backend={backend!r} has no context-parallel support; valid: {', '.join(names)}")

@@ -1,0 +1,131 @@
+"""``compile=regional``: per-block torch.compile, zero graph breaks, same output as eager."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from ruyi.compile import NoCompile, RegionalCompile, repeated_blocks
+from ruyi.errors import ConfigError
+from ruyi.models.attention import SDPAAttention
+from ruyi.registry import ATTENTIONS, COMPILES
+from tests.tiny_models import block_inputs, forward_inputs, pretend_hopper, tiny_transformer, validate
+
+no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_the_tiny_transformer_compiles_whole_blocks_and_matches_eager():
+    """fullgraph (any graph break fails), CPU float32; aot_eager traces exactly what inductor
+    gets, without its code generation (the next test runs inductor on one block)."""
+    model = tiny_transformer()
+    args, kwargs = forward_inputs(model, frames=2, height=8, width=8)
+    with torch.no_grad():
+        expected = model(*args, **kwargs)
+        torch._dynamo.reset()
+        strategy = RegionalCompile(fullgraph=True, backend="aot_eager")
+        strategy.apply(SimpleNamespace(transformer=model, execution_device=torch.device("cpu")))
+        got = model(*args, **kwargs)
+        assert all(block._compiled_call_impl is not None for block in model.blocks)
+        strategy.remove(SimpleNamespace(transformer=model))
+        again = model(*args, **kwargs)
+    assert rel_l2(got, expected) < 1e-5
+    assert all(block._compiled_call_impl is None for block in model.blocks)
+    assert torch.equal(again, expected)
+
+
+def test_inductor_compiles_a_block_that_matches_eager():
+    model = tiny_transformer()
+    x, kwargs = block_inputs(model, frames=2)
+    block = model.blocks[-1]  # with a long-skip input
+    with torch.no_grad():
+        expected = block(x, **kwargs)
+        torch._dynamo.reset()
+        strategy = RegionalCompile(fullgraph=True)
+        strategy.compile_module(block)
+        got = block(x, **kwargs)
+        strategy.restore()
+    assert rel_l2(got, expected) < 1e-5
+
+
+def test_recompiles_once_when_the_shape_first_changes():
+    """dynamic=None: static graphs for the first shape, dynamic ones after the first change
+    (the table in ruyi/compile.py); 2 graphs per compile (blocks with / without long skip)."""
+    model = tiny_transformer()
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    strategy = RegionalCompile(backend=counter)
+    strategy.compile_blocks(model, device=torch.device("cpu"))
+    compiled = []
+    with torch.no_grad():
+        for frames, side in ((2, 8), (4, 8), (2, 16), (6, 12)):
+            args, kwargs = forward_inputs(model, frames=frames, height=side, width=side)
+            before = counter.frame_count
+            model(*args, **kwargs)
+            compiled.append(counter.frame_count - before)
+    strategy.restore()
+    assert compiled == [2, 2, 0, 0]
+
+
+def test_repeated_blocks_follow_the_model_declaration():
+    model = tiny_transformer()
+    assert repeated_blocks(model) == list(model.blocks)
+    model._repeated_blocks = ["FP32LayerNorm"]  # the diffusers convention: class names
+    assert repeated_blocks(model) and all(type(m).__name__ == "FP32LayerNorm" for m in repeated_blocks(model))
+    with pytest.raises(ConfigError, match="declares no repeated blocks"):
+        repeated_blocks(torch.nn.Linear(2, 2))
+
+
+def test_options_are_checked_when_built():
+    with pytest.raises(ConfigError, match="compile.mode='fast'"):
+        RegionalCompile(mode="fast")
+    with pytest.raises(ConfigError, match="compile.dynamic"):
+        RegionalCompile(dynamic="yes")
+    assert COMPILES.get("none") is NoCompile and not NoCompile.compiles and RegionalCompile.compiles
+    plan = validate(
+        device="cpu", strategies={"compile": ("regional", {"mode": "max-autotune-no-cudagraphs"})}
+    )
+    assert plan.has("compiles") and plan.strategies[0].mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(ConfigError, match="compile.mode='fast'"):
+        validate(device="cpu", strategies={"compile": ("regional", {"mode": "fast"})})
+
+
+def test_fullgraph_refuses_offload_inside_block_forwards(monkeypatch):
+    pretend_hopper(monkeypatch)
+    with pytest.raises(
+        ConfigError, match="compile.fullgraph=true cannot trace blocks whose weights offload=group"
+    ):
+        validate(device="cuda", offload="group", strategies={"compile": ("regional", {"fullgraph": True})})
+    validate(device="cuda", offload="group", strategies={"compile": "regional"})
+
+
+@pytest.mark.gpu
+@no_cuda
+@pytest.mark.parametrize(
+    "attention, pad, mode",
+    [("sdpa", 0, None), ("fa3", 96, None)],
+)
+def test_cuda_compile_matches_eager_bf16(attention, pad, mode):
+    """bf16 on CUDA with compile (+ attention choice, padding): <= 1e-2 rel. L2 vs eager bf16 SDPA."""
+    model = tiny_transformer(head_dim=88, device="cuda", dtype=torch.bfloat16)
+    args, kwargs = forward_inputs(model, frames=2, height=16, width=16, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        reference = SDPAAttention()
+        reference.attach(model)
+        expected = model(*args, **kwargs)
+        reference.detach()
+        backend = ATTENTIONS.get(attention)(pad_head_dim=pad)
+        backend.attach(model, device=torch.device("cuda"))
+        torch._dynamo.reset()
+        strategy = RegionalCompile(mode=mode, fullgraph=True)
+        strategy.compile_blocks(model, device=torch.device("cuda"))
+        got = model(*args, **kwargs)
+        strategy.restore()
+        backend.detach()
+    assert rel_l2(got, expected) <= 1e-2

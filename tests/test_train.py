@@ -189,3 +189,20 @@ def test_a_time_budget_becomes_a_fixed_step_count(fixture_dir, tmp_path, monkeyp
         clock["now"] = float(step)
         module.on_train_batch_end(None, None, step)
     assert loop.max_steps == 100 + 92  # 101 s left at 1 step/s, with the 8 % margin
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(fixture_dir, tmp_path):
+    grads = []
+    for checkpointing in ("false", "true"):
+        job = build_run(train_config(fixture_dir, tmp_path / checkpointing, f"gradient_checkpointing={checkpointing}",
+                                     "finetune.rank=2"))  # fmt: skip
+        module = job.module
+        module.on_fit_start()
+        batch = job.data.train_dataloader().collate_fn([job.data.dataset[0], job.data.dataset[1]])
+        torch.manual_seed(5)
+        module.training_step(batch, 0).backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(g.abs().sum() > 0 for n, g in grads[0].items() if ".lora_B." in n)  # (A gets none while B is 0)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7)

@@ -124,7 +124,7 @@ class BatchEncoder:
         layout = FrameConditioning(
             video=batch["cond_video"][rows].to(device).float() / 255.0,
             mask=batch["cond_mask"][rows].to(device).float(),
-            clip_image=batch["clip_image"][rows].numpy().astype(np.float32),
+            clip_image=batch["clip_image"][rows].cpu().numpy().astype(np.float32),  # Lightning moved the batch
         )
         image = pipe.image_conditioning.encode(
             layout, vae=pipe.vae, image_encoder=pipe.image_encoder, device=device, dtype=dtype

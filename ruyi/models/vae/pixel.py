@@ -120,7 +120,8 @@ class PixelPatchVAE(RuyiModelMixin):
         t, h, w = video.shape[2] // FRAMES, height // BLOCK, width // BLOCK
         cells = video.float().reshape(b, COLOURS, t, FRAMES, h, BLOCK, w, BLOCK)
         cells = cells.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t, h, w, -1)
-        coeff = cells @ patch_basis().to(video.device)
+        with torch.autocast(video.device.type, enabled=False):  # exact in float32, even under bf16 training
+            coeff = cells @ patch_basis().to(video.device)
         return coeff.permute(0, 4, 1, 2, 3)
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +133,8 @@ class PixelPatchVAE(RuyiModelMixin):
         mean, std = self._stats(latents.device)
         b, _, t, h, w = latents.shape
         coeff = (latents.float() * std + mean).permute(0, 2, 3, 4, 1)
-        cells = (coeff @ patch_basis().to(latents.device).T).reshape(b, t, h, w, COLOURS, FRAMES, BLOCK, BLOCK)
+        with torch.autocast(latents.device.type, enabled=False):
+            cells = (coeff @ patch_basis().to(latents.device).T).reshape(b, t, h, w, COLOURS, FRAMES, BLOCK, BLOCK)
         video = cells.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, COLOURS, t * FRAMES, h * BLOCK, w * BLOCK)
         if t == 1:  # one latent frame is an image, as with MagViT
             video = video.mean(dim=2, keepdim=True)

@@ -23,6 +23,7 @@ T = TypeVar("T")
 BUILTIN_MODULES = [
     "ruyi.models.transformer",
     "ruyi.models.vae",
+    "ruyi.models.vae.pixel",
     "ruyi.models.image_encoder",
     "ruyi.samplers",
     "ruyi.conditioning",
@@ -32,6 +33,9 @@ BUILTIN_MODULES = [
     "ruyi.compile",
     "ruyi.parallel",
     "ruyi.memory",
+    # training components (torch only at import; lightning and peft load when training starts)
+    "ruyi.training.finetune",
+    "ruyi.training.data",
 ]
 _builtins_state = {"loaded": False, "loading": False}
 
@@ -116,11 +120,13 @@ ATTENTIONS: Registry[type] = Registry("attention")
 COMPILES: Registry[type] = Registry("compile")
 PARALLELS: Registry[type] = Registry("parallel")
 MEMORIES: Registry[type] = Registry("memory")
+FINETUNES: Registry[type] = Registry("finetune")
+DATASETS: Registry[type] = Registry("data")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
     r.kind: r
     for r in (
         TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
-        COMPILES, PARALLELS, MEMORIES,
+        COMPILES, PARALLELS, MEMORIES, FINETUNES, DATASETS,
     )
 }  # fmt: skip

@@ -14,6 +14,7 @@ from ruyi.registry import ALL_REGISTRIES, SAMPLERS, Registry
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLUGIN_CONFIGS = Path(__file__).resolve().parent / "dummy_plugin" / "configs"
 KIND_DIRS = {kind: CONFIGS / kind for kind in ALL_REGISTRIES}
+TRAIN_GROUPS = ("finetune", "data")  # registry kinds that only configs/train.yaml selects
 # plugins are not one group: configs/plugin/<name>.yaml holds each one's defaults and the groups
 # teacache/ and enhance_a_video/ (null by default) select them; lora is a plain list key
 GROUP_DIRS = {kind: d for kind, d in KIND_DIRS.items() if kind != "plugin"} | {
@@ -90,7 +91,8 @@ def test_configs_compose_for_every_group_choice():
         for folder in GROUP_DIRS.values():
             for path in folder.rglob("*.yaml"):
                 group = str(path.parent.relative_to(CONFIGS))
-                cfg = compose(config_name="infer", overrides=[f"{group}={path.stem}"])
+                main, extra = ("train", ["output_dir=unused"]) if group in TRAIN_GROUPS else ("infer", [])
+                cfg = compose(config_name=main, overrides=[f"{group}={path.stem}", *extra])
                 node = cfg
                 for part in group.split("/"):
                     node = node[part]

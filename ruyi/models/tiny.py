@@ -72,6 +72,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         torch.manual_seed(int(preset.get("seed", 0)))
         with quiet_progress():
             for kind, (registry, name) in MODELS.items():
+                name = dict(preset.get("components") or {}).get(kind, name)  # e.g. {vae: pixel_patch}
                 # config fields the class does not take are kept and saved: the folder mirrors the real one
                 model = registry.get(name).from_config(dict(preset[f"{kind}_arch"]))
                 model.save_pretrained(tmp / kind, safe_serialization=True)

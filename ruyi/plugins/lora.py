@@ -3,10 +3,16 @@
 Two key conventions are read:
 
 - the original's (kohya style): ``lora_unet_<module path with '.' -> '_'>.lora_down.weight`` /
-  ``.lora_up.weight`` / ``.alpha``; ``lora_te_*`` keys target a text encoder Ruyi does not have and
-  are ignored with a warning;
+  ``.lora_up.weight`` / ``.alpha``. EasyAnimate's training code, whose files the original loads,
+  names the transformer root as an empty module path, so its keys start ``lora_unet__blocks_...``;
+  both spellings resolve. ``lora_te_*`` keys target a text encoder Ruyi does not have and are
+  ignored with a warning. Without ``.alpha`` a layer merges at scale 1, as the original does;
 - diffusers / peft: ``[transformer.|base_model.model.]<module path>.lora_A.weight`` /
-  ``.lora_B.weight`` (and an optional ``.alpha``).
+  ``.lora_B.weight`` (and an optional ``.alpha``). Such files usually carry no alpha: the scale
+  ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA, per layer with ``alpha_pattern``) comes from
+  peft's ``adapter_config.json`` beside the file, or from the ``lora_adapter_metadata`` that
+  diffusers writes into the safetensors header. With neither, scale 1 (peft's defaults, r = alpha)
+  is assumed and logged.
 
 Merging adds ``strength * alpha / rank * up @ down`` (fp32) to each weight; unmerging subtracts the
 same delta. peft's ``LoraLayer`` would wrap every targeted layer, which hooks and offload
@@ -15,16 +21,21 @@ strategies then see; merging into the plain weights keeps the model unchanged in
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ruyi.checks import check_number
-from ruyi.errors import InputError
+from ruyi.errors import ConfigError, InputError
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,8 @@ log = logging.getLogger(__name__)
 KOHYA_PREFIX, KOHYA_TEXT_PREFIX = "lora_unet_", "lora_te"
 MAX_STRENGTH = 100.0  # the ComfyUI Load LoRA node's range; useful values are about -2..2
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
+ADAPTER_CONFIG = "adapter_config.json"  # peft's save_pretrained writes it beside adapter_model.safetensors
+METADATA_KEY = "lora_adapter_metadata"  # diffusers' save_lora_weights puts the LoraConfig here
 SUFFIXES = {  # key ending -> factor name
     ".lora_down.weight": "down", ".lora_up.weight": "up",
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
@@ -70,24 +83,37 @@ def check_key_names(keys: list[str], where: str) -> None:
         )
 
 
-def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, where: str = "LoRA") -> dict[str, LoRALayer]:
+def read_lora(
+    state_dict: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    adapter_config: Mapping[str, Any] | None = None,
+    where: str = "LoRA",
+) -> dict[str, LoRALayer]:
     """LoRA tensors -> {module path in ``model``: LoRALayer}; errors name unknown, unmatched or
-    mis-shaped keys."""
+    mis-shaped keys.
+
+    ``adapter_config`` (peft's LoraConfig as a dict: ``r``, ``lora_alpha``, ``use_rslora``,
+    ``alpha_pattern``) gives the scale of lora_A/lora_B layers that carry no ``.alpha`` tensor.
+    """
     by_underscored = {name.replace(".", "_"): name for name, _ in model.named_modules() if name}
     check_key_names(list(state_dict), where)
     factors: dict[str, dict[str, torch.Tensor]] = {}
     text_encoder = 0
+    peft_named: set[str] = set()
     for key, tensor in state_dict.items():
         layer, factor = split_key(key)  # type: ignore[misc]
         if layer.startswith(KOHYA_TEXT_PREFIX):
             text_encoder += 1
             continue
         if layer.startswith(KOHYA_PREFIX):
-            # the original walks attributes greedily; a table of every module path with '.' -> '_'
-            # resolves the same names (no two module paths of this transformer collide that way)
-            name = by_underscored.get(layer[len(KOHYA_PREFIX) :], layer)
+            # the original walks attributes greedily, skipping empty names (hence lora_unet__...); a
+            # table of every module path with '.' -> '_' resolves the same names (no two module
+            # paths of this transformer collide that way)
+            underscored = layer[len(KOHYA_PREFIX) :].lstrip("_")
+            name = by_underscored.get(underscored, underscored)
         else:
             name = next((layer[len(p) :] for p in PEFT_PREFIXES if layer.startswith(p)), layer)
+            peft_named.add(name)
         factors.setdefault(name, {})[factor] = tensor
     if text_encoder:
         log.warning("ignoring %d text-encoder LoRA tensors (lora_te*): Ruyi has no text encoder", text_encoder)
@@ -101,7 +127,13 @@ def read_lora(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, where
         if "up" not in f or "down" not in f:
             raise InputError(f"{where}: LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
         _check_shapes(name, f["up"], f["down"], modules[name].weight, where)
-        layers[name] = LoRALayer(down=f["down"], up=f["up"], alpha=float(f["alpha"]) if "alpha" in f else None)
+        if "alpha" in f:
+            alpha = float(f["alpha"])
+        elif name in peft_named and adapter_config is not None:
+            alpha = peft_alpha(adapter_config, name, rank=f["down"].shape[0])
+        else:
+            alpha = None
+        layers[name] = LoRALayer(down=f["down"], up=f["up"], alpha=alpha)
     if not layers:
         raise InputError(f"{where}: the LoRA file holds no transformer layers")
     return layers
@@ -119,6 +151,41 @@ def _check_shapes(name: str, up: torch.Tensor, down: torch.Tensor, weight: torch
             f"{where}: LoRA layer {name!r} has up {tuple(up.shape)} {up.dtype} and down {tuple(down.shape)} {down.dtype}, "
             f"which do not fit its weight {tuple(weight.shape)}; is this LoRA for another model?"
         )
+
+
+def peft_alpha(config: Mapping[str, Any], name: str, *, rank: int) -> float:
+    """The alpha that gives peft's scale for layer ``name``: ``scale * rank`` where peft's scale is
+    ``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``), ``lora_alpha`` overridden per layer by
+    ``alpha_pattern`` (patterns match a suffix of the module path, as in peft)."""
+    if config.get("use_dora"):
+        raise InputError("DoRA adapters (use_dora) cannot be merged as plain low-rank deltas; merge them with peft first")
+    alpha = float(config.get("lora_alpha", rank))
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            alpha = float(value)
+            break
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return scale * rank
+
+
+def adapter_config_for(path: Path) -> dict[str, Any] | None:
+    """peft's LoraConfig of a LoRA file: ``adapter_config.json`` beside it, else diffusers'
+    ``lora_adapter_metadata`` in its header (keys may carry a ``transformer.`` prefix), else None."""
+    beside = path.with_name(ADAPTER_CONFIG)
+    if beside.is_file():
+        try:
+            return json.loads(beside.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"{beside} is not valid JSON ({err}); fix or remove it") from None
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(METADATA_KEY)
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: its {METADATA_KEY} header is not valid JSON") from None
+    return {k.removeprefix("transformer."): v for k, v in meta.items()}
 
 
 @PLUGINS.register("lora")
@@ -163,8 +230,12 @@ class LoRAWeights:
     def merge(self, model: torch.nn.Module) -> int:
         """Add the deltas to ``model``'s weights; returns the number of layers changed."""
         if self._merged_into is not None:
-            raise ValueError(f"{self} is already merged; unmerge it first")
-        self.layers = read_lora(load_file(str(self.path)), model, f"lora file {self.path}")
+            raise ConfigError(f"{self} is already merged; unmerge it first")
+        state = load_file(str(self.path))
+        config = adapter_config_for(self.path)
+        if config is None and any(k.endswith(".lora_A.weight") for k in state) and not any(k.endswith(".alpha") for k in state):
+            log.info("%s: no alpha and no adapter config; merging at scale 1 (peft's default r = lora_alpha)", self.path)
+        self.layers = read_lora(state, model, config, f"lora file {self.path}")
         self._apply(model, self.strength)
         self._merged_into = model
         log.info("merged %s into %d layers", self, len(self.layers))
@@ -172,7 +243,7 @@ class LoRAWeights:
 
     def unmerge(self, model: torch.nn.Module) -> None:
         if self._merged_into is not model:
-            raise ValueError(f"{self} is not merged into this model")
+            raise ConfigError(f"{self} is not merged into this model")
         self._apply(model, -self.strength)
         self._merged_into = None
 
@@ -182,6 +253,6 @@ class LoRAWeights:
         for name, layer in self.layers.items():
             weight = modules[name].weight
             if not weight.is_floating_point() or weight.element_size() < 2:
-                raise ValueError(f"{name}.weight is stored as {weight.dtype}; merge LoRAs before an FP8 precision strategy")
+                raise ConfigError(f"{name}.weight is stored as {weight.dtype}; merge LoRAs before an FP8 precision strategy")
             merged = weight.float() + factor * layer.delta(weight.shape, weight.device)
             weight.copy_(merged.to(weight.dtype))

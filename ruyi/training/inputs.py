@@ -1,0 +1,189 @@
+"""A batch of clips -> the transformer's inputs, built by the pipeline's own components.
+
+The start frame (and, sometimes, the last frame) goes through ``pipe.image_conditioning`` exactly
+as at inference: ``prepare`` lays out frames and mask (in the DataLoader workers, where the CPU
+work parallelises), ``encode`` makes the VAE latents of mask and masked video and the CLIP
+features (on the training device, the whole batch at once). The clean latents are the VAE posterior mean of the whole clip, scaled as the
+pipeline scales latents. Camera/motion labels select the checkpoint's control embeddings through
+``pipe.control``.
+
+Guidance needs an unconditional model: with probability ``uncond_prob`` a sample gets the
+negative branch inference pairs with it (the ``n.default`` embeddings and no CLIP image). CLIP
+features are used as at inference: only in the last ``clip_apply_ratio`` share of the denoising
+steps, i.e. for timesteps below ``clip_apply_ratio * num_train_timesteps``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from ruyi.conditioning.image import FrameConditioning
+from ruyi.models.transformer import rotary_embedding
+from ruyi.pipeline import ORIGINAL_SIZE, ROTARY_BASE
+
+
+@dataclass
+class EncodedClip:
+    """What the frozen encoders make of a batch of clips (cacheable: no randomness of the step inside).
+
+    x0 (B, C, F', h, w) scaled latents; inpaint (B, 2C, F', h, w); clip (B, tokens, hidden).
+    """
+
+    x0: torch.Tensor
+    inpaint: torch.Tensor
+    clip: torch.Tensor
+
+
+class LatentCache:
+    """Encoded clips on disk, one safetensors file per (clip key, conditioning variant).
+
+    For the 7B the VAE and CLIP passes cost more than a LoRA step: encode each clip once. Writes are
+    atomic, so ranks and restarts can share a cache folder.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.safetensors"
+
+    def get(self, key: str) -> EncodedClip | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        t = load_file(str(path))
+        return EncodedClip(x0=t["x0"], inpaint=t["inpaint"], clip=t["clip"])
+
+    def put(self, key: str, item: EncodedClip) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            tensors = {"x0": item.x0, "inpaint": item.inpaint, "clip": item.clip}
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+            os.replace(tmp, self.path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class ConditionedClips(Dataset):
+    """A clip dataset whose items also carry the pixel-space conditioning, laid out by
+    ``conditioning.prepare`` (the inference code) in the DataLoader's workers.
+
+    Adds "cond_video" uint8 (3, F, H, W) and "cond_mask" uint8 (1, F, H, W): exactly
+    ``FrameConditioning.video * 255`` and ``.mask`` (both hold whole numbers, so uint8 carries them
+    losslessly at a quarter of the size), "clip_image" uint8 (H, W, 3) and "with_end" (bool): whether
+    the last frame is a conditioning frame too (probability ``end_frame_prob``).
+    """
+
+    def __init__(self, dataset: Dataset, conditioning, *, end_frame_prob: float = 0.0) -> None:
+        self.dataset, self.conditioning, self.end_frame_prob = dataset, conditioning, float(end_frame_prob)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        frames = uint8_frames(item["video"])
+        with_end = bool(torch.rand(()) < self.end_frame_prob)
+        num_frames, height, width = frames.shape[:3]
+        layout = self.conditioning.prepare(
+            frames[0], frames[-1] if with_end else None, frames=num_frames, height=height, width=width
+        )
+        item["cond_video"] = (layout.video[0] * 255.0).round().to(torch.uint8)
+        item["cond_mask"] = layout.mask[0].to(torch.uint8)
+        item["clip_image"] = torch.from_numpy(layout.clip_image.astype(np.uint8))
+        item["with_end"] = with_end
+        return item
+
+
+class BatchEncoder:
+    """``encode(batch)`` -> EncodedClip of the batch; ``transformer_kwargs(...)`` -> the forward's keyword args."""
+
+    def __init__(self, pipe, *, uncond_prob: float = 0.1, cache: LatentCache | None = None) -> None:
+        self.pipe = pipe
+        self.uncond_prob = float(uncond_prob)
+        self.cache = cache
+
+    @torch.no_grad()
+    def encode_rows(self, batch: dict, rows: list[int]) -> EncodedClip:
+        """The frozen encoders on ``rows`` of the batch, in one call each, on ``pipe.execution_device``."""
+        pipe = self.pipe
+        device, dtype = pipe.execution_device, pipe.dtype
+        layout = FrameConditioning(
+            video=batch["cond_video"][rows].to(device).float() / 255.0,
+            mask=batch["cond_mask"][rows].to(device).float(),
+            clip_image=batch["clip_image"][rows].cpu().numpy().astype(np.float32),  # Lightning moved the batch
+        )
+        image = pipe.image_conditioning.encode(
+            layout, vae=pipe.vae, image_encoder=pipe.image_encoder, device=device, dtype=dtype
+        )
+        # the clean clip is scaled like every other latent the pipeline makes
+        pixels = (batch["video"][rows].to(device).float() / 255.0).to(dtype) * 2.0 - 1.0
+        x0 = pipe.vae.encode(pixels)[0] * pipe.vae.scaling_factor
+        return EncodedClip(x0=x0, inpaint=image.inpaint_latents, clip=image.clip_features)
+
+    def encode(self, batch: dict) -> EncodedClip:
+        n = len(batch["camera"])
+        if self.cache is None:
+            return self.encode_rows(batch, list(range(n)))
+        keys = [None if k is None else f"{k}|end={int(e)}" for k, e in zip(batch["key"], batch["with_end"])]
+        found = {i: self.cache.get(k) for i, k in enumerate(keys) if k is not None}
+        missing = [i for i in range(n) if found.get(i) is None]
+        if missing:
+            fresh = self.encode_rows(batch, missing)
+            for j, i in enumerate(missing):
+                found[i] = EncodedClip(x0=fresh.x0[j : j + 1], inpaint=fresh.inpaint[j : j + 1], clip=fresh.clip[j : j + 1])
+                if keys[i] is not None:
+                    self.cache.put(keys[i], found[i])
+        device = self.pipe.execution_device
+        return EncodedClip(
+            **{f: torch.cat([getattr(found[i], f).to(device) for i in range(n)]) for f in ("x0", "inpaint", "clip")}
+        )
+
+    def transformer_kwargs(self, encoded: EncodedClip, batch: dict, timesteps: torch.Tensor, num_train_timesteps: int) -> dict:
+        """The keyword arguments of ``transformer(x_t, t, **kwargs)`` for the batch."""
+        pipe = self.pipe
+        transformer, device, dtype = pipe.transformer, pipe.execution_device, pipe.dtype
+        n = encoded.x0.shape[0]
+        uncond = torch.rand(n) < self.uncond_prob
+        clip_on = (timesteps.cpu() < pipe.image_conditioning.clip_apply_ratio * num_train_timesteps) & ~uncond
+        fields: dict[str, list[torch.Tensor]] = {"emb1": [], "mask1": [], "emb2": [], "mask2": []}
+        for i in range(n):
+            control = pipe.control.select(batch["camera"][i], batch["motion"][i])
+            branch = control.negative if uncond[i] else control.positive
+            for name in fields:
+                fields[name].append(getattr(branch, name))
+        emb = {k: torch.cat(v).to(device) for k, v in fields.items()}
+        on = clip_on.to(device, dtype)
+        # off: zeros with mask 0, which the transformer replaces by its learned padding (as inference)
+        clip = encoded.clip.to(device, dtype) * on[:, None, None]
+        _, _, _, h, w = encoded.x0.shape
+        s = pipe.vae.spatial_compression
+        cos, sin = rotary_embedding(
+            h, w, head_dim=transformer.head_dim, patch_size=transformer.patch_size,
+            base_size=ROTARY_BASE // s // transformer.patch_size,
+        )  # fmt: skip
+        meta = torch.tensor([[*ORIGINAL_SIZE, h * s, w * s, 0, 0]], device=device, dtype=dtype).repeat(n, 1)
+        return dict(
+            encoder_hidden_states=emb["emb1"].to(dtype), text_embedding_mask=emb["mask1"],
+            encoder_hidden_states_t5=emb["emb2"].to(dtype), text_embedding_mask_t5=emb["mask2"],
+            image_meta_size=meta, style=torch.zeros(n, device=device, dtype=torch.long),
+            image_rotary_emb=(cos.to(device), sin.to(device)), inpaint_latents=encoded.inpaint.to(device, dtype),
+            clip_encoder_hidden_states=clip, clip_attention_mask=on[:, None].expand(n, transformer.n_query),
+        )  # fmt: skip
+
+
+def uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """uint8 (3, F, H, W) -> (F, H, W, 3) numpy, the layout images and decoders use."""
+    return video.permute(1, 2, 3, 0).cpu().numpy()

@@ -1,0 +1,100 @@
+"""Training data: the pan convention of procedural_pans, and mp4 folders with bad clips in them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ruyi.conditioning.buckets import bucket_size
+from ruyi.errors import ConfigError, InputError
+from ruyi.io import write_mp4
+from ruyi.training.data import ClipFolder, ProceduralPans, collate_clips
+from ruyi.training.data.procedural import pan_clip
+
+
+def _shift(a: np.ndarray, b: np.ndarray, max_shift: int = 12) -> tuple[int, int]:
+    """The (dx, dy) that makes frame b equal frame a moved by (dx, dy), by exhaustive search."""
+    best, where = None, (0, 0)
+    h, w = a.shape[:2]
+    m = max_shift
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            err = np.abs(b[m + dy : h - m + dy, m + dx : w - m + dx].astype(int) - a[m : h - m, m : w - m].astype(int)).mean()
+            if best is None or err < best:
+                best, where = err, (dx, dy)
+    return where
+
+
+@pytest.mark.parametrize(
+    ("camera", "content"), [("left", (1, 0)), ("right", (-1, 0)), ("up", (0, 1)), ("down", (0, -1)), ("static", (0, 0))]
+)
+def test_film_convention_of_the_pans(camera, content):
+    rng = np.random.default_rng(0)
+    canvas = rng.random((80, 90, 3))
+    clip = pan_clip(canvas, frames=5, height=40, width=50, direction=camera, speed=3)
+    for f in range(4):
+        # content that sat at x in frame f sits at x + 3 * dx in frame f + 1
+        assert _shift(clip[f], clip[f + 1]) == (3 * content[0], 3 * content[1])
+
+
+def test_procedural_samples_are_reproducible_and_the_heldout_split_differs():
+    train = ProceduralPans(frames=8, height=64, width=96, length=10)
+    again = ProceduralPans(frames=8, height=64, width=96, length=10)
+    heldout = ProceduralPans(frames=8, height=64, width=96, length=10, split="heldout")
+    a, b, c = train[3], again[3], heldout[3]
+    assert a["video"].shape == (3, 8, 64, 96) and a["video"].dtype == torch.uint8
+    assert torch.equal(a["video"], b["video"]) and a["camera"] == b["camera"]
+    assert not torch.equal(a["video"], c["video"])
+    labels = {train[i]["camera"] for i in range(10)} | {heldout[i]["camera"] for i in range(10)}
+    assert labels <= {"static", "left", "right", "up", "down", "auto"} and len(labels) >= 3
+
+
+def test_procedural_options_are_checked():
+    with pytest.raises(ConfigError, match="split"):
+        ProceduralPans(split="test")
+    with pytest.raises(ConfigError, match="pixels_per_frame"):
+        ProceduralPans(pixels_per_frame=[1, 2])
+    with pytest.raises(ConfigError, match="texture kind"):
+        ProceduralPans(kinds=["plasma"])
+
+
+def _clip(path, frames=16, size=(48, 80), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    write_mp4(torch.rand(1, 3, frames, *size, generator=g), path, fps=24)
+    return path
+
+
+def test_folder_reads_buckets_labels_and_skips_bad_clips(tmp_path, caplog):
+    _clip(tmp_path / "a.mp4")
+    (tmp_path / "sub").mkdir()
+    _clip(tmp_path / "sub" / "b.mp4", size=(80, 48), seed=1)
+    _clip(tmp_path / "short.mp4", frames=4)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 10)
+    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,left,2\n")
+    data = ClipFolder(path=str(tmp_path), frames=16, base_resolution=384)
+    assert len(data) == 2 and data.skipped == 2
+    first, second = data[0], data[1]
+    assert (first["camera"], first["motion"]) == ("left", "2")
+    assert (second["camera"], second["motion"]) == ("auto", "auto")
+    # landscape and portrait clips land in the aspect buckets inference picks for such an image
+    assert first["video"].shape[1:] == (16, *bucket_size((80, 48), 384)) == (16, 288, 480)
+    assert second["video"].shape[1:] == (16, *bucket_size((48, 80), 384)) == (16, 480, 288)
+    with pytest.raises(ConfigError, match="different sizes"):
+        collate_clips([first, second])
+
+    # a clip that breaks after the scan is skipped and counted, the epoch goes on
+    (tmp_path / "a.mp4").write_bytes(b"gone")
+    again = data[0]
+    assert again["key"].startswith("sub/b.mp4") and data.skipped == 3
+
+
+def test_folder_errors_name_the_fix(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        ClipFolder(path=str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="no readable mp4"):
+        ClipFolder(path=str(tmp_path))
+    _clip(tmp_path / "a.mp4")
+    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,sideways,2\n")
+    with pytest.raises(ConfigError, match="labels.csv:2"):
+        ClipFolder(path=str(tmp_path))

@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,22 @@ def check_fps(fps: float) -> float:
     return check_number("fps", fps, low=0, low_open=True, high=MAX_FPS, hint="the model makes 24 fps videos")
 
 
+@contextmanager
+def atomic_file(path: Path, *, suffix: str) -> Iterator[str]:
+    """A temporary file name beside ``path``: renamed onto ``path`` when the block ends, removed if
+    it fails, so a failed or interrupted write never leaves a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, umask_mode(directory=False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_mp4(video: torch.Tensor, path: str | Path, *, fps: float = 24) -> Path:
     """Encode ``video`` as H.264 mp4 through imageio-ffmpeg, via a temp file renamed into place."""
     import imageio_ffmpeg
@@ -128,11 +146,8 @@ def write_mp4(video: torch.Tensor, path: str | Path, *, fps: float = 24) -> Path
     fps = check_fps(fps)
     frames = to_frames(video)
     path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".mp4") as tmp:
         writer = imageio_ffmpeg.write_frames(
             tmp, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
             macro_block_size=1, ffmpeg_log_level="error",
@@ -141,11 +156,6 @@ def write_mp4(video: torch.Tensor, path: str | Path, *, fps: float = 24) -> Path
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
-        os.chmod(tmp, umask_mode(directory=False))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ruyi.errors import OutputError
-from ruyi.io import umask_mode
+from ruyi.io import atomic_file, umask_mode
 from ruyi.models.loading import read_config, weight_files
 
 TRANSFORMER = "transformer"
@@ -30,16 +30,8 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, *, m
     """One safetensors file, written to a temporary name and renamed into place."""
     path = Path(path)
     refuse_existing(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
-        os.chmod(tmp, umask_mode(directory=False))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,6 +1,6 @@
 """Measure the rows of ``memory=auto``'s rule table (``ruyi/memory/rules.py``) on this GPU.
 
-    python benchmarks/memory_rows.py --rules none,group_skip,none_lean --sizes 768,512 --out $OUT
+    python benchmarks/memory_rows.py --rules none,group_skip,group_lean,none_lean --sizes 768,512 --out $OUT
 
 Each (rule, size) is one ``benchmarks/measure.py`` job in a fresh process (as ``sweep.py`` runs
 them): the full pipeline at the real 7B shape with random weights, ``--frames`` frames, one
@@ -65,7 +65,7 @@ def rules_literal(rows: list[dict], device: str) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rules", default="none,group_skip", help="comma-separated rule names from RULES")
+    parser.add_argument("--rules", default="none,group_lean", help="comma-separated rule names from RULES")
     parser.add_argument("--sizes", default="768,512", help="square sides in pixels")
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up")

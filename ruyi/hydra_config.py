@@ -73,6 +73,24 @@ def plugin_components(cfg: Any) -> tuple:
     return tuple(plugins)
 
 
+def preset_components(preset: dict[str, Any]) -> dict[str, Component]:
+    """The model preset's ``components`` (``{vae: pixel_patch}``): the classes its checkpoint was
+    made with, which take the place of the groups' defaults (``vae: magvit``)."""
+    chosen = preset.get("components") or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"model.components={chosen!r} must map a kind to a registered name, e.g. {{vae: pixel_patch}}")
+    found = {}
+    for field, name in chosen.items():
+        kind = GROUPS.get(field)
+        if kind is None:
+            raise ConfigError(f"model.components.{field}: not a component group ({', '.join(GROUPS)})")
+        registry = ALL_REGISTRIES[kind]
+        if name not in registry:
+            raise ConfigError(f"model.components.{field}={name!r} is not registered (registered: {', '.join(registry.names())})")
+        found[field] = Component(kind, name)
+    return found
+
+
 def spec_fields(cfg: Any) -> dict[str, Any]:
     """The keyword arguments of ``PipelineSpec`` for a composed config."""
     preset = _container(cfg.model)
@@ -86,6 +104,7 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
         arch=preset,
     )
     components = {field: component_from_node(kind, cfg[field], field) for field, kind in GROUPS.items()}
+    components.update(preset_components(preset))
     strategies = tuple(
         component_from_node(group, cfg[group], group)
         for group in EXTRA_GROUPS
@@ -106,8 +125,15 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
     )
 
 
+PACKAGE_PREFIX = "pkg://ruyi/"
+
+
 def _absolute(path: str) -> str:
-    """Relative to where the user started the job, even if Hydra changed directory."""
+    """Relative to where the user started the job, even if Hydra changed directory;
+    ``pkg://ruyi/<path>`` is inside the installed package (its shipped assets)."""
     from hydra.utils import to_absolute_path
 
-    return to_absolute_path(str(path))
+    path = str(path)
+    if path.startswith(PACKAGE_PREFIX):
+        return str(Path(__file__).resolve().parent / path[len(PACKAGE_PREFIX) :])
+    return to_absolute_path(path)

@@ -155,3 +155,28 @@ def test_script_bad_input_exit_code(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "error: frames=7 is invalid" in proc.stderr
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_preset_names_the_classes_its_checkpoint_was_made_with():
+    from ruyi.hydra_config import spec_fields
+
+    fields = spec_fields(_cfg("model=ruyi_tiny_pans"))
+    assert fields["vae"].name == "pixel_patch"  # over the vae group's default (magvit)
+    assert spec_fields(_cfg())["vae"].name == "magvit"
+
+
+def test_preset_components_must_be_registered():
+    from ruyi.errors import ConfigError
+    from ruyi.hydra_config import spec_fields
+
+    with pytest.raises(ConfigError, match=r"model.components.vae='nope' is not registered"):
+        spec_fields(_cfg("model=ruyi_tiny_pans", "model.components.vae=nope"))
+    with pytest.raises(ConfigError, match=r"model.components.colour: not a component group"):
+        spec_fields(_cfg("model=ruyi_tiny_pans", "+model.components.colour=magvit"))
+
+
+def test_a_pkg_path_points_into_the_installed_package():
+    from ruyi.hydra_config import _absolute
+
+    assert Path(_absolute("pkg://ruyi/assets/x")) == REPO / "ruyi" / "assets" / "x"
+    assert Path(_absolute("models/x")) == Path.cwd() / "models" / "x"

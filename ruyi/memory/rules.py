@@ -51,6 +51,7 @@ ESTIMATE = (
     "ESTIMATE, TO MEASURE: activations from ruyi.memory.estimate at the real shape + the weights "
     "the placement keeps; time from the kernels' batch size (run benchmarks/memory_rows.py)"
 )
+H200 = "H200, benchmarks/RESULTS.md 2026-12-01 (Small GPUs)"
 LEAN = ("cfg_split", "token_chunks", "inplace", "vae_stream")
 TRANSFORMER_SPLIT = {"cfg_split": {"granularity": "transformer"}}
 
@@ -74,7 +75,10 @@ RULES: tuple[Rule, ...] = (
         step_ratio={(512, 24): 1.39, (512, 120): 1.055, (768, 48): 1.056, (768, 120): 1.02},
         source=H100,
     ),
-    # "group_lean" (group offload + cfg_split/token_chunks/inplace) measured 6.0 GiB at 768 x 120
-    # and 3.46 GiB at 512 x 120 on an H200, but its output was wrong (48 % error in the GPU parity
-    # test): block-wrapping options now refuse block-level offload, so the rule is gone until fixed.
+    Rule(
+        "group_lean", "group", skip_steps=1, vae_tile_size=384, memory=LEAN, memory_options=TRANSFORMER_SPLIT,
+        peak_gib={(512, 120): 3.46, (768, 120): 6.0},
+        step_ratio={(512, 120): 1.08, (768, 120): 1.03},
+        source=H200,
+    ),
 )  # fmt: skip

@@ -54,8 +54,6 @@ def decode_to_host(vae, latents: torch.Tensor) -> torch.Tensor:
 
 @MEMORIES.register("vae_stream")
 class DecodeToHost(MemoryOption):
-    wraps_block_internals = False  # acts on the VAE's output only
-
     def __init__(self) -> None:
         self._patches = ForwardPatches()
 

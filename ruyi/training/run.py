@@ -53,20 +53,6 @@ def build_component(node: DictConfig) -> Any:
         raise
 
 
-def with_preset_components(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` whose model groups follow the preset's ``components`` (e.g. ``{vae:
-    pixel_patch}``): the classes its checkpoint was made with, over the groups' defaults."""
-    from ruyi.assembly import MODEL_KINDS
-    from ruyi.registry import ALL_REGISTRIES
-
-    cfg = cfg.copy()
-    for kind, name in dict(cfg.model.get("components") or {}).items():
-        if kind in MODEL_KINDS:
-            cls = ALL_REGISTRIES[kind].get(name)
-            cfg[kind] = OmegaConf.create({"_target_": f"{cls.__module__}.{cls.__qualname__}"})
-    return cfg
-
-
 def run(cfg: DictConfig) -> int:
     """Train as the config says; returns the process exit code."""
     try:
@@ -127,7 +113,7 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     output_dir = Path(to_absolute_path(cfg.output_dir))
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         check_output_dir(output_dir)
-    plan = PipelineSpec.from_config(with_preset_components(cfg)).validate()
+    plan = PipelineSpec.from_config(cfg).validate()
     finetune = build_component(cfg.finetune)
     dataset = build_component(cfg.data)
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]

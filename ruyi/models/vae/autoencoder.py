@@ -224,7 +224,7 @@ class MagvitVAE3D(RuyiModelMixin):
         if frames == 1:
             yield self.decoder(latents)
             return
-        cache: TimeCache = {}
+        cache = TimeCache()
         for i in range(0, frames, self.mini_batch_decoder):
             yield self.decoder(latents[:, :, i : i + self.mini_batch_decoder], cache)
 

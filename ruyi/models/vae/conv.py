@@ -6,8 +6,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TimeCache = dict[nn.Module, torch.Tensor]
-"""Per-convolution input frames carried from one decoder mini-batch to the next."""
+
+
+class TimeCache:
+    """Per-convolution input frames carried from one decoder mini-batch to the next.
+
+    Deliberately not a ``dict``: offload hooks (accelerate's ``cpu_offload``, diffusers' group
+    offloading) rebuild mapping arguments on their way to the device, so a convolution's entry
+    would land in a copy and the next mini-batch would start without history. A plain object
+    passes through them by reference.
+    """
+
+    __slots__ = ("_frames",)
+
+    def __init__(self) -> None:
+        self._frames: dict[nn.Module, torch.Tensor] = {}
+
+    def get(self, conv: nn.Module) -> torch.Tensor | None:
+        return self._frames.get(conv)
+
+    def __setitem__(self, conv: nn.Module, frames: torch.Tensor) -> None:
+        self._frames[conv] = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
 KERNEL = 3
 CONTEXT = KERNEL - 1  # frames of history a causal 3-tap time kernel needs

@@ -57,11 +57,14 @@ def resolve_checkpoint(source: ModelSource) -> Path:
             raise CheckpointError(f"cannot create a checkpoint at {path}: the preset has no architecture")
         log.info("creating the tiny checkpoint at %s (first use)", path)
         return create_tiny_checkpoint(path, source.arch)
-    hint = (
-        f"{source.name} weights not found at {path}; download them with "
-        f"`{DOWNLOAD_COMMAND.format(repo=source.repo_id, path=path)}` "
-        "(or pass download=true), or point model.path at your copy"
-    )
+    if source.repo_id:
+        hint = (
+            f"{source.name} weights not found at {path}; download them with "
+            f"`{DOWNLOAD_COMMAND.format(repo=source.repo_id, path=path)}` "
+            "(or pass download=true), or point model.path at your copy"
+        )
+    else:  # nothing to download from (a trained or local-only preset)
+        hint = f"{source.name} weights not found at {path}; point model.path at your copy (README says how to make one)"
     if not source.download or not source.repo_id:
         raise MissingWeightsError(hint)
     try:

@@ -180,3 +180,10 @@ def test_a_pkg_path_points_into_the_installed_package():
 
     assert Path(_absolute("pkg://ruyi/assets/x")) == REPO / "ruyi" / "assets" / "x"
     assert Path(_absolute("models/x")) == Path.cwd() / "models" / "x"
+
+
+def test_a_preset_without_a_repo_never_suggests_downloading_none(tmp_path, capsys):
+    code = run(_cfg("model=ruyi_tiny_pans", f"model.path={tmp_path / 'absent'}", f"output={tmp_path / 'o.mp4'}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "ruyi-tiny-pans weights not found" in err and "None" not in err
+    assert not (tmp_path / "o.mp4").exists()

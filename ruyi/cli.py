@@ -31,8 +31,8 @@ log = logging.getLogger("ruyi")
 EXIT_USAGE = 2
 # the lowest-memory setting measured so far (benchmarks/RESULTS.md, H100, real 7B shape)
 OOM_HINT = (
-    "out of GPU memory; the lowest-memory setting measured is `offload=group skip_steps=1 vae_tile_size=512` "
-    "(768x768x120 frames in 12.2 GiB); or lower frames / base_resolution"
+    "out of GPU memory; memory=auto picks what fits this GPU (the lowest measured, `offload=group skip_steps=1 "
+    "vae_tile_size=256 memory=combo`, runs 768x768x120 frames in 5.6 GiB), or lower frames / base_resolution"
 )
 
 

@@ -60,3 +60,19 @@ def test_the_experiment_overlay_wins_over_train_yaml(fixture_dir, tmp_path):
     assert (cfg.learning_rate, cfg.schedule, cfg.weight_decay, cfg.steps_for_time) == (5e-4, "cosine", 0.01, "00:00:05:30")
     assert cfg.model.name == "ruyi-tiny-pans" and cfg.finetune._target_.endswith("FullFinetune")
     assert cfg.model.path == f"{fixture_dir}"  # a command-line override still wins over the overlay
+
+
+@pytest.mark.parametrize("module_name", ["ruyi.training.run", "ruyi.cli"])
+def test_out_of_gpu_memory_is_one_line_with_what_to_change(module_name, monkeypatch, capsys):
+    import importlib
+
+    module = importlib.import_module(module_name)
+
+    def oom(cfg):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(module, "_run", oom)
+    assert module.run(None) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of GPU memory;") and "\n" not in err
+    assert ("gradient_checkpointing=true" if module_name.endswith("run") else "memory=auto") in err

@@ -25,6 +25,10 @@ from ruyi.errors import OutputError, RuyiUserError
 log = logging.getLogger("ruyi")
 
 EXIT_USAGE = 2
+OOM_HINT = (
+    "out of GPU memory; try gradient_checkpointing=true, cache_latents=true, a smaller batch_size or "
+    "data.frames / data.base_resolution, finetune=lora, or trainer=fsdp on several GPUs"
+)
 # what a run writes into output_dir: none may exist beforehand (Lightning's CSV logger would
 # otherwise delete earlier logs, and an export never replaces a file)
 OWNED = ("logs", "checkpoints", "lora.safetensors", "checkpoint", "summary.json", "latent_cache")
@@ -59,6 +63,9 @@ def run(cfg: DictConfig) -> int:
         return _run(cfg)
     except RuyiUserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except torch.OutOfMemoryError:
+        print(f"error: {OOM_HINT}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -149,7 +149,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--motion", default="2")
-    parser.add_argument("--size", type=int, nargs=2, default=(288, 496), metavar=("H", "W"))
+    parser.add_argument("--size", type=int, nargs=2, default=(288, 496), metavar=("H", "W"),
+                        help="video size (the training's data.height, data.width)")  # fmt: skip
+    parser.add_argument("--pixels-per-frame", type=int, nargs=4, default=(4, 8, 12, 16), metavar="PX",
+                        help="speeds of motion 1-4 in the training data (data.pixels_per_frame), "
+                        "for the reference rows")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -160,7 +164,8 @@ def main() -> None:
     pipe, _ = build(args.model_path.resolve(), args.device, [])
     rows, strips = [], {}
     # the measurement on ground truth after the VAE round trip: an upper bound for any model
-    speed = (2, 4, 6, 8)[int(args.motion) - 1] if args.motion != "auto" else 4
+    speeds = tuple(args.pixels_per_frame)
+    speed = speeds[int(args.motion) - 1] if args.motion != "auto" else speeds[1]
     reference = ProceduralPans(frames=args.frames, height=height, width=width, split="heldout", seed=11,
                                length=1, pixels_per_frame=(speed,) * 4, auto_prob=0.0)  # fmt: skip
     from ruyi.training.data.procedural import pan_clip, textured_canvas
@@ -192,7 +197,7 @@ def main() -> None:
     table = summarise(rows, args.frames)
     text = markdown(table)
     head = (f"camera following of {args.model_path.name}: {args.images + 1} held-out images x {args.seeds} seeds, "
-            f"{args.frames} frames {height}x{width}, motion {args.motion}, cfg {args.cfg}, {args.steps} steps; "
+            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), cfg {args.cfg}, {args.steps} steps; "
             f"{videos} videos in {seconds:.0f} s")  # fmt: skip
     print(head)
     print(text)

@@ -75,7 +75,7 @@ def test_a_sample_does_not_depend_on_the_order_or_the_worker_that_draws_it():
 
 
 def test_the_heldout_bank_shares_no_texture_with_training():
-    size = dict(frames=4, height=32, width=48, bank_size=8)
+    size = {"frames": 4, "height": 32, "width": 48, "bank_size": 8}
     train, heldout = ProceduralPans(**size), ProceduralPans(**size, split="heldout")
     train_textures = [train.bank.texture(k) for k in range(8)]
     for k in range(8):

@@ -7,8 +7,8 @@ content moves RIGHT across the frames; ``camera=up`` tilts up, so the content mo
 random choice, so the model learns what ``auto`` means at inference too.
 
 Drawing a texture costs tens of milliseconds (PIL), cutting a clip out of one about a millisecond:
-the canvases come from a :class:`TextureBank` of ``bank_size`` large textures per split, each drawn
-once (lazily, in every DataLoader worker that needs it) and reused. A sample picks a texture, a
+the canvases come from a :class:`TextureBank` of ``bank_size`` large textures per split, drawn once
+(in each DataLoader worker, at its first sample) and reused. A sample picks a texture, a
 random place on it, a mirror flip and an order of the colour channels, and slides its window there.
 
 A sample is a pure function of (seed, split, index) and the options: the bank depends on (seed,
@@ -127,7 +127,7 @@ BANK_STREAM = 0x62616E6B  # keeps the bank's random streams apart from the sampl
 
 
 class TextureBank:
-    """``count`` uint8 textures (height, width, 3) of one (seed, split), each drawn on first use and kept.
+    """``count`` uint8 textures (height, width, 3) of one (seed, split), drawn on first use and kept.
 
     Texture ``k`` is of kind ``kinds[k % len(kinds)]``, drawn from its own stream (seed, split,
     BANK_STREAM, k): the same in every process, whatever order the samples come in.
@@ -139,12 +139,14 @@ class TextureBank:
         self._textures: dict[int, np.ndarray] = {}
 
     def texture(self, k: int) -> np.ndarray:
-        found = self._textures.get(k)
-        if found is None:
-            rng = np.random.default_rng([self.seed, self.split, BANK_STREAM, k])
-            canvas = textured_canvas(rng, self.height, self.width, self.kinds[k % len(self.kinds)])
-            found = self._textures[k] = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
-        return found
+        """Texture ``k``; the first call draws the whole bank, so a training run's speed is steady from
+        its first steps on (``steps_for_time`` measures it early)."""
+        if not self._textures:
+            for j in range(self.count):
+                rng = np.random.default_rng([self.seed, self.split, BANK_STREAM, j])
+                canvas = textured_canvas(rng, self.height, self.width, self.kinds[j % len(self.kinds)])
+                self._textures[j] = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+        return self._textures[k]
 
     def __getstate__(self) -> dict:
         # DataLoader workers draw their own textures instead of receiving a pickled copy of the cache
@@ -157,7 +159,7 @@ class ProceduralPans(Dataset):
     "key": None} (procedural samples are cheaper to redraw than to cache).
 
     ``bank_size`` textures per split (each of (H, W) + the longest pan + half the longer side, so a
-    texture offers many start places; 96 at 288x496 with 8 px/frame is ~100 MB per worker).
+    texture offers many start places; 96 at 288x496 are ~160 MB per worker at 8 px/frame, ~220 MB at 16).
     """
 
     def __init__(

@@ -11,7 +11,9 @@ content's motion. The direction is right when the dominant axis and its sign mat
 convention (camera=left -> content moves right, camera=up -> content moves down).
 
 The ``reference`` rows run the same measurement on the ground-truth held-out pans after the VAE
-round trip: the best any model on this VAE can score. Prints a markdown table and writes it with
+round trip: the best any model on this VAE can score. Below the table: the held-out training loss
+with the true camera label vs the opposite one (same clips, same noise), which shows whether the
+model reads the label at all before its videos pan cleanly. Prints a markdown table and writes it with
 the raw numbers (JSON), a frame strip per direction (PNG) and a GIF of camera=left to ``--out``.
 """
 
@@ -104,6 +106,42 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- does the model read the label at all? ------------------------------------------------------
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, speeds: tuple[int, ...],
+               clips: int = 32, timesteps: tuple[int, ...] = (300, 600, 900)) -> dict[str, float]:
+    """Held-out training loss (v-prediction MSE, the training's own input builder) with the true
+    camera label and with the opposite one, same noise: a model that uses the label scores lower
+    with the true one long before its videos pan cleanly."""
+    from ruyi.training.data import ProceduralPans, collate_clips
+    from ruyi.training.inputs import BatchEncoder, ConditionedClips
+    from ruyi.training.objective import DiffusionObjective
+    from ruyi.weights import scheduler_config
+
+    data = ProceduralPans(frames=frames, height=height, width=width, split="heldout", seed=5, auto_prob=0.0,
+                          pixels_per_frame=speeds, bank_size=8, length=4 * clips)  # fmt: skip
+    items = ConditionedClips(data, pipe.image_conditioning)
+    moving = [item for item in (items[i] for i in range(len(data))) if item["camera"] in OPPOSITE][:clips]
+    encoder, objective = BatchEncoder(pipe, uncond_prob=0.0), DiffusionObjective(scheduler_config(model_path))
+    generator, losses = torch.Generator().manual_seed(0), {"true label": [], "opposite label": []}
+    device, dtype = pipe.execution_device, pipe.dtype
+    for start in range(0, len(moving), 8):
+        batch = collate_clips(moving[start : start + 8])
+        encoded = encoder.encode(batch)
+        x0 = encoded.x0.float().cpu()
+        for value in timesteps:
+            t = torch.full((x0.shape[0],), value, dtype=torch.long)
+            noisy, target = objective.noisy_and_target(x0, torch.randn(x0.shape, generator=generator), t)
+            for name, cameras in (("true label", batch["camera"]), ("opposite label", [OPPOSITE[c] for c in batch["camera"]])):
+                kwargs = encoder.transformer_kwargs(encoded, {**batch, "camera": cameras}, t, objective.num_train_timesteps)
+                out = pipe.transformer(noisy.to(device, dtype), t.to(device, dtype), **kwargs)
+                losses[name].append(float(objective.loss(out.float().cpu(), target)))
+    return {name: float(np.mean(v)) for name, v in losses.items()}
+
+
 # -- generation ---------------------------------------------------------------------------------
 def build(model_path: Path, device: str, overrides: list[str]):
     """The pipeline as ``infer.py model=ruyi_tiny_pans vae=pixel_patch model.path=...`` builds it."""
@@ -149,7 +187,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--motion", default="2")
-    parser.add_argument("--size", type=int, nargs=2, default=(288, 496), metavar=("H", "W"))
+    parser.add_argument("--size", type=int, nargs=2, default=(288, 496), metavar=("H", "W"),
+                        help="video size (the training's data.height, data.width)")  # fmt: skip
+    parser.add_argument("--pixels-per-frame", type=int, nargs=4, default=(4, 8, 12, 16), metavar="PX",
+                        help="speeds of motion 1-4 in the training data (data.pixels_per_frame), "
+                        "for the reference rows")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -160,7 +202,8 @@ def main() -> None:
     pipe, _ = build(args.model_path.resolve(), args.device, [])
     rows, strips = [], {}
     # the measurement on ground truth after the VAE round trip: an upper bound for any model
-    speed = (2, 4, 6, 8)[int(args.motion) - 1] if args.motion != "auto" else 4
+    speeds = tuple(args.pixels_per_frame)
+    speed = speeds[int(args.motion) - 1] if args.motion != "auto" else speeds[1]
     reference = ProceduralPans(frames=args.frames, height=height, width=width, split="heldout", seed=11,
                                length=1, pixels_per_frame=(speed,) * 4, auto_prob=0.0)  # fmt: skip
     from ruyi.training.data.procedural import pan_clip, textured_canvas
@@ -192,15 +235,18 @@ def main() -> None:
     table = summarise(rows, args.frames)
     text = markdown(table)
     head = (f"camera following of {args.model_path.name}: {args.images + 1} held-out images x {args.seeds} seeds, "
-            f"{args.frames} frames {height}x{width}, motion {args.motion}, cfg {args.cfg}, {args.steps} steps; "
+            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), cfg {args.cfg}, {args.steps} steps; "
             f"{videos} videos in {seconds:.0f} s")  # fmt: skip
+    losses = label_loss(pipe, args.model_path.resolve(), frames=args.frames, height=height, width=width, speeds=speeds)
+    text += ("\n\nheld-out training loss, moving clips, t in 300/600/900: "
+             + ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))  # fmt: skip
     print(head)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "camera_following.md").write_text(f"{head}\n\n{text}\n")
         (args.out / "camera_following.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                                     "table": table, "rows": rows}, indent=1))  # fmt: skip
+                                                                     "table": table, "label_loss": losses, "rows": rows}, indent=1))  # fmt: skip
         save_strip(strips, args.out / "strip.png")
         gif = [Image.fromarray(f) for f in strips["left"]]
         gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)

@@ -79,8 +79,9 @@ def test_training_inputs_are_built_as_inference_builds_them(fixture_dir, tmp_pat
         request = GenerationRequest(frames=8, height=64, width=64, steps=5, guidance_scale=1.0, seed=0,
                                     camera=batch["camera"][row], motion=batch["motion"][row])  # fmt: skip
         reference = pipe.encode_images(start, None, request)
-        torch.testing.assert_close(encoded.inpaint[row : row + 1], reference.inpaint_latents, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(encoded.clip[row : row + 1], reference.clip_features, rtol=1e-5, atol=1e-5)
+        # float32 through the random MagViT, batch of 2 vs batch of 1: CPU convolutions may differ by ~1e-5
+        torch.testing.assert_close(encoded.inpaint[row : row + 1], reference.inpaint_latents, rtol=1e-4, atol=5e-5)
+        torch.testing.assert_close(encoded.clip[row : row + 1], reference.clip_features, rtol=1e-4, atol=5e-5)
     clean = pipe.vae.encode(batch["video"].float() / 255 * 2 - 1)[0] * pipe.vae.scaling_factor
     torch.testing.assert_close(encoded.x0, clean, rtol=1e-5, atol=1e-5)
 

@@ -57,7 +57,8 @@ def test_trainer_groups_compose(fixture_dir, tmp_path):
 
 def test_the_experiment_overlay_wins_over_train_yaml(fixture_dir, tmp_path):
     cfg = train_config(fixture_dir, tmp_path, "experiment=tiny_pans")
-    assert (cfg.learning_rate, cfg.schedule, cfg.weight_decay, cfg.steps_for_time) == (5e-4, "cosine", 0.01, "00:00:05:30")
+    assert (cfg.learning_rate, cfg.schedule, cfg.weight_decay, cfg.steps_for_time) == (5e-4, "cosine", 0.01, "00:00:07:15")
+    assert list(cfg.data.pixels_per_frame) == [4, 8, 12, 16]  # the data group's default is [2, 4, 6, 8]
     assert cfg.model.name == "ruyi-tiny-pans" and cfg.finetune._target_.endswith("FullFinetune")
     assert cfg.model.path == f"{fixture_dir}"  # a command-line override still wins over the overlay
 

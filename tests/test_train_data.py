@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,9 @@ from ruyi.errors import ConfigError, InputError
 from ruyi.io import write_mp4
 from ruyi.training.data import ClipFolder, ProceduralPans, collate_clips
 from ruyi.training.data.procedural import pan_clip
+
+# film convention, written out here so a flipped table in the code under test fails
+CONTENT = {"static": (0, 0), "left": (1, 0), "right": (-1, 0), "up": (0, 1), "down": (0, -1)}
 
 
 def _shift(a: np.ndarray, b: np.ndarray, max_shift: int = 12) -> tuple[int, int]:
@@ -24,6 +29,14 @@ def _shift(a: np.ndarray, b: np.ndarray, max_shift: int = 12) -> tuple[int, int]
             if best is None or err < best:
                 best, where = err, (dx, dy)
     return where
+
+
+def _moved_error(a: np.ndarray, b: np.ndarray, dx: int, dy: int) -> float:
+    """Mean |b(x + dx, y + dy) - a(x, y)| over the overlap: 0 when the content moved by (dx, dy)."""
+    h, w = a.shape[:2]
+    src = a[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)].astype(int)
+    dst = b[max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)].astype(int)
+    return float(np.abs(dst - src).mean())
 
 
 @pytest.mark.parametrize(
@@ -50,6 +63,59 @@ def test_procedural_samples_are_reproducible_and_the_heldout_split_differs():
     assert labels <= {"static", "left", "right", "up", "down", "auto"} and len(labels) >= 3
 
 
+def test_a_sample_does_not_depend_on_the_order_or_the_worker_that_draws_it():
+    data = ProceduralPans(frames=4, height=32, width=48, length=40, bank_size=8)
+    forward = [data[i]["video"] for i in range(40)]
+    worker = pickle.loads(pickle.dumps(data))  # what a DataLoader worker receives: an empty texture cache
+    assert not worker.bank._textures
+    for i in reversed(range(40)):
+        assert torch.equal(worker[i]["video"], forward[i]), i
+    # the samples really vary: not one texture crop repeated
+    assert len({v[:, 0].numpy().tobytes() for v in forward}) == 40
+
+
+def test_the_heldout_bank_shares_no_texture_with_training():
+    size = {"frames": 4, "height": 32, "width": 48, "bank_size": 8}
+    train, heldout = ProceduralPans(**size), ProceduralPans(**size, split="heldout")
+    train_textures = [train.bank.texture(k) for k in range(8)]
+    for k in range(8):
+        held = heldout.bank.texture(k)
+        assert all(not np.array_equal(held, t) for t in train_textures)
+    # another seed gives another bank too
+    other = ProceduralPans(**size, seed=1)
+    assert not np.array_equal(other.bank.texture(0), train_textures[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_sample_pans_as_its_label_says(seed):
+    """The clips of the dataset itself (bank crops, flips, channel orders): every frame is the previous
+    one moved by the labelled speed in the film-convention direction."""
+    speeds = (1, 2, 3, 5)
+    data = ProceduralPans(frames=4, height=48, width=64, length=60, seed=seed, pixels_per_frame=speeds, auto_prob=0.0, bank_size=8)
+    seen = set()
+    for i in range(60):
+        item = data[i]
+        camera, speed = item["camera"], speeds[int(item["motion"]) - 1]
+        seen.add(camera)
+        clip = item["video"].permute(1, 2, 3, 0).numpy()
+        dx, dy = CONTENT[camera]
+        for f in range(3):
+            # exact at the labelled move; a move the other way (the sign convention flipped) is not
+            assert _moved_error(clip[f], clip[f + 1], speed * dx, speed * dy) == 0, (i, camera, speed)
+            # (a window showing only a shapes picture's gradient background does not change along x)
+            flat = not np.diff(clip[f].astype(int), axis=1 if dx else 0).any()
+            if camera != "static" and not flat:
+                assert _moved_error(clip[f], clip[f + 1], -speed * dx, -speed * dy) > 0, (i, camera, speed)
+    assert seen == {"static", "left", "right", "up", "down"}
+
+
+def test_pan_clip_refuses_a_canvas_too_small_for_the_pan():
+    with pytest.raises(ValueError, match="too small"):
+        pan_clip(np.zeros((40, 60, 3)), frames=5, height=40, width=50, direction="left", speed=3)
+    # the same canvas holds a vertical-free static clip
+    assert pan_clip(np.zeros((40, 60, 3)), frames=5, height=40, width=50, direction="static", speed=3).shape == (5, 40, 50, 3)
+
+
 def test_procedural_options_are_checked():
     with pytest.raises(ConfigError, match="split"):
         ProceduralPans(split="test")
@@ -57,6 +123,8 @@ def test_procedural_options_are_checked():
         ProceduralPans(pixels_per_frame=[1, 2])
     with pytest.raises(ConfigError, match="texture kind"):
         ProceduralPans(kinds=["plasma"])
+    with pytest.raises(ConfigError, match="bank_size"):
+        ProceduralPans(bank_size=2)
 
 
 def _clip(path, frames=16, size=(48, 80), seed=0):

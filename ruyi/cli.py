@@ -10,17 +10,15 @@ keys, unknown component names) are checked even earlier, before Hydra composes: 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ruyi.assembly import PipelineSpec, build, resolve_device
-from ruyi.errors import ConfigError, OutputError, RuyiUserError
+from ruyi.errors import ConfigError, OutputError, exit_code_of
 from ruyi.io import check_fps, check_output_path, procedural_image, write_video
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
@@ -28,7 +26,6 @@ from ruyi.weights import resolve_checkpoint
 
 log = logging.getLogger("ruyi")
 
-EXIT_USAGE = 2
 # the lowest-memory setting measured so far (benchmarks/RESULTS.md, H100, real 7B shape)
 OOM_HINT = (
     "out of GPU memory; memory=auto picks what fits this GPU (the lowest measured, `offload=group skip_steps=1 "
@@ -80,13 +77,7 @@ def _multirun_job() -> int | None:
 def run(cfg: DictConfig) -> int:
     """Generate one video as the config says; returns the process exit code."""
     try:
-        return _run(cfg)
-    except RuyiUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except torch.OutOfMemoryError:
-        print(f"error: {OOM_HINT}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code_of(lambda: _run(cfg), oom_hint=OOM_HINT)
     finally:
         shutdown()  # torchrun: every rank leaves the process group
 

@@ -9,11 +9,16 @@ for a bad value, ``FileNotFoundError`` for a missing file), so ``except ValueErr
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2  # what an entry point returns for a user error
+
 
 class RuyiUserError(Exception):
     """Base: a bad input, option, file or environment, reported as one line naming the fix."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __str__(self) -> str:
         # one line, whatever the message was built from
@@ -49,3 +54,17 @@ class UnknownComponentError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return RuyiUserError.__str__(self)
+
+
+def exit_code_of(work: Callable[[], int], *, oom_hint: str) -> int:
+    """``work()``'s exit code, with a user error or running out of GPU memory reported as one line
+    (``error: ...``) on stderr and :data:`EXIT_USAGE`; anything else propagates with its traceback."""
+    import torch
+
+    try:
+        return work()
+    except RuyiUserError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except torch.OutOfMemoryError:
+        print(f"error: {oom_hint}", file=sys.stderr)
+    return EXIT_USAGE

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ruyi.errors import ConfigError
+from ruyi.errors import EXIT_USAGE, ConfigError
 
-EXIT_USAGE = 2
 _ABSENT = object()
 _PLAIN_VALUE = re.compile(r"[\w./:@%~+\- ]*")  # anything else is quoted back (commas would start a sweep)
 

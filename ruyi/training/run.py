@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,10 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.errors import OutputError, RuyiUserError
+from ruyi.errors import OutputError, RuyiUserError, exit_code_of
 
 log = logging.getLogger("ruyi")
 
-EXIT_USAGE = 2
 OOM_HINT = (
     "out of GPU memory; try gradient_checkpointing=true, cache_latents=true, a smaller batch_size or "
     "data.frames / data.base_resolution, finetune=lora, or trainer=fsdp on several GPUs"
@@ -59,14 +57,7 @@ def build_component(node: DictConfig) -> Any:
 
 def run(cfg: DictConfig) -> int:
     """Train as the config says; returns the process exit code."""
-    try:
-        return _run(cfg)
-    except RuyiUserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except torch.OutOfMemoryError:
-        print(f"error: {OOM_HINT}", file=sys.stderr)
-        return EXIT_USAGE
+    return exit_code_of(lambda: _run(cfg), oom_hint=OOM_HINT)
 
 
 @dataclass

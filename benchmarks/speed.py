@@ -278,10 +278,11 @@ def transformer_section(report, args, device, dtype, clock, peak: float, arch: d
                 if option.fp8 and fp8_model is None:
                     from ruyi.offload.fp8_compute import FP8Compute
 
-                    before = clock.allocated()
+                    before, began = clock.allocated(), time.perf_counter()
                     fp8_model = copy.deepcopy(base)
                     FP8Compute().apply(fp8_model, dtype)
                     held["fp8"] = clock.allocated() - before
+                    print(f"fp8 copy + quantise of the transformer: {time.perf_counter() - began:.1f} s", flush=True)
                 model = fp8_model if option.fp8 else base
                 # the FLOP-counting forward was the eager reference's first call
                 first_s = reference_s if option.name == "eager" else None

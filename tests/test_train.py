@@ -67,6 +67,29 @@ def test_loss_reads_only_the_predicted_half():
     assert DiffusionObjective.loss(prediction, target).item() == pytest.approx(0.25)
 
 
+
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.03, "beta_schedule": "scaled_linear",
+            "prediction_type": "v_prediction"}  # fmt: skip
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_timestep_shift_moves_the_share_of_noisy_timesteps(shift):
+    """P(t >= 850) of s u / (1 + (s - 1) u) with u ~ U(0, 1) is 1 - 0.85 / (0.85 + 0.15 s): 0.15 uniform, 0.346 at s = 3."""
+    t = DiffusionObjective(SCHEDULE, timestep_shift=shift).sample_timesteps(40_000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    expected = 1 - 0.85 / (0.85 + 0.15 * shift)
+    assert float((t >= 850).float().mean()) == pytest.approx(expected, abs=0.012)
+
+
+def test_timestep_shift_must_be_positive(fixture_dir, tmp_path):
+    from ruyi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="timestep_shift"):
+        DiffusionObjective(SCHEDULE, timestep_shift=0)
+    with pytest.raises(ConfigError, match="timestep_shift"):
+        build_run(train_config(fixture_dir, tmp_path / "run", "timestep_shift=-1"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
 # -- the inputs ------------------------------------------------------------------------------
 def test_training_inputs_are_built_as_inference_builds_them(fixture_dir, tmp_path):
     job = build_run(train_config(fixture_dir, tmp_path / "run", "uncond_prob=0"))

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.errors import OutputError, RuyiUserError, exit_code_of
+from ruyi.errors import ConfigError, OutputError, RuyiUserError, exit_code_of
 
 log = logging.getLogger("ruyi")
 
@@ -116,6 +116,8 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     dataset = build_component(cfg.data)
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
+    if not float(cfg.timestep_shift) > 0:
+        raise ConfigError(f"timestep_shift={cfg.timestep_shift} must be > 0 (1 = uniform timesteps)")
     L.seed_everything(int(cfg.seed), workers=True)
     # 2. weights, assembled as for inference
     pipe = build(plan, weights=weights)
@@ -123,7 +125,7 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     schedule_config = scheduler_config(path) if path is not None else OmegaConf.to_container(cfg.model.scheduler_config, resolve=True)
     cache = LatentCache(output_dir / "latent_cache") if cfg.cache_latents else None
     module = RuyiTrainingModule(
-        pipe=pipe, finetune=finetune, objective=DiffusionObjective(schedule_config),
+        pipe=pipe, finetune=finetune, objective=DiffusionObjective(schedule_config, timestep_shift=cfg.timestep_shift),
         encoder=BatchEncoder(pipe, uncond_prob=cfg.uncond_prob, cache=cache), learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
         steps_for_time_s=seconds(cfg.steps_for_time), gradient_checkpointing=bool(cfg.gradient_checkpointing),

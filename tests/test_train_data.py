@@ -166,3 +166,29 @@ def test_folder_errors_name_the_fix(tmp_path):
     (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,sideways,2\n")
     with pytest.raises(ConfigError, match="labels.csv:2"):
         ClipFolder(path=str(tmp_path))
+
+
+@pytest.mark.parametrize("end_frame_prob", [0.0, 1.0])
+def test_conditioned_clips_carry_the_inference_layout_as_whole_numbers(end_frame_prob):
+    """The workers' uint8 layout, written out here: the start frame in every frame (the last frame
+    too when it conditions), mask 0 on conditioning frames and 255 elsewhere; collation makes it
+    contiguous, and the float layout inference builds maps back onto it exactly."""
+    from ruyi.conditioning.image import StartEndFrames
+    from ruyi.training.inputs import ConditionedClips
+
+    data = ProceduralPans(frames=8, height=32, width=48, bank_size=4, length=4)
+    conditioning = StartEndFrames()
+    item = ConditionedClips(data, conditioning, end_frame_prob=end_frame_prob)[1]
+    video = item["video"]  # uint8 (3, F, H, W)
+    want = video[:, :1].repeat(1, 8, 1, 1)
+    want_mask = torch.full((1, 8, 32, 48), 255, dtype=torch.uint8)
+    want_mask[:, 0] = 0
+    if end_frame_prob:
+        want[:, -1] = video[:, -1]
+        want_mask[:, -1] = 0
+    batch = collate_clips([item, item])
+    assert batch["cond_video"].dtype == torch.uint8 and batch["cond_video"].is_contiguous()
+    assert torch.equal(batch["cond_video"][0], want) and torch.equal(batch["cond_mask"][0], want_mask)
+    frames = video.permute(1, 2, 3, 0).numpy()
+    layout = conditioning.prepare(frames[0], frames[-1] if end_frame_prob else None, frames=8, height=32, width=48)
+    assert torch.equal((layout.video[0] * 255).round().to(torch.uint8), want)

@@ -175,18 +175,25 @@ def frames_from_images(
     height: int,
     width: int,
 ) -> FrameConditioning:
-    """Resize the images to (width, height) with PIL's bicubic filter and lay out the video + mask."""
+    """Resize the images to (width, height) with PIL's bicubic filter and lay out the video + mask.
+
+    Frames that repeat are broadcast views (stride 0 along F), not copies: a 16-frame 288x496 layout
+    costs one frame's work (the training data workers build one per clip). Treat both as read-only.
+    """
     start = load_image(start_image).resize((width, height), Image.Resampling.BICUBIC)
-    video = _as_frame(start)[:, None].repeat(1, frames, 1, 1)
-    mask = torch.full((1, frames, height, width), GENERATE)
-    mask[:, 0] = KEEP
-    if end_image is not None:
+    first = _as_frame(start) / 255.0
+    per_frame = torch.full((frames,), GENERATE)
+    per_frame[0] = KEEP
+    if end_image is None:
+        video = first[:, None].expand(-1, frames, -1, -1)
+    else:
         end = load_image(end_image, name="end_image").resize(start.size, Image.Resampling.BICUBIC)
-        video[:, -1] = _as_frame(end)
-        mask[:, -1] = KEEP
+        video = first[:, None].repeat(1, frames, 1, 1)
+        video[:, -1] = _as_frame(end) / 255.0
+        per_frame[-1] = KEEP
     return FrameConditioning(
-        video=(video / 255.0)[None],
-        mask=mask[None],
+        video=video[None],
+        mask=per_frame[None, None, :, None, None].expand(1, 1, frames, height, width),
         clip_image=np.asarray(start, dtype=np.float32),
     )
 

@@ -100,8 +100,8 @@ class ConditionedClips(Dataset):
         layout = self.conditioning.prepare(
             frames[0], frames[-1] if with_end else None, frames=num_frames, height=height, width=width
         )
-        item["cond_video"] = (layout.video[0] * 255.0).round().to(torch.uint8)
-        item["cond_mask"] = layout.mask[0].to(torch.uint8)
+        item["cond_video"] = whole_numbers(layout.video[0], 255.0)
+        item["cond_mask"] = whole_numbers(layout.mask[0], 1.0)
         item["clip_image"] = torch.from_numpy(layout.clip_image.astype(np.uint8))
         item["with_end"] = with_end
         return item
@@ -182,6 +182,15 @@ class BatchEncoder:
             image_rotary_emb=(cos.to(device), sin.to(device)), inpaint_latents=encoded.inpaint.to(device, dtype),
             clip_encoder_hidden_states=clip, clip_attention_mask=on[:, None].expand(n, transformer.n_query),
         )  # fmt: skip
+
+
+def whole_numbers(layout: torch.Tensor, scale: float) -> torch.Tensor:
+    """(C, F, H, W) float -> uint8 ``round(layout * scale)``; frames broadcast from one (stride 0
+    along F, as ``frames_from_images`` lays them out) are converted once and broadcast again (the
+    batch collation copies them)."""
+    if layout.shape[1] > 1 and layout.stride(1) == 0:
+        return whole_numbers(layout[:, :1], scale).expand_as(layout)
+    return (layout * scale).round().to(torch.uint8)
 
 
 def uint8_frames(video: torch.Tensor) -> np.ndarray:

@@ -60,6 +60,7 @@ from ruyi.registry import ATTENTIONS
 
 GIB = 1024**3
 SHAPES = "512x24,512x120,768x48,768x120"
+SLOW_WARMUP_S = 120.0  # a compile warm-up beyond this prints its phases
 OPTIONS = "eager,auto,cudnn+pad128,fa3,fa3+pad96,compile,compile+fa3+pad96,compile+fa3+pad96+fp8"
 ATTENTION_OPTIONS = "sdpa,cudnn,cudnn+pad128,flash,efficient,fa3,fa3+pad96"
 # rough costs for --max-seconds: a regional compile of the blocks (H100/H200, inductor default
@@ -299,6 +300,12 @@ def transformer_section(report, args, device, dtype, clock, peak: float, arch: d
             record.update(
                 kernel=kernel_note(option, device), first_s=result["first_s"], s=result["s"], floor_s=floor
             )
+            if option.compile and result["first_s"] > SLOW_WARMUP_S:
+                # where a long warm-up went (dynamo tracing, AOT, inductor): the fp8 row's was 520 s
+                from torch._dynamo.utils import compile_times
+
+                print(f"{text} {option.name}: first call {result['first_s']:.0f} s; compile phases:\n"
+                      f"{compile_times(repr='str', aggregate=True)}", file=sys.stderr, flush=True)  # fmt: skip
             other = held["base"] if option.fp8 else held["fp8"]
             record.update(
                 x_floor=result["s"] / floor,

@@ -21,7 +21,7 @@ NOWHERE = Path("/nonexistent/checkpoint")  # a check that ran after loading woul
 
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose(config_name="infer", overrides=list(overrides))
+        return compose(config_name="infer", overrides=["model=ruyi_tiny", *overrides])
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from ruyi.overrides import compose_command_line
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-BASE = ["video_size=[64,64]", "frames=8", "steps=2", "progress=false", "model.path={tiny}", "output={tmp}/v.mp4"]
+BASE = ["model=ruyi_tiny", "video_size=[64,64]", "frames=8", "steps=2", "progress=false", "model.path={tiny}", "output={tmp}/v.mp4"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -176,7 +176,7 @@ def tiny(tmp_path_factory) -> Path:
     from ruyi.models.tiny import create_tiny_checkpoint
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="infer")
+        cfg = compose(config_name="infer", overrides=["model=ruyi_tiny"])
     return create_tiny_checkpoint(tmp_path_factory.mktemp("models") / "ruyi-tiny", OmegaConf.to_container(cfg.model, resolve=True))
 
 

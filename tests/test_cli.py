@@ -134,17 +134,30 @@ def test_download_offline_fails_with_the_same_message(tmp_path, capsys, monkeypa
 
 
 def test_script_default_run_in_a_fresh_directory(tmp_path):
-    """The README's main command: no arguments, creates the tiny model, writes outputs/ruyi.mp4."""
+    """The README's main command: no arguments, the shipped ruyi_tiny_pans at its preset's size
+    (8 frames of 64x64), writes outputs/ruyi.mp4 and nothing else in the folder."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "infer.py"), "video_size=[64,64]", "progress=false"],
+        [sys.executable, str(REPO / "scripts" / "infer.py"), "progress=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames, fps = read_mp4(tmp_path / "outputs" / "ruyi.mp4")
-    assert frames.shape == (16, 64, 64, 3) and fps == pytest.approx(24)
-    assert (tmp_path / "models" / "ruyi-tiny" / "transformer" / "config.json").is_file()
+    assert frames.shape == (8, 64, 64, 3) and fps == pytest.approx(24)
+    assert not (tmp_path / "models").exists()  # the default is shipped, not created
     assert np.asarray(frames).std() > 0
+
+
+def test_script_random_tiny_model_is_created_on_first_use(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "infer.py"), "model=ruyi_tiny", "video_size=[64,64]", "frames=8",
+         "steps=2", "progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_mp4(tmp_path / "outputs" / "ruyi.mp4")[0].shape == (8, 64, 64, 3)
+    assert (tmp_path / "models" / "ruyi-tiny" / "transformer" / "config.json").is_file()
 
 
 def test_script_bad_input_exit_code(tmp_path):
@@ -162,7 +175,7 @@ def test_a_preset_names_the_classes_its_checkpoint_was_made_with():
 
     fields = spec_fields(_cfg("model=ruyi_tiny_pans"))
     assert fields["vae"].name == "pixel_patch"  # over the vae group's default (magvit)
-    assert spec_fields(_cfg())["vae"].name == "magvit"
+    assert spec_fields(_cfg("model=ruyi_tiny"))["vae"].name == "magvit"
 
 
 def test_preset_components_must_be_registered():

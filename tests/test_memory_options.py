@@ -277,7 +277,7 @@ def test_auto_on_the_cpu_changes_nothing_and_runs(fixture_dir, reference):
 
 def test_auto_reads_the_shape_from_the_config(fixture_dir):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="infer", overrides=[f"model.path={fixture_dir}", "memory=auto", "frames=48",
+        cfg = compose(config_name="infer", overrides=["model=ruyi_tiny", f"model.path={fixture_dir}", "memory=auto", "frames=48",
                                                       "base_resolution=512", "memory.budget_gib=8"])  # fmt: skip
     (component,) = [c for c in PipelineSpec.from_config(cfg).strategies if c.kind == "memory"]
     auto = component.create()

@@ -103,7 +103,7 @@ def test_cli_refuses_a_layout_without_its_processes(fixture_dir, tmp_path, capsy
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     out = tmp_path / "x.mp4"
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="infer", overrides=[f"model.path={fixture_dir}", f"output={out}", "parallel=ulysses",
+        cfg = compose(config_name="infer", overrides=["model=ruyi_tiny", f"model.path={fixture_dir}", f"output={out}", "parallel=ulysses",
                                                       "parallel.ulysses=2", *SMALL])  # fmt: skip
     assert run(cfg) == 2
     err = capsys.readouterr().err.strip()
@@ -123,7 +123,7 @@ def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_di
     """``torchrun --nproc-per-node 2 scripts/infer.py parallel=ulysses parallel.ulysses=2``: rank 0
     alone prints and writes; its frames equal a single-process run's (PNG frames, +-1 level)."""
     single, double = tmp_path / "single", tmp_path / "double"
-    common = [f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}", "device=cpu", *SMALL]
+    common = ["model=ruyi_tiny", f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}", "device=cpu", *SMALL]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         assert run(compose(config_name="infer", overrides=[*common, f"output={single}"])) == 0
     capsys.readouterr()

@@ -31,7 +31,7 @@ def test_two_job_multirun_through_submitit_local(fixture_dir, tmp_path):
     cmd = [
         sys.executable, str(REPO / "scripts" / "infer.py"), "--multirun", "hydra/launcher=submitit_local",
         "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "parallel=ulysses", "seed=1,2", f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}",
+        "parallel=ulysses", "seed=1,2", "model=ruyi_tiny", f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}",
         "device=cpu", "video_size=[64,64]", "frames=8", "steps=2", "progress=false",
         f"output={tmp_path}/x_${{hydra:job.num}}.mp4",
     ]  # fmt: skip

@@ -169,7 +169,7 @@ def test_real_preset_has_7_19b_parameters():
 
 def test_tiny_preset_equals_the_fixture_architecture(fixture_dir):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="infer")
+        cfg = compose(config_name="infer", overrides=["model=ruyi_tiny"])
     fixture = json.loads((fixture_dir / "transformer" / "config.json").read_text())
     arch = OmegaConf.to_container(cfg.model.transformer_arch, resolve=True)
     assert {k: v for k, v in fixture.items() if not k.startswith("_")} == arch

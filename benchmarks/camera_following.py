@@ -159,7 +159,7 @@ def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, 
             kwargs = encoder.transformer_kwargs(encoded, {**batch, "camera": [given] * len(batch["camera"])}, t,
                                                 objective.num_train_timesteps)  # fmt: skip
             out = pipe.transformer(noisy.to(device, dtype), t.to(device, dtype), **kwargs).float().cpu()
-            per_clip = (out[:, : target.shape[1]] - target).pow(2).flatten(1).mean(1)
+            per_clip = objective.loss(out, target, per_sample=True)
             for true, loss in zip(batch["camera"], per_clip.tolist()):
                 sums[true][given] += loss
         for true in batch["camera"]:
@@ -180,14 +180,14 @@ def label_table(losses: dict[str, dict[str, float]], timestep: int = 990) -> str
 
 # -- generation ---------------------------------------------------------------------------------
 def build(model_path: Path, device: str, overrides: list[str]):
-    """The pipeline as ``infer.py model=ruyi_tiny_pans vae=pixel_patch model.path=...`` builds it."""
+    """The pipeline as ``infer.py model=ruyi_tiny_pans model.path=...`` builds it (the preset brings its VAE)."""
     from hydra import compose, initialize_config_dir
 
     from ruyi.assembly import PipelineSpec, build
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("infer", overrides=[
-            "model=ruyi_tiny_pans", "vae=pixel_patch", f"model.path={model_path}", f"device={device}", *overrides,
+            "model=ruyi_tiny_pans", f"model.path={model_path}", f"device={device}", *overrides,
         ])  # fmt: skip
     return build(PipelineSpec.from_config(cfg)), cfg
 

@@ -68,6 +68,16 @@ def test_loss_reads_only_the_predicted_half():
 
 
 
+
+def test_per_sample_loss_gives_each_clip_its_own_mse():
+    target = torch.zeros(2, 16, 1, 2, 2)
+    half = torch.stack([torch.full((16, 1, 2, 2), 0.5), torch.full((16, 1, 2, 2), 1.0)])
+    prediction = torch.cat([half, torch.full_like(half, 100.0)], dim=1)
+    per_clip = DiffusionObjective.loss(prediction, target, per_sample=True)
+    assert per_clip.tolist() == pytest.approx([0.25, 1.0])
+    assert DiffusionObjective.loss(prediction, target).item() == pytest.approx(0.625)
+
+
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.03, "beta_schedule": "scaled_linear",
             "prediction_type": "v_prediction"}  # fmt: skip
 

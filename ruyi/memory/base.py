@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-
 Forward = Callable[..., Any]
 Wrapper = Callable[..., Any]  # (original_forward, *args, **kwargs) -> output
 

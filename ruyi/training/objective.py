@@ -20,6 +20,13 @@ from ruyi.errors import CheckpointError, ConfigError
 TARGETS = ("v_prediction", "epsilon", "sample")
 
 
+def check_timestep_shift(shift: float) -> float:
+    """``shift`` as a float, or a ConfigError when it is not > 0 (1 = uniform timesteps)."""
+    if not float(shift) > 0:
+        raise ConfigError(f"timestep_shift={shift} must be > 0 (1 = uniform timesteps)")
+    return float(shift)
+
+
 class DiffusionObjective:
     """Noise, target and loss from a checkpoint's ``scheduler_config.json`` (a diffusers DDPM config).
 
@@ -31,9 +38,7 @@ class DiffusionObjective:
     def __init__(self, scheduler_config: Mapping[str, Any], *, timestep_shift: float = 1.0) -> None:
         from diffusers import DDPMScheduler
 
-        if not float(timestep_shift) > 0:
-            raise ConfigError(f"timestep_shift must be > 0 (1 = uniform), got {timestep_shift}")
-        self.timestep_shift = float(timestep_shift)
+        self.timestep_shift = check_timestep_shift(timestep_shift)
 
         config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
         self.scheduler = DDPMScheduler.from_config(config)
@@ -61,6 +66,9 @@ class DiffusionObjective:
         return noisy, (noise if self.prediction_type == "epsilon" else x0)
 
     @staticmethod
-    def loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """MSE on the predicted half: prediction (B, 2C or C, ...) vs target (B, C, ...)."""
+    def loss(prediction: torch.Tensor, target: torch.Tensor, *, per_sample: bool = False) -> torch.Tensor:
+        """MSE on the predicted half: prediction (B, 2C or C, ...) vs target (B, C, ...) -> a scalar,
+        or (B,) with ``per_sample``."""
+        if per_sample:
+            return (prediction[:, : target.shape[1]].float() - target.float()).pow(2).flatten(1).mean(1)
         return F.mse_loss(prediction[:, : target.shape[1]].float(), target.float())

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.errors import ConfigError, OutputError, RuyiUserError, exit_code_of
+from ruyi.errors import OutputError, RuyiUserError, exit_code_of
 
 log = logging.getLogger("ruyi")
 
@@ -102,7 +102,7 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     from ruyi.training.datamodule import ClipDataModule
     from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
     from ruyi.training.module import RuyiTrainingModule, seconds
-    from ruyi.training.objective import DiffusionObjective
+    from ruyi.training.objective import DiffusionObjective, check_timestep_shift
     from ruyi.training.trainer import build_trainer, check_trainer
     from ruyi.weights import scheduler_config
 
@@ -116,8 +116,7 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     dataset = build_component(cfg.data)
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
-    if not float(cfg.timestep_shift) > 0:
-        raise ConfigError(f"timestep_shift={cfg.timestep_shift} must be > 0 (1 = uniform timesteps)")
+    check_timestep_shift(cfg.timestep_shift)
     L.seed_everything(int(cfg.seed), workers=True)
     # 2. weights, assembled as for inference
     pipe = build(plan, weights=weights)

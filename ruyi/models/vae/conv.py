@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class TimeCache:
     """Per-convolution input frames carried from one decoder mini-batch to the next.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import pytest
 import torch
@@ -91,6 +92,62 @@ def test_skips_linears_whose_sides_are_not_multiples_of_16():
     model = tiny_transformer()  # hidden 32, feed-forward 139
     chosen = FP8Compute().select(model)
     assert "blocks.0.attn1.to_q" in chosen and "blocks.0.ff.net.2" not in chosen
+
+
+def _stand_in_torchao(monkeypatch) -> list[dict]:
+    """A fake ``torchao.quantization`` recording the config FP8Compute asks for, like torchao's
+    own config that switches inductor's coordinate-descent tuning on when told to (its default)."""
+    import sys
+    import types
+
+    made: list[dict] = []
+
+    class Config:
+        def __init__(self, *, granularity, set_inductor_config=True):
+            made.append(
+                {"granularity": type(granularity).__name__, "set_inductor_config": set_inductor_config}
+            )
+            self.set_inductor_config = set_inductor_config
+
+    def quantize_(model, config, filter_fn):
+        if config.set_inductor_config:
+            torch._inductor.config.coordinate_descent_tuning = True
+
+    module = types.ModuleType("torchao.quantization")
+    module.Float8DynamicActivationFloat8WeightConfig = Config
+    module.PerRow, module.PerTensor = type("PerRow", (), {}), type("PerTensor", (), {})
+    module.quantize_ = quantize_
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", module)
+    return made
+
+
+def test_leaves_inductor_settings_of_the_process_alone(monkeypatch):
+    """torchao's default turns on coordinate-descent tuning for every later compile in the process;
+    on the 7B that made the first compiled call take ~520 s instead of ~29 s (H200, RESULTS.md)."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "coordinate_descent_tuning", False)
+    made = _stand_in_torchao(monkeypatch)
+    FP8Compute(granularity="tensor").apply(tiny_transformer(), torch.bfloat16)
+    assert made == [{"granularity": "PerTensor", "set_inductor_config": False}]
+    assert inductor.coordinate_descent_tuning is False
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None, reason="needs torchao (pip install 'ruyi[hopper]')"
+)
+def test_real_torchao_leaves_inductor_settings_alone(monkeypatch):
+    """The same with the real torchao (its hardware check skipped: quantising runs on the CPU)."""
+    import torch._inductor.config as inductor
+    from torchao.quantization import quant_api
+
+    monkeypatch.setattr(inductor, "coordinate_descent_tuning", False)
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *a, **k: None)
+    model = tiny_transformer(dtype=torch.bfloat16)
+    assert FP8Compute().apply(model, torch.bfloat16) > 0
+    assert type(model.blocks[0].attn1.to_q.weight).__name__ != "Parameter"  # a torchao float8 tensor
+    assert inductor.coordinate_descent_tuning is False
 
 
 def _fp8_ready() -> bool:

@@ -38,6 +38,10 @@ from ruyi.registry import COMPILES
 log = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# modes that record CUDA graphs: the 40 blocks share one compiled graph, so each block's replay
+# reuses the memory of the previous block's outputs while the long skips still need them (issue 11,
+# H200: "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @COMPILES.register("none")
@@ -98,9 +102,16 @@ class RegionalCompile:
         )
 
     def check(self, plan: Any) -> None:
-        """Options were validated in ``__init__``. A strategy that moves a block's weights inside its
+        """Options were validated in ``__init__``. CUDA graph modes cannot serve shared block graphs
+        (``CUDA_GRAPH_MODES``). A strategy that moves a block's weights inside its
         forward (``loads_per_block``: group/sequential offload) breaks the block's graph, which
         ``fullgraph`` forbids."""
+        if self.mode in CUDA_GRAPH_MODES and plan.device.type == "cuda":
+            raise ConfigError(
+                f"compile.mode={self.mode} records CUDA graphs, which cannot replay blocks that share one "
+                "graph while later blocks still read earlier outputs (the long skips); use "
+                "compile.mode=max-autotune-no-cudagraphs or null"
+            )
         if self.fullgraph and plan.has("loads_per_block"):
             raise ConfigError(
                 f"compile.fullgraph=true cannot trace blocks whose weights offload={plan.spec.offload.name} "

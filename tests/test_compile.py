@@ -105,6 +105,18 @@ def test_fullgraph_refuses_offload_inside_block_forwards(monkeypatch):
     validate(device="cuda", offload="group", strategies={"compile": "regional"})
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_modes_are_refused_on_cuda(monkeypatch, mode):
+    """Measured on an H200: the shared block graph's replay overwrote outputs the long skips read."""
+    validate(device="cpu", strategies={"compile": ("regional", {"mode": mode})})  # no CUDA graphs there
+    pretend_hopper(monkeypatch)
+    with pytest.raises(
+        ConfigError, match=f"compile.mode={mode} records CUDA graphs.*max-autotune-no-cudagraphs"
+    ):
+        validate(device="cuda", strategies={"compile": ("regional", {"mode": mode})})
+    validate(device="cuda", strategies={"compile": ("regional", {"mode": "max-autotune-no-cudagraphs"})})
+
+
 @pytest.mark.gpu
 @no_cuda
 @pytest.mark.parametrize(

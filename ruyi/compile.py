@@ -1,4 +1,4 @@
-"""``compile=none|regional``: ``torch.compile`` of the transformer's repeated blocks.
+"""``compile=none|regional|auto``: ``torch.compile`` of the transformer's repeated blocks.
 
 Regional compilation (diffusers' ``compile_repeated_blocks`` does the same): each block's
 ``__call__`` is compiled in place (``nn.Module.compile``), so parameter names, hooks, LoRA merges
@@ -25,8 +25,10 @@ precision, offload and the attention backend), so that it compiles what will run
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -154,6 +156,107 @@ class RegionalCompile:
         for block in self._compiled:
             block._compiled_call_impl = None
         self._compiled = []
+
+
+# Measured on an H200 at the real shape (benchmarks/RESULTS.md, issue 11; CFG batch 2, FlashAttention-3
+# both ways): regional compile saves 0.254 s a step at 6 144 tokens (512² x 24) and 2.75 s at
+# 69 120 (768² x 120), ~4e-5 s per token and step; its first call takes 10-20 s longer than a step
+SAVED_S_PER_TOKEN_STEP = 4.0e-5
+WARMUP_S = 20.0
+RESIDENT_OFFLOADS = ("none", "model")  # the block weights stay put while a block runs
+
+
+@COMPILES.register("auto")
+class CompileAuto(RegionalCompile):
+    """``compile=auto`` (the default of ``infer.yaml``): ``compile=regional`` where it pays for its
+    warm-up within the run, eager elsewhere. Decided at validation, before any weight loads, from
+    the shape and step count the run asks for (``frames``, ``base_resolution`` / ``video_size``,
+    ``steps``; the YAML reads them from the run's config): on a CUDA device with Triton, when the
+    predicted saving (``SAVED_S_PER_TOKEN_STEP`` x tokens x steps) exceeds ``WARMUP_S``, or when the
+    precision needs compile (``fp8_compute``). Never on the CPU, nor with an offload other than
+    ``none``/``model`` (group and sequential move weights while the blocks run). So 25 steps of
+    512² x 24 stay eager (6 144 tokens: ~6 s saved for ~20 s of compiling) and 512² x 120 or
+    768² x 48 compile. The other keys are ``regional``'s."""
+
+    def __init__(
+        self,
+        *,
+        frames: int = 120,
+        base_resolution: int = 768,
+        video_size: Sequence[int] | None = None,
+        steps: int = 25,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        # hints, not checked here: the request's own checks name a bad frames/steps/video_size
+        self.frames, self.base_resolution, self.video_size, self.steps = (
+            frames,
+            base_resolution,
+            video_size,
+            steps,
+        )
+        self.enabled, self.reason = False, "not decided (the plan was not validated)"
+
+    def __repr__(self) -> str:
+        return f"CompileAuto({'regional' if self.enabled else 'eager'}: {self.reason})"
+
+    @property
+    def compiles(self) -> bool:  # type: ignore[override]
+        return self.enabled
+
+    @property
+    def tokens(self) -> int | None:
+        """Transformer tokens of one video (8x spatial VAE, 2x2 patches, 4 frames a latent frame);
+        None when the hints are not a valid shape."""
+        try:
+            frames = int(self.frames)
+            height, width = (
+                (int(v) for v in self.video_size)
+                if self.video_size is not None
+                else (int(self.base_resolution),) * 2
+            )
+        except (TypeError, ValueError):
+            return None
+        latent_frames = 1 if frames == 1 else frames // 4
+        return latent_frames * math.ceil(height / 16) * math.ceil(width / 16)
+
+    def decide(self, plan: Any) -> tuple[bool, str]:
+        if plan.device.type != "cuda":
+            return False, f"device {plan.device}: compiled kernels pay off on CUDA"
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed"
+        if plan.spec.offload.name not in RESIDENT_OFFLOADS:
+            return (
+                False,
+                f"offload={plan.spec.offload.name} moves weights while the blocks run (not measured compiled)",
+            )
+        if getattr(plan.precision, "needs_compile", False):
+            return True, f"precision {plan.precision!r} needs it"
+        tokens, steps = self.tokens, self.steps
+        if tokens is None or not isinstance(steps, int) or steps < 1:
+            return False, f"no valid shape to plan for (frames={self.frames!r}, steps={steps!r})"
+        saved = SAVED_S_PER_TOKEN_STEP * tokens * steps
+        verdict = "saves" if saved > WARMUP_S else "would save only"
+        return saved > WARMUP_S, (
+            f"{verdict} ~{saved:.0f} s over {steps} steps of {tokens} tokens, for ~{WARMUP_S:.0f} s of warm-up"
+        )
+
+    def resolve(self, plan: Any) -> Any:
+        self.enabled, self.reason = self.decide(plan)
+        log.info("compile=auto: %s (%s)", "regional" if self.enabled else "eager", self.reason)
+        return plan
+
+    def check(self, plan: Any) -> None:
+        if self.enabled:
+            super().check(plan)
+
+    def apply(self, pipe: Any) -> None:
+        if self.enabled:
+            super().apply(pipe)
+
+    def remove(self, pipe: Any) -> None:
+        if self.enabled:
+            super().remove(pipe)
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,19 +1,23 @@
-"""``compile=regional``: per-block torch.compile, zero graph breaks, same output as eager."""
+"""``compile=regional``: per-block torch.compile, zero graph breaks, same output as eager;
+``compile=auto``: when it compiles."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from ruyi.compile import NoCompile, RegionalCompile, repeated_blocks
+from ruyi.compile import CompileAuto, NoCompile, RegionalCompile, repeated_blocks
 from ruyi.errors import ConfigError
 from ruyi.models.attention import SDPAAttention
+from ruyi.offload import fp8_compute
 from ruyi.registry import ATTENTIONS, COMPILES
 from tests.tiny_models import block_inputs, forward_inputs, pretend_hopper, tiny_transformer, validate
 
+REPO = Path(__file__).resolve().parents[1]
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -141,3 +145,76 @@ def test_cuda_compile_matches_eager_bf16(attention, pad, mode):
         strategy.restore()
         backend.detach()
     assert rel_l2(got, expected) <= 1e-2
+
+
+def _auto(monkeypatch, *, frames, side, steps=25, **options):
+    """compile=auto's decision for a CUDA plan (an sm90 GPU with Triton, as far as checks can tell)."""
+    import importlib.util
+
+    pretend_hopper(monkeypatch)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "triton" else real_find_spec(name, *a),
+    )
+    settings = {"frames": frames, "video_size": [side, side], "steps": steps}
+    plan = validate(device="cuda", **options, strategies={"compile": ("auto", settings)})
+    (strategy,) = [s for s in plan.strategies if isinstance(s, CompileAuto)]
+    return plan, strategy
+
+
+@pytest.mark.parametrize(
+    "frames, side, steps, compiled",
+    [
+        (24, 512, 25, False),
+        (120, 512, 25, True),
+        (48, 768, 25, True),
+        (120, 768, 25, True),
+        (120, 768, 2, False),
+    ],
+)
+def test_auto_compiles_on_cuda_where_the_saving_beats_the_warm_up(monkeypatch, frames, side, steps, compiled):
+    """6 144 tokens x 25 steps save ~6 s for ~20 s of compiling; 27 648 tokens save ~28 s."""
+    plan, strategy = _auto(monkeypatch, frames=frames, side=side, steps=steps)
+    assert strategy.tokens == frames // 4 * (side // 16) ** 2
+    assert strategy.enabled is compiled and plan.has("compiles") is compiled
+    assert ("saves ~" if compiled else "would save only ~") in strategy.reason
+
+
+def test_auto_compiles_for_fp8_compute_even_when_small(monkeypatch):
+    monkeypatch.setattr(fp8_compute, "torchao_installed", lambda: True)
+    _plan, strategy = _auto(monkeypatch, frames=24, side=512, precision="fp8_compute", dtype="bf16")
+    assert strategy.enabled and "needs it" in strategy.reason  # and fp8_compute's own check passed
+
+
+@pytest.mark.parametrize("offload, compiled", [("group", False), ("sequential", False), ("model", True)])
+def test_auto_stays_eager_when_offload_moves_block_weights(monkeypatch, offload, compiled):
+    _plan, strategy = _auto(monkeypatch, frames=120, side=768, offload=offload)
+    assert strategy.enabled is compiled
+    if not compiled:
+        assert f"offload={offload} moves weights" in strategy.reason
+
+
+def test_auto_is_eager_on_the_cpu_and_attaches_nothing():
+    plan = validate(device="cpu", strategies={"compile": ("auto", {"frames": 120, "base_resolution": 768})})
+    (strategy,) = [s for s in plan.strategies if isinstance(s, CompileAuto)]
+    assert not strategy.enabled and not plan.has("compiles") and "device cpu" in strategy.reason
+    model = tiny_transformer()
+    strategy.apply(type("Pipe", (), {"transformer": model, "execution_device": torch.device("cpu")})())
+    assert all(block._compiled_call_impl is None for block in model.blocks)
+
+
+def test_infer_default_is_auto_and_benchmarks_stay_eager():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        infer = compose("infer", overrides=["frames=120", "video_size=[768,768]", "steps=25"])
+        bench = compose("benchmark")
+    assert infer.compile._target_ == "ruyi.compile.CompileAuto"
+    assert (infer.compile.frames, list(infer.compile.video_size), infer.compile.steps) == (
+        120,
+        [768, 768],
+        25,
+    )
+    assert bench.compile._target_ == "ruyi.compile.NoCompile"

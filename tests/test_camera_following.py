@@ -38,7 +38,9 @@ def test_content_motion_recovers_the_pans_own_offsets(direction, whitening):
     assert dx == pytest.approx(want_x * total, abs=slack) and dy == pytest.approx(want_y * total, abs=slack)
     if direction != "static":
         assert cf.is_right(direction, (dx, dy))
-        assert not cf.is_right({"left": "right", "right": "left", "up": "down", "down": "up"}[direction], (dx, dy))
+        assert not cf.is_right(
+            {"left": "right", "right": "left", "up": "down", "down": "up"}[direction], (dx, dy)
+        )
 
 
 def test_is_right_needs_the_dominant_axis():
@@ -68,3 +70,74 @@ def test_label_loss_gives_each_true_camera_a_row_of_every_label(tmp_path):
         # a random model still reads the label a little: the columns of one row differ
         assert max(row.values()) > min(row.values())
     assert cf.label_loss(pipe, path, **kwargs) == losses  # same clips and noise every time
+
+
+def test_true_pans_start_from_the_centre_window_and_move_by_the_step():
+    speed, frames, size = 5, 6, 64
+    travel = (frames - 1) * speed
+    canvas = (
+        textured_canvas(np.random.default_rng(3), size + 2 * travel, size + 2 * travel, "noise") * 255
+    ).astype(np.uint8)
+    pans = cf.true_pans(canvas, frames=frames, height=size, width=size, speed=speed)
+    start = np.asarray(cf.start_image(canvas, size, size))
+    assert np.array_equal(start, canvas[travel : travel + size, travel : travel + size])
+    for direction, clip in pans.items():
+        assert clip.shape == (frames, size, size, 3) and np.array_equal(clip[0], start), direction
+    # film convention: camera=left -> the content moves right, camera=up -> it moves down
+    a, b = pans["left"][0], pans["left"][1]
+    assert np.array_equal(b[:, speed:], a[:, :-speed])
+    a, b = pans["right"][0], pans["right"][1]
+    assert np.array_equal(b[:, :-speed], a[:, speed:])
+    a, b = pans["up"][0], pans["up"][1]
+    assert np.array_equal(b[speed:], a[:-speed])
+    a, b = pans["down"][0], pans["down"][1]
+    assert np.array_equal(b[:-speed], a[speed:])
+    assert all(np.array_equal(f, start) for f in pans["static"])
+    with pytest.raises(ValueError, match="leaves less than"):
+        cf.true_pans(canvas, frames=frames, height=size, width=size, speed=speed + 1)
+
+
+def test_the_goal_is_judged_on_images_whose_true_pans_the_measure_reads():
+    right = {"left": (9.0, 0.0), "right": (-9.0, 0.0), "up": (0.0, 9.0), "down": (0.0, -9.0)}
+    rows = []
+    for image in ("a", "b"):
+        for direction, motion in right.items():
+            # image b: its true upward pan reads sideways (a stripe texture, say)
+            read = (9.0, 1.0) if (image, direction) == ("b", "up") else motion
+            rows.append(
+                {
+                    "source": "reference (true pans through the VAE)",
+                    "camera": direction,
+                    "image": image,
+                    "motion": read,
+                    "phase": read,
+                }
+            )
+        for seed, motion in enumerate(
+            [right["up"], right["left"]]
+        ):  # the model: right once, wrong once, per image
+            rows.append(
+                {
+                    "source": "model",
+                    "camera": "up",
+                    "image": image,
+                    "seed": seed,
+                    "motion": motion,
+                    "phase": motion,
+                }
+            )
+    rows.append(
+        {
+            "source": "model",
+            "camera": "up",
+            "image": "b",
+            "seed": 2,
+            "motion": right["up"],
+            "phase": right["up"],
+        }
+    )
+    assert cf.measurable_images(rows) == {"a"}
+    (up,) = [t for t in cf.summarise(rows, frames=8) if t["source"] == "model" and t["camera"] == "up"]
+    assert (up["n"], up["right_%"]) == (5, 60.0)
+    assert (up["n_measurable"], up["right_measurable_%"]) == (2, 50.0)
+    assert "| model | up | 50 % (2) | 60 % (5) |" in cf.markdown([up])

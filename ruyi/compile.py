@@ -189,12 +189,8 @@ class CompileAuto(RegionalCompile):
     ) -> None:
         super().__init__(**options)
         # hints, not checked here: the request's own checks name a bad frames/steps/video_size
-        self.frames, self.base_resolution, self.video_size, self.steps = (
-            frames,
-            base_resolution,
-            video_size,
-            steps,
-        )
+        self.frames, self.base_resolution = frames, base_resolution
+        self.video_size, self.steps = video_size, steps
         self.enabled, self.reason = False, "not decided (the plan was not validated)"
 
     def __repr__(self) -> str:

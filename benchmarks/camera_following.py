@@ -16,10 +16,12 @@ Each held-out image is the centre of a larger canvas, so its true pans exist: th
 rows run the same measurement on them after the VAE round trip. An image is *measurable* when the
 measurement reads all four of its true pans right; on the others (a stripe texture panned along its
 stripes, say) nobody could tell from the video which way it moved, so the goal is judged on the
-measurable images, and the table gives the score on all images beside it. Below the table: the held-out training loss
-at t = 990 for every (true camera, label given) pair (same clips, same noise), which shows whether
-the model reads the label at all before its videos pan cleanly. Prints a markdown table and writes it with
-the raw numbers (JSON), a frame strip per direction (PNG) and a GIF of camera=left to ``--out``.
+measurable images, and the table gives the score on all images beside it.
+
+Below the table: the held-out training loss at t = 990 for every (true camera, label given) pair
+(same clips, same noise), which shows whether the model reads the label at all before its videos
+pan cleanly. Prints a markdown table and writes it with the raw numbers (JSON), a frame strip per
+direction (PNG) and a GIF of camera=left to ``--out``.
 """
 
 from __future__ import annotations

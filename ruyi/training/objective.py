@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ruyi.errors import CheckpointError, ConfigError
 
@@ -69,6 +68,5 @@ class DiffusionObjective:
     def loss(prediction: torch.Tensor, target: torch.Tensor, *, per_sample: bool = False) -> torch.Tensor:
         """MSE on the predicted half: prediction (B, 2C or C, ...) vs target (B, C, ...) -> a scalar,
         or (B,) with ``per_sample``."""
-        if per_sample:
-            return (prediction[:, : target.shape[1]].float() - target.float()).pow(2).flatten(1).mean(1)
-        return F.mse_loss(prediction[:, : target.shape[1]].float(), target.float())
+        per_clip = (prediction[:, : target.shape[1]].float() - target.float()).pow(2).flatten(1).mean(1)
+        return per_clip if per_sample else per_clip.mean()  # every clip has as many elements: the batch MSE

@@ -128,6 +128,41 @@ def test_training_inputs_are_built_as_inference_builds_them(fixture_dir, tmp_pat
     assert kwargs["clip_encoder_hidden_states"][1].abs().sum() == 0
 
 
+def test_clip_pixels_made_by_the_workers_equal_the_encoders_own_preprocessing(fixture_dir, tmp_path):
+    """The DataLoader items carry the CLIP input; encoding with it and without it (the image
+    encoder then preprocesses the batch itself, as inference does) gives the same features."""
+    job = build_run(train_config(fixture_dir, tmp_path / "run"))
+    clips, encoder = job.data.dataset, job.module.encoder
+    batch = job.data.train_dataloader().collate_fn([clips[0], clips[1]])
+    assert batch["clip_pixels"].shape == (2, 3, 32, 32)
+    with_pixels = encoder.encode(batch)
+    without = encoder.encode({k: v for k, v in batch.items() if k != "clip_pixels"})
+    assert torch.equal(with_pixels.clip, without.clip) and with_pixels.clip.abs().sum() > 0
+
+
+def test_mixed_labels_get_their_own_branch_row_by_row(fixture_dir, tmp_path):
+    """Rows of different cameras and motions, some with the conditioning dropped: every row holds
+    its own label's positive embedding, or the negative one where it was dropped (CLIP off there)."""
+    job = build_run(train_config(fixture_dir, tmp_path / "run", "uncond_prob=0.5"))
+    encoder, pipe = job.module.encoder, job.module.pipe
+    batch = job.data.train_dataloader().collate_fn([job.data.dataset[i] for i in range(12)])
+    batch["camera"] = ["left", "right", "up", "down", "static", "auto"] * 2
+    batch["motion"] = ["1", "2", "3", "4", "auto", "2"] * 2
+    torch.manual_seed(3)
+    kwargs = encoder.transformer_kwargs(encoder.encode(batch), batch, torch.full((12,), 10), 1000)
+    dropped = kwargs["clip_attention_mask"][:, 0] == 0  # t = 10 < clip_apply_ratio * 1000: CLIP on unless dropped
+    assert 0 < int(dropped.sum()) < 12, "both branches must occur for the test to mean anything"
+    for row in range(12):
+        control = pipe.control.select(batch["camera"][row], batch["motion"][row])
+        wanted = control.negative if dropped[row] else control.positive
+        for field in ("emb1", "mask1", "emb2", "mask2"):
+            assert torch.equal(kwargs[{"emb1": "encoder_hidden_states", "mask1": "text_embedding_mask",
+                                       "emb2": "encoder_hidden_states_t5", "mask2": "text_embedding_mask_t5"}[field]][row],
+                               getattr(wanted, field)[0])  # fmt: skip
+    positives = {pipe.control.select(c, m).positive.emb1.sum().item() for c, m in zip(batch["camera"][:6], batch["motion"][:6])}
+    assert len(positives) > 1, "the labels must select different embeddings for the test to mean anything"
+
+
 def test_dropped_conditioning_is_the_negative_branch(fixture_dir, tmp_path):
     job = build_run(train_config(fixture_dir, tmp_path / "run", "uncond_prob=1"))
     module, clips = job.module, job.data.dataset

@@ -26,12 +26,14 @@ class FrameConditioning:
     """Pixel-space conditioning.
 
     video (1, 3, F, H, W) in [0, 1]; mask (1, 1, F, H, W) with 0 = keep, 255 = generate;
-    clip_image (H, W, 3) float 0..255: the resized start image.
+    clip_image (H, W, 3) float 0..255: the resized start image; clip_pixels (B, 3, S, S), optional:
+    the image encoder's own preprocessing of it, made ahead (training's DataLoader workers do this).
     """
 
     video: torch.Tensor
     mask: torch.Tensor
     clip_image: np.ndarray
+    clip_pixels: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,10 @@ class StartEndFrames:
         masked_video = torch.where(mask_video > 0.5, torch.full_like(video, -1.0), video)
         mask_latents = vae.encode(mask_video)[0] * vae.scaling_factor
         video_latents = vae.encode(masked_video)[0] * vae.scaling_factor
-        pixel_values = image_encoder.preprocess(frames.clip_image.astype(np.uint8)).to(device, dtype)
+        pixel_values = frames.clip_pixels
+        if pixel_values is None:
+            pixel_values = image_encoder.preprocess(frames.clip_image.astype(np.uint8))
+        pixel_values = pixel_values.to(device, dtype)
         return ImageLatents(
             inpaint_latents=torch.cat([mask_latents, video_latents], dim=1),
             clip_features=image_encoder(pixel_values),

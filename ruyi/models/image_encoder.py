@@ -24,6 +24,18 @@ from ruyi.registry import IMAGE_ENCODERS
 POSITION_IDS = "vision_model.embeddings.position_ids"
 
 
+class PixelValues:
+    """An image encoder's preprocessing alone (resize, centre crop, normalise): ``(H, W, 3)`` or
+    ``(B, H, W, 3)`` uint8 -> ``pixel_values (B, 3, S, S)``. Holds no weights and pickles, so the
+    training's DataLoader workers run it."""
+
+    def __init__(self, processor: CLIPImageProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"]
+
+
 @IMAGE_ENCODERS.register("clip_vision")
 class CLIPImageEncoder(torch.nn.Module):
     """Start image -> CLIP patch features that the transformer attends to.
@@ -38,6 +50,7 @@ class CLIPImageEncoder(torch.nn.Module):
         super().__init__()
         self.vision = vision
         self.processor = processor
+        self.pixel_values = PixelValues(processor)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> "CLIPImageEncoder":
@@ -65,7 +78,7 @@ class CLIPImageEncoder(torch.nn.Module):
 
     def preprocess(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """An RGB image (H, W, 3) -> ``pixel_values (1, 3, S, S)`` (resize, crop, normalise)."""
-        return self.processor(images=image, return_tensors="pt")["pixel_values"]
+        return self.pixel_values(image)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # dtype only: under an offload hook the weights' device is not where the model runs

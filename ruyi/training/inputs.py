@@ -30,6 +30,8 @@ from ruyi.conditioning.image import FrameConditioning
 from ruyi.models.transformer import rotary_embedding
 from ruyi.pipeline import ORIGINAL_SIZE, ROTARY_BASE
 
+EMBEDDING_FIELDS = ("emb1", "mask1", "emb2", "mask2")
+
 
 @dataclass
 class EncodedClip:
@@ -83,11 +85,14 @@ class ConditionedClips(Dataset):
     Adds "cond_video" uint8 (3, F, H, W) and "cond_mask" uint8 (1, F, H, W): exactly
     ``FrameConditioning.video * 255`` and ``.mask`` (both hold whole numbers, so uint8 carries them
     losslessly at a quarter of the size), "clip_image" uint8 (H, W, 3) and "with_end" (bool): whether
-    the last frame is a conditioning frame too (probability ``end_frame_prob``).
+    the last frame is a conditioning frame too (probability ``end_frame_prob``). With ``pixel_values``
+    (the image encoder's ``PixelValues``) also "clip_pixels" float (3, S, S): its preprocessing of
+    the clip image, done here rather than once per batch in the training process.
     """
 
-    def __init__(self, dataset: Dataset, conditioning, *, end_frame_prob: float = 0.0) -> None:
+    def __init__(self, dataset: Dataset, conditioning, *, end_frame_prob: float = 0.0, pixel_values=None) -> None:
         self.dataset, self.conditioning, self.end_frame_prob = dataset, conditioning, float(end_frame_prob)
+        self.pixel_values = pixel_values
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -103,6 +108,8 @@ class ConditionedClips(Dataset):
         item["cond_video"] = whole_numbers(layout.video[0], 255.0)
         item["cond_mask"] = whole_numbers(layout.mask[0], 1.0)
         item["clip_image"] = torch.from_numpy(layout.clip_image.astype(np.uint8))
+        if self.pixel_values is not None:
+            item["clip_pixels"] = self.pixel_values(layout.clip_image.astype(np.uint8))[0]
         item["with_end"] = with_end
         return item
 
@@ -114,16 +121,28 @@ class BatchEncoder:
         self.pipe = pipe
         self.uncond_prob = float(uncond_prob)
         self.cache = cache
+        self._branches: dict[tuple, object] = {}
+
+    def _branch(self, camera: str, motion, dropped: bool):
+        """The checkpoint's (frozen) control embeddings of one label: positive, or the negative
+        branch when the conditioning is dropped; looked up once per label."""
+        key = (camera, motion, dropped)
+        if key not in self._branches:
+            control = self.pipe.control.select(camera, motion)
+            self._branches[key] = control.negative if dropped else control.positive
+        return self._branches[key]
 
     @torch.no_grad()
     def encode_rows(self, batch: dict, rows: list[int]) -> EncodedClip:
         """The frozen encoders on ``rows`` of the batch, in one call each, on ``pipe.execution_device``."""
         pipe = self.pipe
         device, dtype = pipe.execution_device, pipe.dtype
+        pixels = batch.get("clip_pixels")
         layout = FrameConditioning(
             video=batch["cond_video"][rows].to(device).float() / 255.0,
             mask=batch["cond_mask"][rows].to(device).float(),
             clip_image=batch["clip_image"][rows].cpu().numpy().astype(np.float32),  # Lightning moved the batch
+            clip_pixels=None if pixels is None else pixels[rows],
         )
         image = pipe.image_conditioning.encode(
             layout, vae=pipe.vae, image_encoder=pipe.image_encoder, device=device, dtype=dtype
@@ -158,13 +177,12 @@ class BatchEncoder:
         n = encoded.x0.shape[0]
         uncond = torch.rand(n) < self.uncond_prob
         clip_on = (timesteps.cpu() < pipe.image_conditioning.clip_apply_ratio * num_train_timesteps) & ~uncond
-        fields: dict[str, list[torch.Tensor]] = {"emb1": [], "mask1": [], "emb2": [], "mask2": []}
-        for i in range(n):
-            control = pipe.control.select(batch["camera"][i], batch["motion"][i])
-            branch = control.negative if uncond[i] else control.positive
-            for name in fields:
-                fields[name].append(getattr(branch, name))
-        emb = {k: torch.cat(v).to(device) for k, v in fields.items()}
+        # each distinct (camera, motion, dropped) once, then gathered per row
+        labels = [(batch["camera"][i], batch["motion"][i], bool(uncond[i])) for i in range(n)]
+        distinct = list(dict.fromkeys(labels))
+        rows = torch.tensor([distinct.index(label) for label in labels], device=device)
+        branches = [self._branch(*label) for label in distinct]
+        emb = {f: torch.cat([getattr(b, f) for b in branches]).to(device).index_select(0, rows) for f in EMBEDDING_FIELDS}
         on = clip_on.to(device, dtype)
         # off: zeros with mask 0, which the transformer replaces by its learned padding (as inference)
         clip = encoded.clip.to(device, dtype) * on[:, None, None]

@@ -131,7 +131,10 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
     )  # fmt: skip
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters; data %s (%d clips)", finetune, trainable, type(dataset).__name__, len(dataset))
-    clips = ConditionedClips(dataset, pipe.image_conditioning, end_frame_prob=cfg.end_frame_prob)
+    clips = ConditionedClips(
+        dataset, pipe.image_conditioning, end_frame_prob=cfg.end_frame_prob,
+        pixel_values=getattr(pipe.image_encoder, "pixel_values", None),
+    )  # fmt: skip
     data = ClipDataModule(dataset=clips, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
     return TrainingRun(
         module=module, data=data, trainer=build_trainer(trainer_options, output_dir=output_dir), finetune=finetune,

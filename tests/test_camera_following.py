@@ -141,3 +141,25 @@ def test_the_goal_is_judged_on_images_whose_true_pans_the_measure_reads():
     assert (up["n"], up["right_%"]) == (5, 60.0)
     assert (up["n_measurable"], up["right_measurable_%"]) == (2, 50.0)
     assert "| model | up | 50 % (2) | 60 % (5) |" in cf.markdown([up])
+
+
+def test_the_shipped_default_pans_the_default_picture_as_asked():
+    """The embedded ruyi_tiny_pans on the main job's own sky picture (seed 0, the preset's 8 frames
+    of 64x64, 10 steps, cfg 4): camera=left moves the content right, up moves it down (film
+    convention), and static moves it far less than any pan."""
+    pipe, _ = cf.build(REPO / "ruyi" / "assets" / "ruyi-tiny-pans", "cpu", [])
+    travel = 7 * 8
+    name, canvas = cf.held_out_canvases(0, 64, 64, travel)[0]
+    assert name == "default sky"
+    image = cf.start_image(canvas, 64, 64)
+    moved = {}
+    for camera in ("static", "left", "right", "up", "down"):
+        video = pipe(image, frames=8, video_size=[64, 64], steps=10, cfg=4.0, seed=0, camera=camera, motion="2", progress=False)
+        moved[camera] = cf.content_motion(cf.to_frames(video))
+    expected = {"left": (1, 0), "right": (-1, 0), "up": (0, 1), "down": (0, -1)}  # (dx, dy) signs, written out
+    for camera, (sx, sy) in expected.items():
+        dx, dy = moved[camera]
+        along, across = (dx * sx, abs(dy)) if sx else (dy * sy, abs(dx))
+        assert along > 2 * across and along > 5, f"camera={camera} moved the content by {moved[camera]}"
+    static = float(np.hypot(*moved["static"]))
+    assert static < 0.25 * min(float(np.hypot(*moved[c])) for c in expected), moved

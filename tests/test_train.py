@@ -152,13 +152,13 @@ def test_mixed_labels_get_their_own_branch_row_by_row(fixture_dir, tmp_path):
     kwargs = encoder.transformer_kwargs(encoder.encode(batch), batch, torch.full((12,), 10), 1000)
     dropped = kwargs["clip_attention_mask"][:, 0] == 0  # t = 10 < clip_apply_ratio * 1000: CLIP on unless dropped
     assert 0 < int(dropped.sum()) < 12, "both branches must occur for the test to mean anything"
+    argument = {"emb1": "encoder_hidden_states", "mask1": "text_embedding_mask",
+                "emb2": "encoder_hidden_states_t5", "mask2": "text_embedding_mask_t5"}  # fmt: skip
     for row in range(12):
         control = pipe.control.select(batch["camera"][row], batch["motion"][row])
         wanted = control.negative if dropped[row] else control.positive
-        for field in ("emb1", "mask1", "emb2", "mask2"):
-            assert torch.equal(kwargs[{"emb1": "encoder_hidden_states", "mask1": "text_embedding_mask",
-                                       "emb2": "encoder_hidden_states_t5", "mask2": "text_embedding_mask_t5"}[field]][row],
-                               getattr(wanted, field)[0])  # fmt: skip
+        for field, name in argument.items():
+            assert torch.equal(kwargs[name][row], getattr(wanted, field)[0]), (row, field)
     positives = {pipe.control.select(c, m).positive.emb1.sum().item() for c, m in zip(batch["camera"][:6], batch["motion"][:6])}
     assert len(positives) > 1, "the labels must select different embeddings for the test to mean anything"
 

@@ -219,14 +219,14 @@ def held_out_canvases(count: int, height: int, width: int, travel: int, *, seed:
     hills (drawn that large), then ``count`` textures of the ``heldout`` split, kinds in turn
     (``seed``: another set, e.g. to choose sampling settings on images the report does not use)."""
     from ruyi.io import procedural_image
-    from ruyi.training.data.procedural import KINDS, SPLITS, textured_canvas
+    from ruyi.training.data.procedural import KINDS, SPLITS, as_uint8, textured_canvas
 
     big_h, big_w = height + 2 * travel, width + 2 * travel
     canvases = [("default sky", np.asarray(procedural_image(big_w, big_h)))]
     for i in range(count):
         rng = np.random.default_rng([seed, SPLITS["heldout"], i])
         canvas = textured_canvas(rng, big_h, big_w, KINDS[i % len(KINDS)])
-        canvases.append((f"heldout {i}", (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)))
+        canvases.append((f"heldout {i}", as_uint8(canvas)))
     return canvases
 
 

@@ -107,9 +107,10 @@ class ConditionedClips(Dataset):
         )
         item["cond_video"] = whole_numbers(layout.video[0], 255.0)
         item["cond_mask"] = whole_numbers(layout.mask[0], 1.0)
-        item["clip_image"] = torch.from_numpy(layout.clip_image.astype(np.uint8))
+        clip_image = layout.clip_image.astype(np.uint8)
+        item["clip_image"] = torch.from_numpy(clip_image)
         if self.pixel_values is not None:
-            item["clip_pixels"] = self.pixel_values(layout.clip_image.astype(np.uint8))[0]
+            item["clip_pixels"] = self.pixel_values(clip_image)[0]
         item["with_end"] = with_end
         return item
 

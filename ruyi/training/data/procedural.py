@@ -91,6 +91,11 @@ def stripes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return a * mix + b * (1 - mix)
 
 
+def as_uint8(picture: np.ndarray) -> np.ndarray:
+    """A picture in [0, 1] (values outside are clipped) -> uint8; uint8 passes through."""
+    return picture if picture.dtype == np.uint8 else (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
+
+
 def textured_canvas(rng: np.random.Generator, height: int, width: int, kind: str) -> np.ndarray:
     """A procedural picture (H, W, 3) float in [0, 1] of one of ``KINDS``."""
     if kind == "noise":
@@ -115,7 +120,7 @@ def pan_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direct
     # the window moves against the content: content right (dx = 1) means the window slides left
     x0 = travel if dx > 0 else 0
     y0 = travel if dy > 0 else 0
-    pixels = canvas if canvas.dtype == np.uint8 else (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+    pixels = as_uint8(canvas)
     out = np.empty((frames, height, width, 3), np.uint8)
     for f in range(frames):
         x, y = x0 - dx * f * speed, y0 - dy * f * speed
@@ -145,7 +150,7 @@ class TextureBank:
             for j in range(self.count):
                 rng = np.random.default_rng([self.seed, self.split, BANK_STREAM, j])
                 canvas = textured_canvas(rng, self.height, self.width, self.kinds[j % len(self.kinds)])
-                self._textures[j] = (np.clip(canvas, 0, 1) * 255).round().astype(np.uint8)
+                self._textures[j] = as_uint8(canvas)
         return self._textures[k]
 
     def __getstate__(self) -> dict:
@@ -232,8 +237,3 @@ class ProceduralPans(Dataset):
         canvas = self.canvas(rng, direction, speed)
         clip = pan_clip(canvas, frames=self.frames, height=self.height, width=self.width, direction=direction, speed=speed)
         return {"video": torch.from_numpy(clip).permute(3, 0, 1, 2), "camera": camera, "motion": motion, "key": None}
-
-    def start_image(self, index: int) -> Image.Image:
-        """A held-out style still: the first frame the sample ``index`` would start from."""
-        video = self[index]["video"]
-        return Image.fromarray(video[:, 0].permute(1, 2, 0).numpy())

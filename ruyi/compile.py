@@ -191,6 +191,7 @@ class CompileAuto(RegionalCompile):
         # hints, not checked here: the request's own checks name a bad frames/steps/video_size
         self.frames, self.base_resolution = frames, base_resolution
         self.video_size, self.steps = video_size, steps
+        self.patch_size = 2  # the real model's; resolve() reads the preset's when it names one
         self.enabled, self.reason = False, "not decided (the plan was not validated)"
 
     def __repr__(self) -> str:
@@ -202,8 +203,8 @@ class CompileAuto(RegionalCompile):
 
     @property
     def tokens(self) -> int | None:
-        """Transformer tokens of one video (8x spatial VAE, 2x2 patches, 4 frames a latent frame);
-        None when the hints are not a valid shape."""
+        """Transformer tokens of one video (8x spatial VAE, ``patch_size`` squared patches, 4 frames a
+        latent frame); None when the hints are not a valid shape."""
         try:
             frames = int(self.frames)
             height, width = (
@@ -214,7 +215,8 @@ class CompileAuto(RegionalCompile):
         except (TypeError, ValueError):
             return None
         latent_frames = 1 if frames == 1 else frames // 4
-        return latent_frames * math.ceil(height / 16) * math.ceil(width / 16)
+        cell = 8 * self.patch_size
+        return latent_frames * math.ceil(height / cell) * math.ceil(width / cell)
 
     def decide(self, plan: Any) -> tuple[bool, str]:
         if plan.device.type != "cuda":
@@ -238,6 +240,8 @@ class CompileAuto(RegionalCompile):
         )
 
     def resolve(self, plan: Any) -> Any:
+        arch = (plan.spec.model.arch or {}).get("transformer_arch") or {}
+        self.patch_size = int(arch.get("patch_size", self.patch_size))
         self.enabled, self.reason = self.decide(plan)
         log.info("compile=auto: %s (%s)", "regional" if self.enabled else "eager", self.reason)
         return plan

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -180,6 +181,18 @@ def test_auto_compiles_on_cuda_where_the_saving_beats_the_warm_up(monkeypatch, f
     assert strategy.tokens == frames // 4 * (side // 16) ** 2
     assert strategy.enabled is compiled and plan.has("compiles") is compiled
     assert ("saves ~" if compiled else "would save only ~") in strategy.reason
+
+
+def test_auto_counts_tokens_with_the_presets_patch_size(monkeypatch):
+    """The shipped tiny default has patch size 1: 8 x 8 tokens per latent frame at 64 x 64, not 4 x 4."""
+    from ruyi.components import ModelSource
+
+    plan, strategy = _auto(monkeypatch, frames=8, side=64)
+    assert strategy.tokens == 2 * 4 * 4  # this plan's preset: the real model's 2 x 2 patches
+    arch = {**(plan.spec.model.arch or {}), "transformer_arch": {"patch_size": 1}}
+    spec = dataclasses.replace(plan.spec, model=ModelSource(path=None, arch=arch))
+    strategy.resolve(dataclasses.replace(plan, spec=spec))
+    assert strategy.patch_size == 1 and strategy.tokens == 2 * 8 * 8 and not strategy.enabled
 
 
 def test_auto_compiles_for_fp8_compute_even_when_small(monkeypatch):

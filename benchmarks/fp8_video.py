@@ -28,16 +28,12 @@ sys.path.insert(0, str(REPO))
 import torch
 from hydra import compose, initialize_config_dir
 
+from benchmarks.speed_setup import rel_l2
 from ruyi.assembly import PipelineSpec, build
 from ruyi.io import procedural_image
 from ruyi.offload.fp8_compute import FP8Compute
 
 DEFAULTS = ["compile=regional", "attention=fa3", "attention.pad_head_dim=96", "steps=25"]
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def generate(pipe, cfg) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -9,7 +9,7 @@ consecutive frames is measured by half-whitened phase correlation (grey frames, 
 Hann window, cross-power spectrum over the square root of its magnitude, sub-pixel peak; the table
 also gives classic phase correlation, which the codec's static 8 px block grid fools on small
 generated frames: see ``phase_shift``); their sum is the
-content's motion. The direction is right when the dominant axis and its sign match the film
+content's motion (``ruyi.eval.motion``, the camera metric of ``ruyi eval``). The direction is right when the dominant axis and its sign match the film
 convention (camera=left -> content moves right, camera=up -> content moves down).
 
 Each held-out image is the centre of a larger canvas, so its true pans exist: the ``reference``
@@ -37,63 +37,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ruyi.eval.motion import CONTENT, WHITENING, content_motion, phase_shift  # noqa: E402,F401  (the measurement)
+from ruyi.eval.motion import follows as is_right  # noqa: E402
 
 DIRECTIONS = ("static", "left", "right", "up", "down")
 HELD_OUT_SEED = 7  # the held-out canvases' stream: (seed, split "heldout", index), never a training texture
-WHITENING = 0.5  # see phase_shift
-CONTENT = {"left": (1, 0), "right": (-1, 0), "up": (0, 1), "down": (0, -1)}  # expected (dx, dy) sign
-
-
-# -- measurement --------------------------------------------------------------------------------
-def _grey(frame: np.ndarray, blur: float) -> np.ndarray:
-    image = Image.fromarray(frame).convert("L")
-    if blur:
-        image = image.filter(ImageFilter.GaussianBlur(blur))
-    return np.asarray(image, np.float64)
-
-
-def phase_shift(a: np.ndarray, b: np.ndarray, *, whitening: float = WHITENING) -> tuple[float, float]:
-    """(dx, dy) such that b(x, y) ~ a(x - dx, y - dy): how far the content moved from a to b.
-
-    The peak of the windowed cross-power spectrum divided by its magnitude ** ``whitening``: 1 is
-    classic phase correlation, 0 plain cross-correlation. Full whitening weighs every frequency
-    alike, so on small frames the codec's static 8 px block grid in a generated video pins the
-    peak; none lets the window drag the peak toward zero. Measured at 64x64 x 8 frames (35 videos of
-    the trained tiny model, 32 true pans through the codec): whitening 1 judged 15/35 and 28/32
-    right, 0 judged 31/35 and 28/32, 0.5 judged 32/35 and 32/32 (but reads ~30 % short of the true
-    travel, so the px/frame columns are low)."""
-    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
-    fa, fb = np.fft.fft2((a - a.mean()) * window), np.fft.fft2((b - b.mean()) * window)
-    cross = fb * np.conj(fa)
-    if whitening:
-        cross = cross / np.maximum(np.abs(cross), 1e-12) ** whitening
-    surface = np.fft.ifft2(cross).real
-    py, px = np.unravel_index(int(np.argmax(surface)), surface.shape)
-
-    def refine(c_minus: float, c: float, c_plus: float) -> float:
-        denom = c_minus - 2 * c + c_plus
-        return 0.0 if abs(denom) < 1e-12 else 0.5 * (c_minus - c_plus) / denom
-
-    h, w = surface.shape
-    dy = py + refine(surface[(py - 1) % h, px], surface[py, px], surface[(py + 1) % h, px])
-    dx = px + refine(surface[py, (px - 1) % w], surface[py, px], surface[py, (px + 1) % w])
-    return (dx - w if dx > w / 2 else dx), (dy - h if dy > h / 2 else dy)
-
-
-def content_motion(frames: np.ndarray, blur: float = 3.0, *, whitening: float = WHITENING) -> tuple[float, float]:
-    """frames uint8 (F, H, W, 3) -> total (dx, dy) of the content over the clip, in pixels."""
-    grey = [_grey(f, blur) for f in frames]
-    steps = [phase_shift(a, b, whitening=whitening) for a, b in zip(grey, grey[1:])]
-    return float(sum(s[0] for s in steps)), float(sum(s[1] for s in steps))
-
-
-def is_right(direction: str, motion: tuple[float, float]) -> bool:
-    dx, dy = motion
-    want_x, want_y = CONTENT[direction]
-    if want_x:
-        return abs(dx) > abs(dy) and np.sign(dx) == want_x
-    return abs(dy) > abs(dx) and np.sign(dy) == want_y
 
 
 def summarise(rows: list[dict], frames: int) -> list[dict]:

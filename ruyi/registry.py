@@ -33,6 +33,7 @@ BUILTIN_MODULES = [
     "ruyi.compile",
     "ruyi.parallel",
     "ruyi.memory",
+    "ruyi.eval",
     # training components (torch only at import; lightning and peft load when training starts)
     "ruyi.training.finetune",
     "ruyi.training.data",
@@ -122,11 +123,12 @@ PARALLELS: Registry[type] = Registry("parallel")
 MEMORIES: Registry[type] = Registry("memory")
 FINETUNES: Registry[type] = Registry("finetune")
 DATASETS: Registry[type] = Registry("data")
+METRICS: Registry[type] = Registry("metric")
 
 ALL_REGISTRIES: dict[str, Registry[type]] = {
     r.kind: r
     for r in (
         TRANSFORMERS, VAES, IMAGE_ENCODERS, SAMPLERS, CONDITIONINGS, OFFLOADS, PRECISIONS, PLUGINS, ATTENTIONS,
-        COMPILES, PARALLELS, MEMORIES, FINETUNES, DATASETS,
+        COMPILES, PARALLELS, MEMORIES, FINETUNES, DATASETS, METRICS,
     )
 }  # fmt: skip

@@ -16,8 +16,9 @@ PLUGIN_CONFIGS = Path(__file__).resolve().parent / "dummy_plugin" / "configs"
 KIND_DIRS = {kind: CONFIGS / kind for kind in ALL_REGISTRIES}
 TRAIN_GROUPS = ("finetune", "data")  # registry kinds that only configs/train.yaml selects
 # plugins are not one group: configs/plugin/<name>.yaml holds each one's defaults and the groups
-# teacache/ and enhance_a_video/ (null by default) select them; lora is a plain list key
-GROUP_DIRS = {kind: d for kind, d in KIND_DIRS.items() if kind != "plugin"} | {
+# teacache/ and enhance_a_video/ (null by default) select them; lora is a plain list key. Metrics
+# are chosen as a list of names too (ruyi eval --metrics), each with its configs/metric/<name>.yaml
+GROUP_DIRS = {kind: d for kind, d in KIND_DIRS.items() if kind not in ("plugin", "metric")} | {
     group: CONFIGS / group for group in ("teacache", "enhance_a_video")
 }
 

@@ -19,6 +19,10 @@ from ruyi.errors import CheckpointError, ConfigError
 from ruyi.registry import CONDITIONINGS
 
 FIELDS = ("emb1", "mask1", "emb2", "mask2")
+# the control vocabulary of Ruyi-Mini-7B's embeddings table (film convention: camera=left means the
+# camera moves left, so the picture's content moves right)
+CAMERAS = ("static", "left", "right", "up", "down", "auto")
+MOTIONS = ("1", "2", "3", "4", "auto")
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,8 @@ class CameraMotionControl:
         *,
         file: str = "embeddings.safetensors",
         aspect: str = "16x9",
-        cameras: Sequence[str] = ("static", "left", "right", "up", "down", "auto"),
-        motions: Sequence[str] = ("1", "2", "3", "4", "auto"),
+        cameras: Sequence[str] = CAMERAS,
+        motions: Sequence[str] = MOTIONS,
     ) -> None:
         self.file = file
         self.aspect = aspect

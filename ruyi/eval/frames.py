@@ -1,0 +1,143 @@
+"""Videos as the metrics see them: uint8 frames ``(F, H, W, 3)``, read from anything a user has.
+
+An mp4 (or any container ffmpeg reads), a folder of numbered images, a pipeline's float video
+``(1, 3, F, H, W)`` in [0, 1] or an array of frames all become the same thing, so ``ruyi eval``
+judges videos that ruyi did not make too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ruyi.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def read_video(path: str | Path, *, name: str = "video") -> np.ndarray:
+    """A video file or a folder of frame images -> uint8 ``(F, H, W, 3)``; unreadable input is an
+    :class:`InputError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{name} {path} does not exist; give an mp4 or a folder of frame images")
+    frames = _read_folder(path, name) if path.is_dir() else _read_file(path, name)
+    if len(frames) == 0:
+        raise InputError(f"{name} {path} holds no frames; give an mp4 or a folder of frame images")
+    return frames
+
+
+def _read_file(path: Path, name: str) -> np.ndarray:
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        width, height = meta["size"]
+        frames = [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
+    except (OSError, RuntimeError, StopIteration, ValueError) as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(f"{name} {path} is not a readable video ({reason}); give an mp4 or a folder of frames") from None
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _read_folder(path: Path, name: str) -> np.ndarray:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except OSError as err:
+            raise InputError(f"{name} frame {file} is not a readable image ({err})") from None
+    sizes = {f.shape for f in frames}
+    if len(sizes) > 1:
+        raise InputError(f"{name} {path} mixes frame sizes {sorted(sizes)}; all frames must be one size")
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def as_frames(video, *, name: str = "video") -> np.ndarray:
+    """A path, a pipeline video ``(1, 3, F, H, W)`` / ``(3, F, H, W)`` float in [0, 1], or frames
+    ``(F, H, W, 3)`` (uint8, or float in [0, 1]) -> uint8 ``(F, H, W, 3)``."""
+    if isinstance(video, (str, Path)):
+        return read_video(video, name=name)
+    if isinstance(video, torch.Tensor):
+        if video.ndim == 5:
+            if video.shape[0] != 1:
+                raise InputError(f"{name} has a batch of {video.shape[0]}; evaluate one video at a time")
+            video = video[0]
+        if video.ndim != 4 or video.shape[0] != 3:
+            raise InputError(f"{name} tensor has shape {tuple(video.shape)}; expected (1, 3, F, H, W)")
+        video = video.permute(1, 2, 3, 0).float().cpu().numpy()
+    array = np.asarray(video)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise InputError(f"{name} has shape {array.shape}; expected frames (F, H, W, 3)")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise InputError(f"{name} holds NaN or inf values")
+        return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise InputError(f"{name} has dtype {array.dtype}; use uint8, or float in [0, 1]")
+
+
+def as_image(image, *, size: tuple[int, int], name: str) -> np.ndarray:
+    """A start/end image resized as the pipeline resizes it (PIL bicubic to the video's
+    ``(width, height)``; the aspect bucket is already the video's size) -> uint8 ``(H, W, 3)``."""
+    from ruyi.conditioning.image import load_image
+
+    return np.asarray(load_image(image, name=name).resize(size, Image.Resampling.BICUBIC))
+
+
+@dataclass
+class EvalSample:
+    """One video and what it is judged against; per-pair motion is measured once and shared."""
+
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    reference: np.ndarray | None = None  # uint8, same shape
+    start_image: np.ndarray | None = None  # uint8 (H, W, 3), already at the video's size
+    end_image: np.ndarray | None = None
+    camera: str | None = None  # the camera that was asked for
+    motion: str | None = None
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def pair_shifts(self) -> np.ndarray:
+        """(F-1, 2): the content's (dx, dy) from each frame to the next, in pixels."""
+        from ruyi.eval.motion import pair_shifts
+
+        return pair_shifts(self.frames)
+
+
+def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None) -> EvalSample:
+    """Read and check everything one evaluation needs (one line per bad input)."""
+    frames = as_frames(video, name="video")
+    ref = None
+    if reference is not None:
+        ref = as_frames(reference, name="reference")
+        if ref.shape != frames.shape:
+            raise InputError(
+                f"reference has {ref.shape[0]} frames of {ref.shape[2]}x{ref.shape[1]}, the video "
+                f"{frames.shape[0]} of {frames.shape[2]}x{frames.shape[1]}; compare videos of the same request"
+            )
+    size = (frames.shape[2], frames.shape[1])
+    start = None if image is None else as_image(image, size=size, name="image")
+    end = None if end_image is None else as_image(end_image, size=size, name="end_image")
+    if camera is not None:
+        from ruyi.conditioning.control import CAMERAS
+
+        if str(camera) not in CAMERAS:
+            raise InputError(f"camera={camera!r} is not one of {', '.join(CAMERAS)}")
+        camera = str(camera)
+    if motion is not None:
+        from ruyi.conditioning.control import MOTIONS
+
+        if str(motion) not in MOTIONS:
+            raise InputError(f"motion={motion!r} is not one of {', '.join(MOTIONS)}")
+        motion = str(motion)
+    return EvalSample(frames, ref, start, end, camera, motion)

@@ -31,46 +31,22 @@ import torch
 import yaml
 
 from ruyi.models.loading import load_model, random_model
-from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
+from ruyi.models.transformer import RuyiTransformer3D
+from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, dummy_inputs
 
 GIB = 1024**3
-CLIP_TOKENS = 256  # CLIP ViT-L/14 at 224 px: a 16 x 16 patch grid
 
 
 def make_inputs(
     model: RuyiTransformer3D, *, batch: int, frames: int, size: int, device, dtype
-) -> dict[str, Any]:
+) -> TransformerInputs:
     """Random forward inputs for ``frames`` video frames of ``size`` x ``size`` pixels."""
-    cfg = model.config
-    latent_frames, side = (1 if frames == 1 else frames // 4), size // 8
-    gen = torch.Generator(device).manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
-
-    ones = {"device": device, "dtype": torch.long}
-    return {
-        "hidden_states": randn(batch, 16, latent_frames, side, side),
-        "timestep": torch.full((batch,), 999.0, device=device, dtype=dtype),
-        "encoder_hidden_states": randn(batch, cfg.text_len, cfg.cross_attention_dim),
-        "text_embedding_mask": torch.ones(batch, cfg.text_len, **ones),
-        "encoder_hidden_states_t5": randn(batch, cfg.text_len_t5, cfg.cross_attention_dim_t5),
-        "text_embedding_mask_t5": torch.ones(batch, cfg.text_len_t5, **ones),
-        "image_meta_size": torch.tensor([[size, size, size, size, 0, 0]] * batch, device=device, dtype=dtype),
-        "style": torch.zeros(batch, **ones),
-        "image_rotary_emb": tuple(
-            t.to(device, dtype)
-            for t in rotary_embedding(side, side, head_dim=model.head_dim, patch_size=model.patch_size)
-        ),
-        "inpaint_latents": randn(batch, cfg.in_channels - 16, latent_frames, side, side),
-        "clip_encoder_hidden_states": randn(batch, CLIP_TOKENS, cfg.projection_dim),
-        "clip_attention_mask": torch.ones(batch, cfg.n_query, **ones),
-    }
+    grid = LatentGrid.of_video(frames, size, size, patch_size=model.patch_size)
+    return dummy_inputs(dict(model.config), grid, batch=batch, device=device, dtype=dtype, timestep=999.0)
 
 
-def forward(model: RuyiTransformer3D, inputs: dict[str, Any]) -> torch.Tensor:
-    kwargs = dict(inputs)
-    return model(kwargs.pop("hidden_states"), kwargs.pop("timestep"), **kwargs)
+def forward(model: RuyiTransformer3D, inputs: TransformerInputs) -> torch.Tensor:
+    return inputs(model)
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float | None]:
@@ -95,7 +71,7 @@ def weight_gib(model: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
 
 
-def train_step(model: RuyiTransformer3D, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+def train_step(model: RuyiTransformer3D, inputs: TransformerInputs) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     forward(model, inputs).float().square().mean().backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

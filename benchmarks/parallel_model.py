@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ruyi, installed or not
 
+from ruyi.models.transformer.inputs import LatentGrid  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "model" / "ruyi_mini_7b.yaml"
 GIB = 2**30
@@ -123,8 +125,8 @@ class Measured:
 
 
 def tokens(resolution: int, frames: int) -> int:
-    """Transformer tokens of one video: latent frames (4x temporal) x patches (16 px each way)."""
-    return max(1, frames // 4) * (resolution // 16) ** 2
+    """Transformer tokens of one 7B video (its VAE and 2x2 patches)."""
+    return max(1, LatentGrid.of_video(frames, resolution, resolution).tokens)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Transformer and VAE speed at Ruyi-Mini-7B's real shape with random weights (issue 11).
+"""Transformer and VAE speed at Ruyi-Mini-7B's real shape with random weights (benchmarks/RESULTS.md).
 
     python -m benchmarks.speed [--shapes 512x24,768x120] [--options eager,fa3+pad96,compile+fa3+pad96]
         [--repeat 2] [--vae untiled,tiled512] [--vae-options eager,compile,channels_last]

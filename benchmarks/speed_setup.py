@@ -7,7 +7,6 @@ Also used by the tests (tests/tiny_models.py), so every piece runs on the CPU at
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,26 +16,17 @@ import torch
 import yaml
 
 from ruyi.models.loading import random_model
-from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
+from ruyi.models.transformer import RuyiTransformer3D
+from ruyi.models.transformer.inputs import LatentGrid, dummy_inputs
+from ruyi.models.transformer.inputs import full_config as full_arch
 from ruyi.models.vae import MagvitVAE3D
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ORIGINAL_SIZE = (1024, 1024)  # the pipeline's add-time-ids "original size"
-ROTARY_BASE = 512  # the pipeline's rotary grid base, in pixels
-VAE_SPATIAL, VAE_TEMPORAL = 8, 4
-CLIP_TOKENS = 256  # CLIP ViT-L/14 at 224 px: 16 x 16 patches
 
 
 def load_preset(name: str) -> dict[str, Any]:
     """``configs/model/<name>.yaml`` as a dict (``transformer_arch``, ``vae_arch``, ...)."""
     return yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
-
-
-def full_arch(cls: type, arch: dict[str, Any]) -> dict[str, Any]:
-    """``arch`` over ``cls``'s constructor defaults, restricted to what the constructor takes."""
-    params = inspect.signature(cls.__init__).parameters
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return {**defaults, **{k: v for k, v in arch.items() if k in params and k != "self"}}
 
 
 def random_transformer(
@@ -63,33 +53,8 @@ def forward_inputs(
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, Any]]:
     """``(args, kwargs)`` of one transformer forward as the pipeline makes it (CFG batch 2 by default)."""
     a = full_arch(RuyiTransformer3D, arch)
-    g = torch.Generator().manual_seed(seed)
-    latent = a["out_channels"] // 2 if a["learn_sigma"] else a["out_channels"]
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device, dtype)
-
-    grid = (latent_frames, latent_height, latent_width)
-    p = a["patch_size"]
-    cos, sin = rotary_embedding(
-        latent_height, latent_width, head_dim=a["attention_head_dim"], patch_size=p,
-        base_size=ROTARY_BASE // VAE_SPATIAL // p,
-    )  # fmt: skip
-    meta = torch.tensor([[*ORIGINAL_SIZE, latent_height * VAE_SPATIAL, latent_width * VAE_SPATIAL, 0, 0]])
-    kwargs = dict(
-        encoder_hidden_states=randn(batch, a["text_len"], a["cross_attention_dim"]),
-        text_embedding_mask=torch.ones(batch, a["text_len"], dtype=torch.long, device=device),
-        encoder_hidden_states_t5=randn(batch, a["text_len_t5"], a["cross_attention_dim_t5"]),
-        text_embedding_mask_t5=torch.ones(batch, a["text_len_t5"], dtype=torch.long, device=device),
-        image_meta_size=meta.repeat(batch, 1).to(device, dtype),
-        style=torch.zeros(batch, dtype=torch.long, device=device),
-        image_rotary_emb=(cos.to(device), sin.to(device)),
-        inpaint_latents=randn(batch, a["in_channels"] - latent, *grid),
-        clip_encoder_hidden_states=randn(batch, CLIP_TOKENS, a["projection_dim"]),
-        clip_attention_mask=torch.ones(batch, a["n_query"], device=device, dtype=dtype),
-    )
-    timestep = torch.full((batch,), 500.0, device=device, dtype=dtype)
-    return (randn(batch, latent, *grid), timestep), kwargs
+    grid = LatentGrid(latent_frames, latent_height, latent_width, patch_size=a["patch_size"])
+    return dummy_inputs(a, grid, batch=batch, dtype=dtype, device=device, seed=seed).as_call()
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -99,12 +64,8 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def latent_grid(side: int, frames: int) -> dict[str, int]:
-    latent_frames = 1 if frames == 1 else frames // VAE_TEMPORAL
-    return {
-        "latent_frames": latent_frames,
-        "latent_height": side // VAE_SPATIAL,
-        "latent_width": side // VAE_SPATIAL,
-    }
+    grid = LatentGrid.of_video(frames, side, side)
+    return {"latent_frames": grid.frames, "latent_height": grid.height, "latent_width": grid.width}
 
 
 # -- FLOPs ------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # The order strategies attach in. LoRA merges into the weights as loaded, FP8 storage comes before
 # anything moves the (then smaller) weights, sharding before placement, kernels choices last.
 STAGES = ("plugins", "precision", "parallel", "memory", "skip", "vae", "offload", "attention", "compile")
-EXTRA_KINDS = ("attention", "compile", "parallel", "memory")  # strategy kinds beyond offload/precision
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,17 @@ class PipelineSpec:
             skip_steps=plain(skip_steps), vae_tile_size=plain(vae_tile_size), vae_tile_overlap=plain(vae_tile_overlap),
             device=str(device), dtype=_dtype_name(dtype),
         )  # fmt: skip
+
+    @classmethod
+    def from_preset(cls, name: str, *, download: bool = False, **options: Any) -> PipelineSpec:
+        """A preset of ``configs/model/`` by name: its checkpoint (created or downloaded as its
+        YAML says), its components (``vae: pixel_patch``) and dtype; ``options`` as :meth:`from_names`."""
+        from ruyi.hydra_config import load_preset, model_source, preset_components
+
+        preset = load_preset(name)
+        options.setdefault("dtype", preset.get("dtype", "float32"))
+        spec = cls.from_names(None, **options)
+        return spec.replace(model=model_source(preset, download=download), **preset_components(preset))
 
     def replace(self, **changes: Any) -> PipelineSpec:
         return replace(self, **changes)
@@ -194,7 +204,7 @@ def build(spec: PipelineSpec | Plan, *, weights: str = "checkpoint"):
         raise ConfigError(f"weights={weights!r} must be 'checkpoint' or 'random'")
     pipe = RuyiPipeline(
         **models, sampler=sampler, image_conditioning=plan.image_conditioning, control=plan.control,
-        dtype=plan.dtype, model_path=path,
+        dtype=plan.dtype, model_path=path, defaults=(spec.model.arch or {}).get("run"),
     )  # fmt: skip
     log.info("pipeline: sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s%s",
              sampler, plan.offload, plan.precision, spec.skip_steps, plan.device, plan.dtype,
@@ -231,12 +241,18 @@ def attach(plan: Plan, pipe) -> None:
 
 
 def load_pipeline(path: str | Path | None = None, *, weights: str = "checkpoint", **options: Any):
-    """The Python API: ``ruyi.load_pipeline("models/Ruyi-Mini-7B", offload="group", dtype="bf16", ...)``.
+    """The Python API: ``ruyi.load_pipeline("ruyi_tiny_pans")`` (a preset of ``configs/model/``:
+    its checkpoint, components, dtype and call defaults, as ``scripts/infer.py model=...``) or
+    ``ruyi.load_pipeline("models/Ruyi-Mini-7B", offload="group", dtype="bf16", ...)`` (a folder).
 
     Options as :meth:`PipelineSpec.from_names` (sampler, dtype, offload[_kwargs],
     precision[_kwargs], skip_steps, vae_tile_size, device, plugins, strategies). Bad options raise
     :class:`ruyi.errors.RuyiUserError` subclasses before any weight loads.
     """
+    from ruyi.hydra_config import preset_names
+
+    if isinstance(path, str) and path in preset_names() and not Path(path).exists():
+        return build(PipelineSpec.from_preset(path, **options), weights=weights)
     return build(PipelineSpec.from_names(path, **options), weights=weights)
 
 

@@ -3,7 +3,7 @@
 Regional compilation (diffusers' ``compile_repeated_blocks`` does the same): each block's
 ``__call__`` is compiled in place (``nn.Module.compile``), so parameter names, hooks, LoRA merges
 and offload keep working, and the 40 blocks share the graphs of one code object instead of one
-40-block graph. Issue 11 measured it on an H100: 17.2 -> 14.2 s at 768² x 120 frames, 0.64 ->
+40-block graph. benchmarks/RESULTS.md records it on an H100: 17.2 -> 14.2 s at 768² x 120 frames, 0.64 ->
 0.38 s at 512² x 24. A block traces with zero graph breaks (tests/test_compile.py).
 
 Recompiles, measured with ``benchmarks/compile_shapes.py`` (tiny model, CPU, torch 2.13) over
@@ -35,13 +35,14 @@ import torch
 
 from ruyi.errors import ConfigError
 from ruyi.models.attention import prepare_attention
+from ruyi.models.transformer.inputs import VAE_SPATIAL, LatentGrid
 from ruyi.registry import COMPILES
 
 log = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # modes that record CUDA graphs: the 40 blocks share one compiled graph, so each block's replay
-# reuses the memory of the previous block's outputs while the long skips still need them (issue 11,
+# reuses the memory of the previous block's outputs while the long skips still need them (benchmarks/RESULTS.md,
 # H200: "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
@@ -158,7 +159,7 @@ class RegionalCompile:
         self._compiled = []
 
 
-# Measured on an H200 at the real shape (benchmarks/RESULTS.md, issue 11; CFG batch 2, FlashAttention-3
+# Measured on an H200 at the real shape (benchmarks/RESULTS.md; CFG batch 2, FlashAttention-3
 # both ways): regional compile saves 0.254 s a step at 6 144 tokens (512² x 24) and 2.75 s at
 # 69 120 (768² x 120), ~4e-5 s per token and step; its first call takes 10-20 s longer than a step
 SAVED_S_PER_TOKEN_STEP = 4.0e-5
@@ -214,9 +215,10 @@ class CompileAuto(RegionalCompile):
             )
         except (TypeError, ValueError):
             return None
-        latent_frames = 1 if frames == 1 else frames // 4
-        cell = 8 * self.patch_size
-        return latent_frames * math.ceil(height / cell) * math.ceil(width / cell)
+        # a size that is not a whole number of patches still costs its partial patches (ceil)
+        cell = VAE_SPATIAL * self.patch_size
+        height, width = math.ceil(height / cell) * cell, math.ceil(width / cell) * cell
+        return LatentGrid.of_video(frames, height, width, patch_size=self.patch_size).tokens
 
     def decide(self, plan: Any) -> tuple[bool, str]:
         if plan.device.type != "cuda":

@@ -94,15 +94,7 @@ def preset_components(preset: dict[str, Any]) -> dict[str, Component]:
 def spec_fields(cfg: Any) -> dict[str, Any]:
     """The keyword arguments of ``PipelineSpec`` for a composed config."""
     preset = _container(cfg.model)
-    path = preset.get("path")
-    model = ModelSource(
-        path=Path(_absolute(path)) if path else None,
-        name=str(preset.get("name", "model")),
-        repo_id=preset.get("repo_id"),
-        create_if_missing=bool(preset.get("create_if_missing", False)),
-        download=bool(cfg.get("download", False)),
-        arch=preset,
-    )
+    model = model_source(preset, download=bool(cfg.get("download", False)))
     components = {field: component_from_node(kind, cfg[field], field) for field, kind in GROUPS.items()}
     components.update(preset_components(preset))
     strategies = tuple(
@@ -126,6 +118,36 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
 
 
 PACKAGE_PREFIX = "pkg://ruyi/"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """``configs/model/<name>.yaml`` as a dict, its ``path`` made absolute (``pkg://`` resolved)."""
+    import yaml
+
+    file = CONFIGS / "model" / f"{name}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"model preset {name!r} does not exist; presets: {', '.join(preset_names())}")
+    preset = yaml.safe_load(file.read_text())
+    if preset.get("path"):
+        preset["path"] = _absolute(preset["path"])
+    return preset
+
+
+def model_source(preset: dict[str, Any], *, download: bool = False) -> ModelSource:
+    path = preset.get("path")
+    return ModelSource(
+        path=Path(_absolute(path)) if path else None,
+        name=str(preset.get("name", "model")),
+        repo_id=preset.get("repo_id"),
+        create_if_missing=bool(preset.get("create_if_missing", False)),
+        download=download,
+        arch=preset,
+    )
 
 
 def _absolute(path: str) -> str:

@@ -21,6 +21,7 @@ from ruyi.conditioning.buckets import MAX_RESOLUTION, MIN_RESOLUTION, resolve_si
 from ruyi.conditioning.control import CameraMotionControl, ControlEmbeddings
 from ruyi.conditioning.image import ImageLatents, StartEndFrames, load_image
 from ruyi.errors import ConfigError, InputError
+from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, image_meta
 from ruyi.samplers.loop import DenoiseState, denoise, phase
 from ruyi.samplers.schedulers import DiffusersSampler
 
@@ -34,8 +35,10 @@ MAX_CFG = 20.0  # the ComfyUI sampler's range; the original uses 7, larger scale
 SEED_LIMIT = 2**64  # torch generators take 64-bit seeds
 # one latent patch (VAE 8x, patch 2) at least; at most twice the largest bucket side at 512
 MIN_SIDE, MAX_SIDE = 16, 2048
-ORIGINAL_SIZE = (1024, 1024)  # the add-time-ids' "original size", fixed in the original
-ROTARY_BASE = 512  # rotary grid base size in pixels, as trained
+
+
+# what a call leaves out is the 7B's recommended setting, unless the preset's ``run`` block says otherwise
+CALL_DEFAULTS = {"frames": 120, "base_resolution": 512, "video_size": None, "steps": 25, "cfg": 7.0}
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class RuyiPipeline:
         control: CameraMotionControl,
         dtype: torch.dtype = torch.float32,
         model_path: str | Path | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -149,6 +153,9 @@ class RuyiPipeline:
         self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
         self.execution_device = torch.device("cpu")  # offload strategies set this
         self.callbacks: list[object] = []  # denoising-loop callbacks that attached extensions add
+        # what a call uses for the arguments it leaves out: the preset's ``run`` block (the size and
+        # steps a tiny model was trained for) over the 7B's
+        self.defaults = {**CALL_DEFAULTS, **{k: v for k, v in (defaults or {}).items() if k in CALL_DEFAULTS}}
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -162,12 +169,12 @@ class RuyiPipeline:
         start_image: Image.Image | np.ndarray | str,
         end_image: Image.Image | np.ndarray | str | None = None,
         *,
-        frames: int = 120,
+        frames: int | None = None,
         frames_rounding: str = "error",
-        base_resolution: int = 512,
+        base_resolution: int | None = None,
         video_size: Sequence[int] | None = None,
-        steps: int = 25,
-        cfg: float = 7.0,
+        steps: int | None = None,
+        cfg: float | None = None,
         seed: int = 42,
         camera: str = "auto",
         motion: str | int = "auto",
@@ -177,6 +184,10 @@ class RuyiPipeline:
         output_latents: bool = False,
     ) -> torch.Tensor:
         callbacks = [*self.callbacks, *callbacks]
+        given = dict(frames=frames, base_resolution=base_resolution, video_size=video_size, steps=steps, cfg=cfg)
+        frames, base_resolution, video_size, steps, cfg = (
+            self.defaults[k] if v is None else v for k, v in given.items()
+        )
         # 1. check inputs
         request = self.check_inputs(
             start_image, end_image, frames=frames, base_resolution=base_resolution, video_size=video_size,
@@ -213,11 +224,12 @@ class RuyiPipeline:
             frames, vae=self.vae, image_encoder=self.image_encoder, device=self.execution_device, dtype=self.dtype
         )
 
+    def latent_grid(self, request: GenerationRequest) -> LatentGrid:
+        return LatentGrid.for_models(request.frames, request.height, request.width,
+                                     transformer=self.transformer, vae=self.vae)  # fmt: skip
+
     def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
-        vae = self.vae
-        latent_frames = 1 if request.frames == 1 else request.frames // vae.temporal_compression
-        s = vae.spatial_compression
-        return (1, vae.latent_channels, latent_frames, request.height // s, request.width // s)
+        return self.latent_grid(request).shape(self.vae.latent_channels)
 
     def prepare_latents(self, request, latents, generator) -> torch.Tensor:
         shape = self.latent_shape(request)
@@ -229,56 +241,28 @@ class RuyiPipeline:
 
     def model_fn(self, request: GenerationRequest, control: ControlEmbeddings, image: ImageLatents):
         """The transformer call of one step, with the batch laid out [negative; positive]."""
-        from ruyi.models.transformer import rotary_embedding
-
         device, dtype = self.execution_device, self.dtype
-        use_cfg = request.guidance_scale > 1.0
-        cfg_batch = 2 if use_cfg else 1
-
-        def branches(*pairs: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
-            out = []
-            for negative, positive in pairs:
-                t = torch.cat([negative, positive]) if use_cfg else positive
-                out.append(t.to(device))
-            return out
-
-        pos, neg = control.positive, control.negative
-        emb1, mask1, emb2, mask2 = branches(
-            (neg.emb1, pos.emb1), (neg.mask1, pos.mask1), (neg.emb2, pos.emb2), (neg.mask2, pos.mask2)
-        )
-        emb1, emb2 = emb1.to(dtype), emb2.to(dtype)
-        clip = image.clip_features.to(device, dtype)
-        n_query = self.transformer.n_query
-        clip_on = torch.cat([torch.zeros_like(clip), clip]) if use_cfg else clip
-        clip_mask_on = torch.ones(cfg_batch, n_query, device=device, dtype=dtype)
-        if use_cfg:
-            clip_mask_on[0] = 0
-        clip_off, clip_mask_off = torch.zeros_like(clip_on), torch.zeros_like(clip_mask_on)
-        inpaint = image.inpaint_latents.to(device, dtype).repeat(cfg_batch, 1, 1, 1, 1)
-        meta = torch.tensor([[*ORIGINAL_SIZE, request.height, request.width, 0, 0]], device=device, dtype=dtype)
-        meta = meta.repeat(cfg_batch, 1)
-        style = torch.zeros(cfg_batch, device=device, dtype=torch.long)
-        s = self.vae.spatial_compression
-        cos, sin = rotary_embedding(
-            request.height // s, request.width // s, head_dim=self.transformer.head_dim,
-            patch_size=self.transformer.patch_size, base_size=ROTARY_BASE // s // self.transformer.patch_size,
+        guidance = request.guidance_scale > 1.0
+        batch = 2 if guidance else 1
+        grid = self.latent_grid(request)
+        clip_on = image.clip_inputs(guidance=guidance, n_query=self.transformer.n_query, device=device, dtype=dtype)
+        clip_off = {k: torch.zeros_like(v) for k, v in clip_on.items()}
+        template = TransformerInputs(
+            hidden_states=None, timestep=None,  # set per call
+            **control.transformer_inputs(guidance=guidance, device=device, dtype=dtype),
+            image_meta_size=image_meta(grid, batch, device=device, dtype=dtype),
+            style=torch.zeros(batch, device=device, dtype=torch.long),
+            image_rotary_emb=tuple(t.to(device) for t in grid.rotary(self.transformer.head_dim)),
+            inpaint_latents=image.inpaint_latents.to(device, dtype).repeat(batch, 1, 1, 1, 1),
         )  # fmt: skip
-        rotary = (cos.to(device), sin.to(device))
         predicted = self.vae.latent_channels
 
         def call(model_input: torch.Tensor, t: torch.Tensor, state: DenoiseState) -> torch.Tensor:
             active = self.image_conditioning.clip_active(state.step, state.num_steps)
             timestep = t.reshape(1).expand(model_input.shape[0]).to(device, dtype)
-            out = self.transformer(
-                model_input, timestep,
-                encoder_hidden_states=emb1, text_embedding_mask=mask1,
-                encoder_hidden_states_t5=emb2, text_embedding_mask_t5=mask2,
-                image_meta_size=meta, style=style, image_rotary_emb=rotary, inpaint_latents=inpaint,
-                clip_encoder_hidden_states=clip_on if active else clip_off,
-                clip_attention_mask=clip_mask_on if active else clip_mask_off,
-            )  # fmt: skip
+            inputs = template.replace(hidden_states=model_input, timestep=timestep, **(clip_on if active else clip_off))
             # learn-sigma: the second half of the channels is the (unused) variance
-            return out[:, :predicted]
+            return inputs(self.transformer)[:, :predicted]
 
         return call
 

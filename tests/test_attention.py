@@ -137,7 +137,7 @@ def test_auto_on_cpu_slices_only_over_budget(monkeypatch):
 
 
 def test_auto_sends_large_calls_to_cudnn_when_only_cudnn_is_enabled(monkeypatch):
-    """The defect of issue 11: a cuDNN-only setup must not be cut into slices."""
+    """A defect found on an H200: a cuDNN-only setup must not be cut into slices."""
     calls = _spies(monkeypatch)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.backends.cuda, "flash_sdp_enabled", lambda: False)

@@ -160,3 +160,19 @@ def test_paper_projection_starts_from_the_measured_step():
     assert cfg["denoise_gib"] - sharded["denoise_gib"] > 5  # half of ~13 GiB of block weights, minus 2 blocks
     nvlink, pcie = (project(model, measured, shape, 1, 2, False, gbs)["step_s"] for gbs in (900.0, 64.0))
     assert pcie > nvlink > one["step_s"] / 2
+
+
+def test_tokens_per_frame_follow_the_checkpoints_patch_size(world, monkeypatch):
+    """The shipped default has 1x1 patches: 80x80 px is 10x10 latents, 100 tokens a frame, which
+    split over 2 ranks (at the 7B's 2x2 patches it would be 25 and refused)."""
+    import ruyi
+    import ruyi.parallel.strategy
+
+    world(2)
+    monkeypatch.setattr(ruyi.parallel.strategy, "init_distributed", lambda device: None)  # no group to join
+    shipped = Path(ruyi.__file__).parent / "assets" / "ruyi-tiny-pans"
+    plan = PipelineSpec.from_names(shipped, strategies={"parallel": ("ulysses", {})}, device="cpu").validate()
+    (strategy,) = [s for s in plan.strategies if isinstance(s, UlyssesParallel)]
+    strategy.check_request(SimpleNamespace(height=80, width=80))
+    with pytest.raises(ConfigError, match="25 tokens per frame"):
+        UlyssesParallel().check_request(SimpleNamespace(height=80, width=80))

@@ -1,4 +1,4 @@
-"""Speed options keep the CPU float32 goldens (issue 11): the first end-to-end golden case, built by
+"""Speed options keep the CPU float32 goldens (benchmarks/RESULTS.md): the first end-to-end golden case, built by
 the real assembly with an attention backend, head-dim padding and regional compile attached."""
 
 from __future__ import annotations

@@ -45,6 +45,18 @@ class ControlEmbeddings:
     negative: TextEmbeddings
     key: str  # the positive key asked for, e.g. "p.16x9movie2left"
 
+    def transformer_inputs(self, *, guidance: bool, device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """This conditioning's part of :class:`~ruyi.models.transformer.inputs.TransformerInputs`:
+        the two text-encoder states and masks, batch [negative; positive] with guidance."""
+        def branch(field: str) -> torch.Tensor:
+            positive = getattr(self.positive, field)
+            return (torch.cat([getattr(self.negative, field), positive]) if guidance else positive).to(device)
+
+        return {
+            "encoder_hidden_states": branch("emb1").to(dtype), "text_embedding_mask": branch("mask1"),
+            "encoder_hidden_states_t5": branch("emb2").to(dtype), "text_embedding_mask_t5": branch("mask2"),
+        }  # fmt: skip
+
 
 @CONDITIONINGS.register("camera_motion")
 class CameraMotionControl:

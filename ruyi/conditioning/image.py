@@ -47,6 +47,15 @@ class ImageLatents:
     inpaint_latents: torch.Tensor
     clip_features: torch.Tensor
 
+    def clip_inputs(self, *, guidance: bool, n_query: int, device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The CLIP part of the transformer's inputs while the features are on: batch [negative;
+        positive] with guidance, the negative branch's features zero with mask 0 (as the original)."""
+        clip = self.clip_features.to(device, dtype)
+        mask = torch.ones(clip.shape[0], n_query, device=device, dtype=dtype)
+        if guidance:
+            clip, mask = torch.cat([torch.zeros_like(clip), clip]), torch.cat([torch.zeros_like(mask), mask])
+        return {"clip_encoder_hidden_states": clip, "clip_attention_mask": mask}
+
 
 # Pillow's own decompression-bomb threshold (about 89 megapixels): a larger start frame is a
 # mistake (it is resized to at most 896 px anyway) or a crafted file, and decoding it could take

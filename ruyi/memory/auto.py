@@ -28,6 +28,7 @@ from ruyi.errors import ConfigError, RuyiUserError
 from ruyi.memory.base import MemoryOption
 from ruyi.memory.combo import build_options
 from ruyi.memory.rules import RULES, Rule
+from ruyi.models.transformer.inputs import VAE_SPATIAL, VAE_TEMPORAL
 from ruyi.registry import MEMORIES, OFFLOADS
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class PlannedShape:
 
     def on_loop_begin(self, state) -> None:
         _, _, latent_frames, h, w = state.latents.shape
-        planned = (1 if self.frames == 1 else self.frames // 4) * (self.side / 8) ** 2
+        planned = (1 if self.frames == 1 else self.frames // VAE_TEMPORAL) * (self.side / VAE_SPATIAL) ** 2
         if latent_frames * h * w > planned * 1.001:
             log.warning(
                 "this call (%d latent frames of %dx%d) is larger than memory=auto planned for (%d frames at %.0f px); "

@@ -168,25 +168,11 @@ class ParkedSkips:
 def transformer_inputs(
     arch: dict, *, batch: int, frames: int, height: int, width: int, dtype: torch.dtype
 ) -> tuple[tuple, dict]:
-    """Meta-device inputs of one transformer call (``arch``: the preset's ``transformer_arch``) for
-    a video of ``frames`` x ``height`` x ``width`` (the VAE: 4x in time, 8x in space; 1 frame -> 1)."""
-    latent_frames = 1 if frames == 1 else frames // 4
-    h, w, p = height // 8, width // 8, arch.get("patch_size", 2)
-    head_dim = arch["hidden_size"] // arch["num_attention_heads"]
+    """Meta-device ``(args, kwargs)`` of one transformer call (``arch``: the preset's
+    ``transformer_arch``) for a video of ``frames`` x ``height`` x ``width`` pixels."""
+    from ruyi.models.transformer import RuyiTransformer3D
+    from ruyi.models.transformer.inputs import LatentGrid, dummy_inputs, full_config
 
-    def empty(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-        return torch.empty(shape, device="meta", dtype=dtype)
-
-    kwargs = {
-        "encoder_hidden_states": empty(batch, arch["text_len"], arch["cross_attention_dim"]),
-        "text_embedding_mask": empty(batch, arch["text_len"], dtype=torch.long),
-        "encoder_hidden_states_t5": empty(batch, arch["text_len_t5"], arch["cross_attention_dim_t5"]),
-        "text_embedding_mask_t5": empty(batch, arch["text_len_t5"], dtype=torch.long),
-        "image_meta_size": empty(batch, 6),
-        "style": empty(batch, dtype=torch.long),
-        "image_rotary_emb": (empty((h // p) * (w // p), head_dim, dtype=torch.float32),) * 2,
-        "inpaint_latents": empty(batch, 32, latent_frames, h, w),
-        "clip_encoder_hidden_states": empty(batch, 256, arch.get("projection_dim", 1024)),
-        "clip_attention_mask": empty(batch, arch.get("n_query", 16)),
-    }
-    return (empty(batch, 16, latent_frames, h, w), empty(batch)), kwargs
+    config = full_config(RuyiTransformer3D, arch)
+    grid = LatentGrid.of_video(frames, height, width, patch_size=config["patch_size"])
+    return dummy_inputs(config, grid, batch=batch, dtype=dtype, device="meta").as_call()

@@ -68,11 +68,6 @@ class CLIPImageEncoder(torch.nn.Module):
         return cls(vision=vision.eval().requires_grad_(False), processor=processor)
 
     @property
-    def num_tokens(self) -> int:
-        cfg = self.vision.config
-        return (cfg.image_size // cfg.patch_size) ** 2
-
-    @property
     def hidden_size(self) -> int:
         return self.vision.config.hidden_size
 

@@ -3,7 +3,7 @@
 Unlike the storage modes of ``precision.py`` (FP8 weights upcast before a bf16 matmul), the
 matmul itself runs in float8_e4m3fn: weights quantised once with per-row (or per-tensor) scales,
 activations quantised on the fly (torchao's ``Float8DynamicActivationFloat8WeightConfig``).
-Issue 11 measured a Hopper FP8 GEMM at ~1 250 TFLOP/s vs ~680 bf16, but the on-the-fly
+benchmarks/RESULTS.md records a Hopper FP8 GEMM at ~1 250 TFLOP/s vs ~680 bf16, but the on-the-fly
 quantisation is a separate kernel in eager mode, which makes it slower than bf16; under
 ``torch.compile`` it fuses into the preceding op (2816 -> 12288 at 138 240 rows: 7.7 vs 13.7 ms).
 Hence the requirements checked before any weight loads: a CUDA GPU of compute capability 8.9+,
@@ -98,7 +98,7 @@ class FP8Compute(WeightPrecision):
         granularity = PerRow() if self.granularity == "row" else PerTensor()
         # set_inductor_config=False: by default torchao switches inductor's coordinate-descent
         # tuning on for the whole process, which made the first compiled call of the 7B take ~520 s
-        # instead of ~29 s on an H200 (issue 11) and slows every later compile in the process
+        # instead of ~29 s on an H200 (benchmarks/RESULTS.md) and slows every later compile in the process
         config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
         quantize_(model, config, filter_fn=lambda _module, name: name in chosen)
         return len(chosen)

@@ -24,7 +24,6 @@ from ruyi.registry import PARALLELS
 
 log = logging.getLogger(__name__)
 
-PIXELS_PER_TOKEN = 16  # the VAE's 8x spatial compression times the transformer's 2x2 patches
 CFG_DEGREES = (1, 2)  # the guidance batch has two halves
 MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
 
@@ -59,6 +58,7 @@ class ParallelStrategy:
         self.shard_weights = shard_weights
         self.attention_backend = attention_backend
         self._device: torch.device | None = None
+        self._patch_size = 2  # the real model's; check() reads the checkpoint's or the preset's
         self._applied: dict[str, Any] = {}
 
     @property
@@ -89,6 +89,7 @@ class ParallelStrategy:
         ``.precision``, ``.spec.model``); the world size comes from torchrun's environment."""
         degrees = self.degrees(world_size())
         self._device = plan.device
+        self._patch_size = _transformer_value(plan.spec.model, "patch_size") or 2
         if degrees.total == 1:
             if self.shard_weights:
                 raise ConfigError("parallel.shard_weights=true needs several processes: launch with "
@@ -106,7 +107,7 @@ class ParallelStrategy:
             raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {plan.device}")
         if degrees.sequence > 1:
             _check_diffusers(self.attention_backend)
-            heads = _heads(plan.spec.model)
+            heads = _transformer_value(plan.spec.model, "num_attention_heads")
             if heads is not None:
                 self.check_heads(heads, degrees)
         if plan.device.type == "cuda" and plan.device.index is not None:
@@ -127,7 +128,9 @@ class ParallelStrategy:
                               f"heads; valid: {', '.join(map(str, valid))}")  # fmt: skip
 
     def check_tokens(self, height: int, width: int, degrees: Degrees) -> None:
-        tokens = (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN)
+        from ruyi.models.transformer.inputs import LatentGrid
+
+        tokens = LatentGrid.of_video(1, height, width, patch_size=self._patch_size).tokens_per_frame
         if tokens % degrees.sequence:
             valid = [n for n in range(1, 9) if tokens % n == 0]
             raise ConfigError(
@@ -221,14 +224,16 @@ def _valid_layouts(world: int, ring: int) -> str:
     return f"with {world} process(es) use {' or '.join(options) or 'another process count'} ({launch}change the degrees)"
 
 
-def _heads(model: Any) -> int | None:
-    """``num_attention_heads`` from the checkpoint's ``transformer/config.json``, else the preset's
-    architecture (no weights read); None when neither is there yet (the tiny model before creation)."""
+def _transformer_value(model: Any, key: str) -> int | None:
+    """``key`` of the checkpoint's ``transformer/config.json``, else of the preset's architecture
+    (no weights read); None when neither is there yet (the tiny model before creation)."""
     config = None if model.path is None else Path(model.path) / "transformer" / "config.json"
     if config is not None and config.is_file():
-        return int(json.loads(config.read_text())["num_attention_heads"])
+        value = json.loads(config.read_text()).get(key)
+        if value is not None:
+            return int(value)
     arch = (model.arch or {}).get("transformer_arch") or {}
-    return arch.get("num_attention_heads")
+    return arch.get(key)
 
 
 def _check_diffusers(backend: str) -> None:

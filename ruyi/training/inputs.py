@@ -27,8 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ruyi.conditioning.image import FrameConditioning
-from ruyi.models.transformer import rotary_embedding
-from ruyi.pipeline import ORIGINAL_SIZE, ROTARY_BASE
+from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, image_meta
 
 EMBEDDING_FIELDS = ("emb1", "mask1", "emb2", "mask2")
 
@@ -187,20 +186,18 @@ class BatchEncoder:
         on = clip_on.to(device, dtype)
         # off: zeros with mask 0, which the transformer replaces by its learned padding (as inference)
         clip = encoded.clip.to(device, dtype) * on[:, None, None]
-        _, _, _, h, w = encoded.x0.shape
-        s = pipe.vae.spatial_compression
-        cos, sin = rotary_embedding(
-            h, w, head_dim=transformer.head_dim, patch_size=transformer.patch_size,
-            base_size=ROTARY_BASE // s // transformer.patch_size,
-        )  # fmt: skip
-        meta = torch.tensor([[*ORIGINAL_SIZE, h * s, w * s, 0, 0]], device=device, dtype=dtype).repeat(n, 1)
-        return dict(
+        _, _, frames, h, w = encoded.x0.shape
+        grid = LatentGrid(frames, h, w, patch_size=transformer.patch_size, spatial=pipe.vae.spatial_compression)
+        return TransformerInputs(
+            hidden_states=None, timestep=None,  # the caller's noisy latents and timesteps
             encoder_hidden_states=emb["emb1"].to(dtype), text_embedding_mask=emb["mask1"],
             encoder_hidden_states_t5=emb["emb2"].to(dtype), text_embedding_mask_t5=emb["mask2"],
-            image_meta_size=meta, style=torch.zeros(n, device=device, dtype=torch.long),
-            image_rotary_emb=(cos.to(device), sin.to(device)), inpaint_latents=encoded.inpaint.to(device, dtype),
+            image_meta_size=image_meta(grid, n, device=device, dtype=dtype),
+            style=torch.zeros(n, device=device, dtype=torch.long),
+            image_rotary_emb=tuple(t.to(device) for t in grid.rotary(transformer.head_dim)),
+            inpaint_latents=encoded.inpaint.to(device, dtype),
             clip_encoder_hidden_states=clip, clip_attention_mask=on[:, None].expand(n, transformer.n_query),
-        )  # fmt: skip
+        ).kwargs()  # fmt: skip
 
 
 def whole_numbers(layout: torch.Tensor, scale: float) -> torch.Tensor:

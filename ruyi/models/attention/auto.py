@@ -3,7 +3,7 @@
 Decided once per device (``prepare`` / first call):
 
 1. FlashAttention-3 (``fa3.py``) for mask-free bf16 self-attention in inference, on sm90 when the
-   ``hopper`` extra is installed (issue 11: 203 ms vs cuDNN's 254 ms at (2, 32, 69 120, 88));
+   ``hopper`` extra is installed (benchmarks/RESULTS.md: 203 ms vs cuDNN's 254 ms at (2, 32, 69 120, 88));
 2. on sm90 and newer, cuDNN's fused attention first (then torch's other kernels, for inputs cuDNN
    rejects), with contiguous inputs (torch's own pick there; the issue measured contiguous
    inputs 4 % faster);

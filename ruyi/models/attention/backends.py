@@ -134,7 +134,7 @@ class SDPAAttention(AttentionBackend):
 
     # the SDPA kernels this backend allows (None = torch's choice), whether their order is a
     # priority order, and whether inputs are made contiguous first (cuDNN runs faster on
-    # contiguous (B, H, L, D), measured in issue 11)
+    # contiguous (B, H, L, D), measured: benchmarks/RESULTS.md)
     kernels: ClassVar[tuple[SDPBackend, ...] | None] = None
     priority: ClassVar[bool] = False
     contiguous: ClassVar[bool] = False

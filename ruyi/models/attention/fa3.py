@@ -2,7 +2,7 @@
 
 The wheel (built on torch's stable ABI, CUDA 13, forward only, bf16 and fp8, no fp16) ran the
 7B's self-attention at (2, 32, 69 120, 88) in 203 ms on an H200, against 254 ms for cuDNN with
-the same error (issue 11). It serves what it was measured on: mask-free bf16 self-attention on
+the same error (benchmarks/RESULTS.md). It serves what it was measured on: mask-free bf16 self-attention on
 sm90, without autograd. Every other call (cross-attention, masks, training, fp32, other GPUs)
 goes to torch's SDPA.
 """

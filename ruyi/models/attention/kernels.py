@@ -13,7 +13,7 @@ def pad_head_dim(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
 
     Zero columns in q and k add nothing to q kᵀ, and zero columns in v give zero output columns
     that are cut off again, so the result is exact as long as the scale stays 1/sqrt(original D).
-    Kernels tuned for D = 64/96/128 can run faster on padded inputs than on D = 88 (issue 11
+    Kernels tuned for D = 64/96/128 can run faster on padded inputs than on D = 88 (benchmarks/RESULTS.md
     measured cuDNN ~8 % faster at 96 or 128 and FlashAttention-3 ~3 % faster at 96, pad included).
     """
     extra = -tensor.shape[-1] % multiple

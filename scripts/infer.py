@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from ruyi.help import print_help_if_asked  # noqa: E402
 from ruyi.overrides import exit_on_bad_overrides  # noqa: E402
 
 FAILED: list[int] = []  # exit codes of failed jobs: a multirun goes on after one, then exits non-zero
@@ -24,6 +25,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    print_help_if_asked(sys.argv[1:], config_dir=REPO / "configs", config_name="infer", script="scripts/infer.py")
     exit_on_bad_overrides(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
     main()
     sys.exit(max(FAILED, default=0))

@@ -1,0 +1,72 @@
+"""``--help`` of the entry points: only the groups and keys that entry point's config uses, each
+explained by the comment beside it in the YAML (the configs are the one place they are documented).
+
+Hydra's own help lists every folder under ``configs/`` (training groups in ``infer.py --help``,
+metrics that are not a group) and none of the comments.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DEFAULT_LINE = re.compile(r"^\s+-\s+(?:override\s+)?([\w/]+):\s*([\w.\-]+|null)\s*(?:#\s*(.*))?$")
+KEY_LINE = re.compile(r"^([A-Za-z_]\w*):\s*(.*?)\s*(?:#\s*(.*))?$")
+
+
+def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
+    """(group, default, options, comment) of the defaults list."""
+    rows = []
+    in_defaults = False
+    for line in text.splitlines():
+        if line.startswith("defaults:"):
+            in_defaults = True
+            continue
+        if in_defaults and line and not line.startswith((" ", "#")):
+            break
+        match = DEFAULT_LINE.match(line) if in_defaults else None
+        if match:
+            group, default, comment = match.groups()
+            options = sorted(p.stem for p in (configs / group).glob("*.yaml"))
+            rows.append((group, default, options, comment or ""))
+    return rows
+
+
+def _keys(text: str) -> list[tuple[str, str, str]]:
+    """(key, default, comment) of the top-level keys (not the defaults list or hydra's block)."""
+    rows = []
+    for line in text.splitlines():
+        match = KEY_LINE.match(line)
+        if match and match.group(1) not in ("defaults", "hydra"):
+            key, value, comment = match.groups()
+            if "model." in value:  # an interpolation of the preset's value
+                value = "(the preset's)"
+            rows.append((key, value or "(a block)", comment or ""))
+    return rows
+
+
+def entry_help(config_dir: Path, config_name: str, script: str) -> str:
+    text = (config_dir / f"{config_name}.yaml").read_text()
+    head = []
+    for line in text.splitlines():  # the file's leading comment block
+        if not line.startswith("#"):
+            break
+        head.append(line[2:])
+    lines = [f"usage: python {script} [key=value ...] [group=option ...]", *(f"  {h}" for h in head), "",
+             "groups (group=option; * marks the default):"]  # fmt: skip
+    for group, default, options, comment in _groups(text, config_dir):
+        shown = ", ".join(f"*{o}" if o == default else o for o in options) or "-"
+        lines.append(f"  {group:<22} {shown}" + (f"\n  {'':<22} {comment}" if comment else ""))
+    lines += ["", "keys (key=value):"]
+    for key, value, comment in _keys(text):
+        lines.append(f"  {key:<22} {value:<24} {comment}".rstrip())
+    lines += ["", "Hydra: -m runs a sweep over comma-separated values (seed=1,2,3); --cfg job prints the",
+              "composed config; --hydra-help shows Hydra's own options."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def print_help_if_asked(argv: list[str], *, config_dir: Path, config_name: str, script: str) -> None:
+    """``-h``/``--help`` prints this entry point's help and exits 0 (before Hydra)."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(entry_help(config_dir, config_name, script))
+        raise SystemExit(0)

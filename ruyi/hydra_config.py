@@ -66,11 +66,32 @@ def plugin_components(cfg: Any) -> tuple:
         if not isinstance(entry, Mapping) or "path" not in entry or set(entry) - {"path", "strength"}:
             raise ConfigError(f"lora entry {entry!r} must be {{path: file.safetensors, strength: 1.2}}")
         plugins.append(Component("plugin", "lora", {"path": _absolute(entry["path"]), "strength": entry.get("strength", 1.0)}))
-    for name in PLUGINS.names():
+    # registered plugins by name, then any other top-level node that names a class: a plugin from
+    # the user's own module (hydra.searchpath) registers itself when Hydra imports it here
+    known = set(GROUPS) | set(EXTRA_GROUPS) | {"model", "conditioning", "lora"}
+    extra = [k for k in cfg if k not in known and k not in PLUGINS.names() and _names_a_plugin(cfg.get(k))]
+    for name in [*PLUGINS.names(), *extra]:
         node = cfg.get(name) if name != "lora" else None
         if node is not None:
             plugins.append(component_from_node("plugin", node, name))
     return tuple(plugins)
+
+
+def _names_a_plugin(node: Any) -> bool:
+    """Whether a config node's ``_target_`` is a registered plugin class (importing it registers it)."""
+    from collections.abc import Mapping
+
+    from hydra.utils import get_class
+    from omegaconf import DictConfig
+
+    if not isinstance(node, (Mapping, DictConfig)) or "_target_" not in node:
+        return False
+    try:
+        cls = get_class(str(node["_target_"]))
+    except Exception:  # noqa: BLE001 - not importable: not a plugin (its own group reports it)
+        return False
+    name = getattr(cls, "registry_name", None)
+    return name in PLUGINS and PLUGINS.get(name) is cls
 
 
 def preset_components(preset: dict[str, Any]) -> dict[str, Component]:

@@ -267,7 +267,7 @@ class RuyiPipeline:
         predicted = self.vae.latent_channels
 
         def call(model_input: torch.Tensor, t: torch.Tensor, state: DenoiseState) -> torch.Tensor:
-            active = self.image_conditioning.clip_active(state.step, state.num_steps)
+            active = self.image_conditioning.clip_active(state.call, state.num_calls)
             timestep = t.reshape(1).expand(model_input.shape[0]).to(device, dtype)
             out = self.transformer(
                 model_input, timestep,

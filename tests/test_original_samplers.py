@@ -1,0 +1,60 @@
+"""Every sampler end to end against goldens made by running the original code on the tiny fixture.
+
+``tests/goldens/original_samplers.{json,safetensors}`` come from ``tools/original_goldens.py``
+(the JSON names the original commit). They are ``end_to_end`` cases in the fixture's format and
+run through ``test_golden``'s handler on the fixture's checkpoint. The PNDM cases guard the
+original's CLIP schedule, which counts model evaluations, not steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from ruyi.registry import SAMPLERS
+from tests.conftest import require_fixtures, skip_parity
+from tests.test_golden import check_end_to_end
+
+GOLDENS = Path(__file__).resolve().parent / "goldens"
+DOCUMENT = json.loads((GOLDENS / "original_samplers.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def original_goldens():
+    return load_file(str(GOLDENS / "original_samplers.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def made_on_this_fixture() -> Path:
+    """The fixture folder, if its files are those the goldens were made on (RUYI_FIXTURES may
+    point at another checkpoint, for which these numbers mean nothing)."""
+    folder = require_fixtures()
+    expected = DOCUMENT["fixture"]["sha256"]
+    changed = [
+        n for n, digest in expected.items() if hashlib.sha256((folder / n).read_bytes()).hexdigest() != digest
+    ]
+    if changed:
+        skip_parity(
+            f"{folder} differs from the fixture the original-sampler goldens were made on "
+            f"({', '.join(changed)}); rerun tools/original_goldens.py"
+        )
+    return folder
+
+
+@pytest.mark.parametrize("case", DOCUMENT["cases"], ids=lambda c: c["name"])
+def test_original_sampler_case(case, original_goldens, made_on_this_fixture):
+    check_end_to_end(case, original_goldens, made_on_this_fixture)
+
+
+def test_goldens_cover_every_sampler_and_both_pndm_counts():
+    """Shrinking the file must not silently drop what it guards."""
+    cases = DOCUMENT["cases"]
+    labels = {SAMPLERS.get(name).label for name in SAMPLERS.names()}
+    assert {c["sampler"] for c in cases} == labels
+    assert {c["steps"] for c in cases if c["sampler"] == "PNDM"} >= {4, 5}
+    assert {c["end_image"] is None for c in cases} == {True, False}
+    assert DOCUMENT["produced_by"]["commit"] != "unknown (not a git checkout)"

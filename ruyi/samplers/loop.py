@@ -10,7 +10,8 @@ the user's steps (``state.step_done`` marks a step's last call): progress bars r
 ``state.call`` / ``state.num_calls`` count model evaluations: whatever changes the model's output
 reads those, because the original indexes by evaluation — the CLIP window
 (``clip_active(call, num_calls)``), TeaCache and Enhance-A-Video (their windows compare the
-evaluation index with the user's ``num_steps``, as the original's counters do).
+evaluation index with the user's ``num_steps``, TeaCache's starting over every ``num_steps``
+evaluations, as the original's counters do).
 """
 
 from __future__ import annotations

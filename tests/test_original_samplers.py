@@ -2,8 +2,10 @@
 
 ``tests/goldens/original_samplers.{json,safetensors}`` come from ``tools/original_goldens.py``
 (the JSON names the original commit). They are ``end_to_end`` cases in the fixture's format and
-run through ``test_golden``'s handler on the fixture's checkpoint. The PNDM cases guard the
-original's CLIP schedule, which counts model evaluations, not steps.
+run through ``test_golden``'s handler on the fixture's checkpoint. The PNDM cases guard what
+the original counts in model evaluations, not steps: the CLIP schedule, and the windows of
+TeaCache and Enhance-A-Video (a case's ``plugins`` are built from our registry with the options
+that match the original's settings).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from ruyi.registry import SAMPLERS
+from ruyi.plugins import TeaCache
+from ruyi.registry import PLUGINS, SAMPLERS
 from tests.conftest import require_fixtures, skip_parity
 from tests.test_golden import check_end_to_end
 
@@ -47,14 +50,20 @@ def made_on_this_fixture() -> Path:
 
 @pytest.mark.parametrize("case", DOCUMENT["cases"], ids=lambda c: c["name"])
 def test_original_sampler_case(case, original_goldens, made_on_this_fixture):
-    check_end_to_end(case, original_goldens, made_on_this_fixture)
+    plugins = [(name, options) for name, options in (case.get("plugins") or {}).items()]
+    pipe = check_end_to_end(case, original_goldens, made_on_this_fixture, plugins=plugins)
+    if "teacache_skipped_calls" in case:
+        (cache,) = [c for c in pipe.callbacks if isinstance(c, TeaCache)]
+        assert cache.skipped_steps == case["teacache_skipped_calls"]
 
 
-def test_goldens_cover_every_sampler_and_both_pndm_counts():
+def test_goldens_cover_every_sampler_pndm_count_and_plugin():
     """Shrinking the file must not silently drop what it guards."""
     cases = DOCUMENT["cases"]
     labels = {SAMPLERS.get(name).label for name in SAMPLERS.names()}
     assert {c["sampler"] for c in cases} == labels
     assert {c["steps"] for c in cases if c["sampler"] == "PNDM"} >= {4, 5}
     assert {c["end_image"] is None for c in cases} == {True, False}
+    plugins = {name for c in cases if c["sampler"] == "PNDM" for name in c.get("plugins", {})}
+    assert plugins == {"teacache", "enhance_a_video"} and plugins <= set(PLUGINS.names())
     assert DOCUMENT["produced_by"]["commit"] != "unknown (not a git checkout)"

@@ -29,7 +29,7 @@ import json
 import subprocess
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -76,6 +76,7 @@ class Case:
     video_length: int = 8
     height: int = 16
     width: int = 32
+    plugins: dict = field(default_factory=dict)  # {our registry name: our constructor's options}
 
 
 # PNDM evaluates the model more often than it takes steps (4 calls for each of its first 3
@@ -92,7 +93,14 @@ CASES = (
     Case("euler_5_start", "Euler", 5, None, motion="auto", camera="left"),
     Case("euler_a_5_start_end", "Euler A", 5, "end.png", motion="2", camera="down"),
     Case("dpmpp_5_start", "DPM++", 5, None, motion="4", camera="static"),  # another absent key
-)
+    # The original's TeaCache and Enhance-A-Video counters count transformer calls too (TeaCache's
+    # starts over every `steps` calls): PNDM's 14 calls for 5 steps tell that apart from steps.
+    # threshold 0.10 (the original's suggestion) both skips and computes here, far from the edge.
+    Case("pndm_5_teacache", "PNDM", 5, "end.png", motion="1", camera="left",
+         plugins={"teacache": {"threshold": 0.10, "skip_start_steps": 2, "skip_end_steps": 1}}),
+    Case("pndm_5_enhance_a_video", "PNDM", 5, None, motion="2", camera="right",
+         plugins={"enhance_a_video": {"weight": 4.0, "skip_start_steps": 1, "skip_end_steps": 1}}),
+)  # fmt: skip
 
 
 # -- the original code ---------------------------------------------------------------------------
@@ -193,10 +201,25 @@ def control_embeddings(table: dict, key: str) -> dict:
     """Positive fields of ``key`` (each falling back to ``p.default``), negatives from ``n.default``."""
     fields = {"embeds": "emb1", "attention_mask": "mask1", "embeds_2": "emb2", "attention_mask_2": "mask2"}
     out = {}
-    for arg, field in fields.items():
-        out[f"prompt_{arg}"] = table.get(f"{key}.{field}", table[f"p.default.{field}"])
-        out[f"negative_prompt_{arg}"] = table[f"n.default.{field}"]
+    for arg, name in fields.items():
+        out[f"prompt_{arg}"] = table.get(f"{key}.{name}", table[f"p.default.{name}"])
+        out[f"negative_prompt_{arg}"] = table[f"n.default.{name}"]
     return out
+
+
+def initialize_plugins(transformer, case: dict) -> None:
+    """As predict_i2v.py does before every call: both plugins set up for the user's steps,
+    enabled when the case names them."""
+    plugins = case.get("plugins") or {}
+    tea, eav = plugins.get("teacache", {}), plugins.get("enhance_a_video", {})
+    transformer.tea_cache.initialize(
+        "teacache" in plugins, tea.get("threshold", 0.0), tea.get("skip_start_steps", 1),
+        tea.get("skip_end_steps", 1), case["steps"], tea.get("offload_cpu", False),
+    )  # fmt: skip
+    transformer.enhance_a_video.initialize(
+        "enhance_a_video" in plugins, eav.get("weight", 0.0), eav.get("skip_start_steps", 0),
+        eav.get("skip_end_steps", 0), case["steps"],
+    )  # fmt: skip
 
 
 def run_original(orig, pipe, table, fixture: Path, case: dict, initial_latents: torch.Tensor):
@@ -204,6 +227,7 @@ def run_original(orig, pipe, table, fixture: Path, case: dict, initial_latents: 
     from PIL import Image
 
     pipe.scheduler = orig.samplers[case["sampler"]].from_pretrained(str(fixture), subfolder="scheduler")
+    initialize_plugins(pipe.transformer, case)
     start = [Image.open(fixture / case["start_image"]).convert("RGB")]
     end = [Image.open(fixture / case["end_image"]).convert("RGB")] if case.get("end_image") else None
     height, width = case["height"], case["width"]
@@ -273,7 +297,7 @@ def case_record(case: Case, vae) -> tuple[dict, torch.Tensor]:
         "guidance_scale": case.guidance_scale, "sampler": case.sampler, "motion": case.motion,
         "camera": case.camera, "embedding_key": embedding_key(case.motion, case.camera), "eta": 0.0,
         "clip_apply_ratio": CLIP_APPLY_RATIO, "original_size": ORIGINAL_SIZE, "seed": SEED,
-        "initial_latents_seed": seed,
+        "initial_latents_seed": seed, **({"plugins": case.plugins} if case.plugins else {}),
         "inputs": {"initial_latents": f"{case.name}.initial_latents"},
         "outputs": {"final_latents": f"{case.name}.final_latents", "video": f"{case.name}.video"},
         "note": NOTE,
@@ -308,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     for case in CASES:
         record, initial = case_record(case, pipe.vae)
         latents, video = run_original(orig, pipe, table, args.fixture, record, initial)
+        if "teacache" in case.plugins:
+            record["teacache_skipped_calls"] = pipe.transformer.tea_cache.skip_count
         tensors[record["inputs"]["initial_latents"]] = initial
         tensors[record["outputs"]["final_latents"]] = latents
         tensors[record["outputs"]["video"]] = video

@@ -258,7 +258,7 @@ class RuyiPipeline:
         predicted = self.vae.latent_channels
 
         def call(model_input: torch.Tensor, t: torch.Tensor, state: DenoiseState) -> torch.Tensor:
-            active = self.image_conditioning.clip_active(state.step, state.num_steps)
+            active = self.image_conditioning.clip_active(state.call, state.num_calls)
             timestep = t.reshape(1).expand(model_input.shape[0]).to(device, dtype)
             inputs = template.replace(hidden_states=model_input, timestep=timestep, **(clip_on if active else clip_off))
             # learn-sigma: the second half of the channels is the (unused) variance

@@ -1,5 +1,5 @@
-"""One assembly path: specs from names and from Hydra agree, every check runs before weights load,
-and one meaning of "step"."""
+"""One assembly path: specs from names and from Hydra agree, every check runs before weights load;
+progress counts steps while the CLIP window counts model evaluations, as the original does."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 import ruyi
 from ruyi.assembly import PipelineSpec, build
+from ruyi.conditioning.image import StartEndFrames
 from ruyi.errors import AcceleratorRequired, ConfigError, UnknownComponentError
 from ruyi.io import procedural_image
 from ruyi.plugins import TeaCache
@@ -79,19 +80,37 @@ class StepLog:
         self.calls.append((state.step, state.num_steps, state.step_done))
 
 
-def test_pndm_steps_are_user_steps(fixture_dir):
-    """PNDM evaluates the model 13 times for 4 steps; callbacks, CLIP scheduling and the progress
-    count the user's 4 steps."""
+def test_pndm_progress_counts_steps_and_clip_counts_model_calls(fixture_dir):
+    """PNDM evaluates the model 13 times for 4 steps (4 for each of its 3 warm-up steps, then 1).
+    Callbacks and the progress count the user's 4 steps; the CLIP window counts evaluations, as
+    the original's ``i < len(timesteps) * (1 - clip_apply_ratio)`` does: at ratio 0.5 evaluations
+    i < 13 * 0.5 = 6.5, i.e. 0..6, see no CLIP features and 7..12 do (counting steps would
+    switch at step 2, the 9th evaluation)."""
     pipe = build(PipelineSpec.from_names(fixture_dir, sampler="pndm", device="cpu", clip_apply_ratio=0.5))
-    clip_calls = []
-    active = pipe.image_conditioning.clip_active
-    pipe.image_conditioning.clip_active = lambda step, num: clip_calls.append((step, num)) or active(step, num)
+    clip_on = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda _m, _args, kwargs: clip_on.append(bool(kwargs["clip_attention_mask"].any())), with_kwargs=True
+    )
     log = StepLog()
-    pipe(procedural_image(64, 64), frames=8, video_size=[64, 64], steps=4, callbacks=[log], progress=False,
-         output_latents=True)  # fmt: skip
+    try:
+        pipe(procedural_image(64, 64), frames=8, video_size=[64, 64], steps=4, callbacks=[log], progress=False,
+             output_latents=True)  # fmt: skip
+    finally:
+        hook.remove()
     assert [c[0] for c in log.calls] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3]
     assert {c[1] for c in log.calls} == {4}
-    assert [c for c in clip_calls if active(*c)] == [(2, 4)] * 4 + [(3, 4)]
+    assert clip_on == [False] * 7 + [True] * 6
+
+
+@pytest.mark.parametrize(
+    ("ratio", "num_calls", "first_on"),
+    # first_on = the smallest i with i >= num_calls * (1 - ratio), worked out by hand
+    [(0.4, 13, 8), (0.4, 14, 9), (0.4, 25, 15), (0.4, 34, 21), (0.5, 13, 7), (0.0, 13, 13), (1.0, 13, 0)],
+)
+def test_clip_window_is_the_last_share_of_model_calls(ratio, num_calls, first_on):
+    conditioning = StartEndFrames(clip_apply_ratio=ratio)
+    got = [conditioning.clip_active(i, num_calls) for i in range(num_calls)]
+    assert got == [False] * first_on + [True] * (num_calls - first_on)
 
 
 def test_unexpected_exceptions_keep_their_traceback(fixture_dir, tmp_path, monkeypatch):

@@ -135,7 +135,7 @@ def check_end_to_end(case, golden, folder, **options):
     end = folder / case["end_image"] if case.get("end_image") else None
     kwargs = dict(
         frames=case["video_length"], video_size=[case["height"], case["width"]], steps=case["steps"],
-        cfg=case["guidance_scale"], camera=case["camera"], motion=case["motion"],
+        cfg=case["guidance_scale"], camera=case["camera"], motion=case["motion"], seed=case.get("seed", 42),
         latents=golden[case["inputs"]["initial_latents"]], progress=False,
     )  # fmt: skip
     latents = pipe(folder / case["start_image"], end, output_latents=True, **kwargs)

@@ -34,6 +34,25 @@ def plain(pipe, image):
     return pipe(image, **KW)
 
 
+# PNDM evaluates the model 13 times for 4 steps (4 for each of its 3 warm-up steps, then 1); the
+# original's plugin counters count those calls, which the expectations below are worked out from.
+PNDM_KW = dict(frames=8, video_size=[64, 64], steps=4, seed=3, progress=False, output_latents=True)
+
+
+@pytest.fixture(scope="module")
+def pndm_pipe(fixture_dir):
+    return load_pipeline(fixture_dir, sampler="pndm")
+
+
+class CallIndex:
+    """The model call the loop is at, for hooks that run inside the transformer."""
+
+    call: int | None = None
+
+    def on_step_begin(self, state) -> None:
+        self.call = state.call
+
+
 def _factors(pipe, rank=2, seed=0):
     """{module path: (down (rank, in), up (out, rank))} with effects large enough to see."""
     g = torch.Generator().manual_seed(seed)
@@ -164,6 +183,22 @@ def test_teacache_large_threshold_skips_the_predicted_steps(pipe, image, plain, 
     assert torch.isfinite(video).all() and not torch.equal(video, plain)
 
 
+@pytest.mark.parametrize(("start", "end", "skipped"), [(1, 1, [1, 2, 5, 6, 9, 10]), (2, 1, [2, 6, 10])])
+def test_teacache_window_counts_model_calls_like_the_original(pndm_pipe, image, start, end, skipped):
+    """The original's counter starts over every 4 (= steps) calls: windows 0-3, 4-7, 8-11, 12.
+    In each, position start - 1 seeds the cache and positions start..4 - end - 1 may reuse it."""
+    cache = TeaCache(threshold=1e9, skip_start_steps=start, skip_end_steps=end)
+    calls = []
+    handle = pndm_pipe.transformer.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    cache.attach(pndm_pipe)
+    try:
+        pndm_pipe(image, **PNDM_KW)
+    finally:
+        cache.detach(pndm_pipe)
+        handle.remove()
+    assert cache.skipped == skipped and len(calls) == 13 - len(skipped)
+
+
 # -- Enhance-A-Video -------------------------------------------------------------------------
 def _reference_factor(query, key, frames, weight):
     """The formula written out loop by loop in float64."""
@@ -219,6 +254,31 @@ def test_enhance_a_video_scales_self_attention_only_on_its_steps(pipe, image, pl
     assert set(seen) == {2} and len(seen) == KW["steps"] * len(pipe.transformer.blocks)  # 8 frames -> 2 latent
     assert all(b.attn1.processor.score_hook is None and b.attn2.processor.score_hook is None for b in pipe.transformer.blocks)
     assert torch.equal(pipe(image, **KW), plain)
+
+
+@pytest.mark.parametrize(("start", "end", "enhanced"), [(1, 1, [1, 2]), (0, 0, [0, 1, 2, 3])])
+def test_enhance_a_video_window_counts_model_calls_like_the_original(pndm_pipe, image, start, end, enhanced):
+    """The original compares its call counter with the user's 4 steps: calls start..4 - end - 1
+    are enhanced, and none of PNDM's calls 4..12, though they belong to steps 1-3."""
+    eav = EnhanceAVideo(weight=9.0, skip_start_steps=start, skip_end_steps=end)
+    where, seen = CallIndex(), set()
+
+    def hook(query, key, num_frames):
+        factor = eav(query, key, num_frames)
+        if factor is not None:
+            seen.add(where.call)
+        return factor
+
+    eav.attach(pndm_pipe)
+    for block in pndm_pipe.transformer.blocks:
+        block.attn1.processor.score_hook = hook
+    try:
+        pndm_pipe(image, callbacks=[where], **PNDM_KW)
+    finally:
+        for block in pndm_pipe.transformer.blocks:
+            block.attn1.processor.score_hook = eav
+        eav.detach(pndm_pipe)
+    assert sorted(seen) == enhanced
 
 
 # -- configuration ---------------------------------------------------------------------------

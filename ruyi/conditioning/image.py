@@ -213,8 +213,10 @@ def frames_from_images(
 class StartEndFrames:
     """Image conditioning of Ruyi's inpainting model: start frame, optional end frame.
 
-    ``clip_apply_ratio``: the CLIP image features are used only for the last share of the steps
-    (the first ``1 - clip_apply_ratio`` see zeros), as in the original.
+    ``clip_apply_ratio``: the CLIP image features are used only for the last share of the model
+    evaluations (the first ``1 - clip_apply_ratio`` see zeros), as in the original. It counts
+    evaluations, not steps: PNDM's warm-up evaluates the model 4 times per step, so at 4 steps
+    its 13 evaluations put the switch elsewhere than 4 steps would.
     """
 
     def __init__(self, *, clip_apply_ratio: float = 0.4) -> None:
@@ -225,9 +227,9 @@ class StartEndFrames:
     def prepare(self, start_image, end_image=None, *, frames: int, height: int, width: int) -> FrameConditioning:
         return frames_from_images(start_image, end_image, frames=frames, height=height, width=width)
 
-    def clip_active(self, step: int, num_steps: int) -> bool:
-        """Whether step ``step`` (0-based) of ``num_steps`` sees the CLIP features."""
-        return step >= num_steps * (1.0 - self.clip_apply_ratio)
+    def clip_active(self, call: int, num_calls: int) -> bool:
+        """Whether model evaluation ``call`` (0-based) of the loop's ``num_calls`` sees the CLIP features."""
+        return call >= num_calls * (1.0 - self.clip_apply_ratio)
 
     @torch.no_grad()
     def encode(

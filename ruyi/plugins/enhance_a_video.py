@@ -46,9 +46,14 @@ def enhance_factor(
 @PLUGINS.register("enhance_a_video")
 class EnhanceAVideo:
     """``weight`` in [0, 10): larger strengthens cross-frame consistency (keep it < 5 for short or
-    low-resolution videos); ``weight=0`` attaches nothing. Steps ``< skip_start_steps`` and the
-    last ``skip_end_steps`` run unchanged. Single-frame inputs are left alone (no cross-frame
-    attention to measure)."""
+    low-resolution videos); ``weight=0`` attaches nothing. Single-frame inputs are left alone (no
+    cross-frame attention to measure).
+
+    Model calls ``skip_start_steps <= call < steps - skip_end_steps`` are enhanced, the others
+    run unchanged. As in the original, whose counter counts transformer calls and compares them
+    with the user's steps: a sampler that evaluates once per step skips the first and last steps;
+    PNDM (13 calls for 4 steps) enhances only calls below ``steps - skip_end_steps``.
+    """
 
     reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
 
@@ -87,7 +92,7 @@ class EnhanceAVideo:
             pipe.callbacks.remove(self)
 
     def on_step_begin(self, state) -> None:
-        self.active = self.skip_start_steps <= state.step < state.num_steps - self.skip_end_steps
+        self.active = self.skip_start_steps <= state.call < state.num_steps - self.skip_end_steps
 
     def on_loop_end(self, state) -> None:
         self.active = True

@@ -1,9 +1,14 @@
-"""TeaCache: skip the transformer's block stack on steps whose timestep-modulated input barely moved.
+"""TeaCache: skip the transformer's block stack on calls whose timestep-modulated input barely moved.
 
-Each step TeaCache measures how far the first block's modulated input (its ``norm1`` of the
-tokens and the timestep embedding) moved since the last fully computed step, rescales that
+Each model call TeaCache measures how far the first block's modulated input (its ``norm1`` of the
+tokens and the timestep embedding) moved since the last fully computed call, rescales that
 relative L1 distance with the original's polynomial, and accumulates it. While the sum stays below
 ``threshold`` the block stack is skipped and the residual it added last time is reused.
+
+Its window counts as the original's counter does: transformer calls, starting over every
+``steps`` calls (the user's steps). Samplers that evaluate once per step see one window; PNDM's
+warm-up evaluates more often than it steps (13 calls for 4 steps), so its window starts over
+within the run (calls 0-3, 4-7, 8-11, 12) and each window seeds the cache again.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ COEFFICIENTS = (-7.51185620e03, 2.32931511e03, -2.25610663e02, 9.39902237e00, -7
 
 @PLUGINS.register("teacache")
 class TeaCache:
-    """Attach with ``attach(pipe)``; after a run ``skipped_steps`` says how many steps reused the cache.
+    """Attach with ``attach(pipe)``; after a run ``skipped_steps`` says how many model calls reused
+    the cache and ``skipped`` which ones.
 
-    Steps ``< skip_start_steps`` and the last ``skip_end_steps`` always run the blocks.
+    Window positions ``< skip_start_steps`` and the last ``skip_end_steps`` always run the blocks.
     ``threshold=0`` never skips (the polynomial dips below zero for near-identical inputs, which
     would otherwise skip even at 0); 0.10 caches about 6-8 of 25 steps, 0.15 about 10-12.
 
@@ -49,7 +55,7 @@ class TeaCache:
         self.skip_end_steps = check_int("teacache.skip_end_steps", skip_end_steps, low=1)
         self.offload_cpu = bool(offload_cpu)
         self.skipped_steps = 0
-        self.skipped: list[int] = []  # step indices of the last run that reused the cache
+        self.skipped: list[int] = []  # model-call indices of the last run that reused the cache
         self._transformer: torch.nn.Module | None = None
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._reset(num_steps=0)
@@ -60,7 +66,8 @@ class TeaCache:
 
     def _reset(self, num_steps: int) -> None:
         self.num_steps = num_steps
-        self.step: int | None = None  # None outside a denoising loop: then the blocks always run
+        self.call = 0
+        self.step: int | None = None  # position in the window; None outside a loop: the blocks always run
         self._accumulated = 0.0
         self._previous_modulated: torch.Tensor | None = None
         self._residual: torch.Tensor | None = None
@@ -94,10 +101,11 @@ class TeaCache:
         self.skipped_steps, self.skipped = 0, []
 
     def on_step_begin(self, state) -> None:
-        self.step = state.step
+        # the original's counter: it starts over every num_steps calls, and its window with it
+        self.call, self.step = state.call, state.call % self.num_steps
 
     def on_loop_end(self, state) -> None:
-        log.info("TeaCache skipped %d of %d steps %s", self.skipped_steps, self.num_steps, self.skipped)
+        log.info("TeaCache skipped %d of %d model calls %s", self.skipped_steps, state.num_calls, self.skipped)
         self._reset(num_steps=0)  # drop the cached tensors between runs
 
     # -- the blocks runner -------------------------------------------------------------------
@@ -114,7 +122,7 @@ class TeaCache:
             self._accumulated += self.rescaled_distance(modulated)
             if self.threshold > 0 and self._accumulated < self.threshold:
                 self.skipped_steps += 1
-                self.skipped.append(step)
+                self.skipped.append(self.call)
                 return hidden_states + self._residual.to(hidden_states.device)
             self._accumulated = 0.0
         self._previous_modulated = self._store(modulated)

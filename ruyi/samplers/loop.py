@@ -3,11 +3,15 @@
 Plugins (TeaCache, Enhance-A-Video, benchmarking, a UI progress bar) attach as callbacks; the loop
 itself never changes for them.
 
-One meaning of "step": the user's ``steps``. A sampler may evaluate the model more than once per
-step (PNDM's Runge-Kutta warm-up: 4 calls for each of its first 3 steps, so 25 steps are 34 calls);
-callbacks are told about every call (``on_step_begin``/``on_step_end``) but ``state.step`` /
-``state.num_steps`` always count user steps, and ``state.step_done`` marks a step's last call.
-Progress bars, CLIP scheduling and plugin windows read those.
+Two counts. A sampler may evaluate the model more than once per step (PNDM's Runge-Kutta
+warm-up: 4 calls for each of its first 3 steps, so 25 steps are 34 calls); callbacks are told
+about every call (``on_step_begin``/``on_step_end``). ``state.step`` / ``state.num_steps`` count
+the user's steps (``state.step_done`` marks a step's last call): progress bars read those.
+``state.call`` / ``state.num_calls`` count model evaluations: whatever changes the model's output
+reads those, because the original indexes by evaluation — the CLIP window
+(``clip_active(call, num_calls)``), TeaCache and Enhance-A-Video (their windows compare the
+evaluation index with the user's ``num_steps``, TeaCache's starting over every ``num_steps``
+evaluations, as the original's counters do).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class DenoiseState:
     prediction: torch.Tensor | None = None
     stop: bool = False
     call: int = 0  # model evaluation index, 0-based (== step unless the sampler needs several per step)
-    num_calls: int = 0
+    num_calls: int = 0  # model evaluations of the whole loop
     step_done: bool = True  # this call is the last one of its step
     extras: dict[str, Any] = field(default_factory=dict)
 

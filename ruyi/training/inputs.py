@@ -9,8 +9,10 @@ pipeline scales latents. Camera/motion labels select the checkpoint's control em
 
 Guidance needs an unconditional model: with probability ``uncond_prob`` a sample gets the
 negative branch inference pairs with it (the ``n.default`` embeddings and no CLIP image). CLIP
-features are used as at inference: only in the last ``clip_apply_ratio`` share of the denoising
-steps, i.e. for timesteps below ``clip_apply_ratio * num_train_timesteps``.
+features are used for timesteps below ``clip_apply_ratio * num_train_timesteps``. Inference uses
+them for the last ``clip_apply_ratio`` share of its model calls; with 25 DDIM, Euler or DPM++
+steps that is the same set of timesteps (PNDM's extra warm-up calls move the switch to t <= 481,
+few steps move it by up to a step), and a training timestep belongs to no schedule.
 """
 
 from __future__ import annotations

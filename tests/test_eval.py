@@ -189,3 +189,17 @@ def test_python_m_ruyi_help_and_list():
     assert proc.returncode == 0 and "eval" in proc.stdout and "list" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "ruyi", "list"], capture_output=True, text=True)
     assert proc.returncode == 0 and "metric:" in proc.stdout and "camera" in proc.stdout
+
+
+def test_ssim_agrees_with_torchmetrics_on_luma():
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    video = pan(3, 0)
+    noisy = np.clip(video + np.random.default_rng(2).normal(0, 20, video.shape), 0, 255).astype(np.uint8)
+    luma = torch.tensor([0.299, 0.587, 0.114])
+
+    def y(frames):
+        return (torch.from_numpy(frames).float() / 255.0 @ luma)[:, None]
+
+    expected = float(tm_ssim(y(video), y(noisy), data_range=1.0))
+    assert evaluate(video, reference=noisy, metrics=["ssim"])["ssim"] == pytest.approx(expected, abs=2e-3)

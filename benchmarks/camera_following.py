@@ -169,7 +169,8 @@ def held_out_canvases(count: int, height: int, width: int, travel: int, *, seed:
     hills (drawn that large), then ``count`` textures of the ``heldout`` split, kinds in turn
     (``seed``: another set, e.g. to choose sampling settings on images the report does not use)."""
     from ruyi.io import procedural_image
-    from ruyi.training.data.procedural import KINDS, SPLITS, as_uint8, textured_canvas
+    from ruyi.training.data.pictures import KINDS, as_uint8, textured_canvas
+    from ruyi.training.data.procedural import SPLITS
 
     big_h, big_w = height + 2 * travel, width + 2 * travel
     canvases = [("default sky", np.asarray(procedural_image(big_w, big_h)))]

@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import camera_following as cf  # noqa: E402
-from ruyi.training.data.procedural import pan_clip, textured_canvas  # noqa: E402
+from ruyi.training.data.pictures import textured_canvas  # noqa: E402
+from ruyi.training.data.procedural import pan_clip  # noqa: E402
 
 SPEED, FRAMES, SIZE = 5, 6, 96
 

@@ -1,5 +1,5 @@
-"""ruyi.eval.heldout and the photo split: what the held-out and selection sets hold, that the photo
-sets share no photograph (by name and by pixels), and that the measure reads true pans of a
+"""ruyi.eval.heldout and the photo split: what the held-out and selection sets hold, that training
+never sees their photographs (by name and by pixels), and that the measure reads true pans of a
 photograph right while a pure gradient panned along itself is no test at all."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 from ruyi.errors import ConfigError
 from ruyi.eval import heldout
 from ruyi.eval.motion import CONTENT, content_motion, follows
+from ruyi.training.data import ProceduralPans
 from ruyi.training.data import photos as photo_data
-from ruyi.training.data.pictures import KINDS as TEXTURE_KINDS
+from ruyi.training.data.pictures import KINDS, PHOTO_KINDS, TEXTURE_KINDS
 
 pytest.importorskip("skimage")  # the photographs (the GPU job reads them from an .npz instead)
 
@@ -69,6 +70,20 @@ def test_the_photo_sets_are_disjoint_by_name_and_by_pixels(monkeypatch):
     smuggled = {**photo_data.PHOTO_SETS, "train": (*photo_data.PHOTO_SETS["train"], "cat")}
     with pytest.raises(ConfigError, match="'cat' of set 'train' is 'chelsea' \\(heldout\\)"):
         photo_data.check_photo_sets(smuggled)
+
+
+def test_no_training_dataset_crops_a_held_out_or_selection_photo():
+    """Every picture kind training can ask for, alone and all together: the photographs its bank
+    may cut from are trainable ones only, by name and by pixels."""
+    kept_apart = photo_data.PHOTO_SETS["heldout"] + photo_data.PHOTO_SETS["selection"]
+    forbidden = {photo_data.digest(photo_data.load_photo(n)) for n in kept_apart}
+    for kinds in [*([k] for k in KINDS), list(KINDS)]:
+        data = ProceduralPans(frames=4, height=32, width=32, kinds=kinds, bank_size=len(kinds), length=4)
+        sources = data.photos
+        assert bool(sources) == any(k in PHOTO_KINDS for k in kinds), kinds
+        assert not set(sources) & set(kept_apart)
+        assert not {photo_data.digest(photo_data.load_photo(n)) for n in sources} & forbidden
+    assert ProceduralPans(frames=4, height=32, width=32).photos == ()  # the first recipe's kinds use none
 
 
 def test_photos_come_from_the_npz_cache_as_from_scikit_image(tmp_path, monkeypatch):

@@ -34,8 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ruyi.errors import ConfigError
 from ruyi.training.data.photos import load_photo, photo_set
-from ruyi.training.data.pictures import KINDS as TEXTURE_KINDS
-from ruyi.training.data.pictures import as_uint8, textured_canvas
+from ruyi.training.data.pictures import TEXTURE_KINDS, as_uint8, textured_canvas
 from ruyi.training.data.procedural import CONTENT_STEP, DIRECTIONS, SPLITS, pan_clip
 
 KINDS = ("drawn", "gradients", "textures", "photographs")

@@ -1,8 +1,10 @@
 """``data=procedural_pans``: camera pans made on the fly, so training needs no downloaded data.
 
-Each sample crops a window sliding across a textured canvas (``ruyi.training.data.pictures``:
-smooth noise, shapes or stripes, or shapes over noise). Labels follow film convention: ``camera=left`` pans the camera left, so the
-content moves RIGHT across the frames; ``camera=up`` tilts up, so the content moves DOWN.
+Each sample crops a window sliding across a picture (``data.kinds``, drawn by
+``ruyi.training.data.pictures``: smooth noise, shapes, stripes and shapes over noise by default;
+drawn polygons, faint gradients, fractal noise, blends and crops of the trainable photographs on
+request). Labels follow film convention: ``camera=left`` pans the camera left, so the content moves
+RIGHT across the frames; ``camera=up`` tilts up, so the content moves DOWN.
 ``motion`` 1-4 sets the speed (``pixels_per_frame``); ``auto`` labels (camera or motion) hide a
 random choice, so the model learns what ``auto`` means at inference too.
 
@@ -10,6 +12,8 @@ Drawing a texture costs tens of milliseconds (PIL), cutting a clip out of one ab
 the canvases come from a :class:`TextureBank` of ``bank_size`` large textures per split, drawn once
 (in each DataLoader worker, at its first sample) and reused. A sample picks a texture, a
 random place on it, a mirror flip and an order of the colour channels, and slides its window there.
+``tone_prob`` gives that share of the bank a random contrast, brightness and sometimes grey
+(``pictures.vary_tone``).
 
 A sample is a pure function of (seed, split, index) and the options: the bank depends on (seed,
 split) and the sizes alone, so neither the worker count nor the order of the samples changes
@@ -26,7 +30,7 @@ from torch.utils.data import Dataset
 
 from ruyi.errors import ConfigError
 from ruyi.registry import DATASETS
-from ruyi.training.data.pictures import KINDS, as_uint8, textured_canvas
+from ruyi.training.data.pictures import KINDS, TEXTURE_KINDS, as_uint8, photo_sources, textured_canvas, vary_tone
 
 DIRECTIONS = ("static", "left", "right", "up", "down")
 MOTIONS = ("1", "2", "3", "4")
@@ -64,9 +68,10 @@ class TextureBank:
     BANK_STREAM, k): the same in every process, whatever order the samples come in.
     """
 
-    def __init__(self, *, seed: int, split: int, height: int, width: int, count: int, kinds: Sequence[str]) -> None:
+    def __init__(self, *, seed: int, split: int, height: int, width: int, count: int, kinds: Sequence[str],
+                 tone_prob: float = 0.0) -> None:  # fmt: skip
         self.seed, self.split, self.height, self.width = seed, split, height, width
-        self.count, self.kinds = count, tuple(kinds)
+        self.count, self.kinds, self.tone_prob = count, tuple(kinds), float(tone_prob)
         self._textures: dict[int, np.ndarray] = {}
 
     def texture(self, k: int) -> np.ndarray:
@@ -76,6 +81,8 @@ class TextureBank:
             for j in range(self.count):
                 rng = np.random.default_rng([self.seed, self.split, BANK_STREAM, j])
                 canvas = textured_canvas(rng, self.height, self.width, self.kinds[j % len(self.kinds)])
+                if self.tone_prob and rng.random() < self.tone_prob:  # no draw at 0: the first recipe's bank stays
+                    canvas = vary_tone(rng, canvas)
                 self._textures[j] = as_uint8(canvas)
         return self._textures[k]
 
@@ -104,8 +111,9 @@ class ProceduralPans(Dataset):
         split: str = "train",
         pixels_per_frame: Sequence[int] = (2, 4, 6, 8),
         auto_prob: float = 0.1,
-        kinds: Sequence[str] = KINDS,
+        kinds: Sequence[str] = TEXTURE_KINDS,
         bank_size: int = 96,
+        tone_prob: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}")
@@ -118,6 +126,8 @@ class ProceduralPans(Dataset):
                 raise ConfigError(f"texture kind {kind!r} is not one of {', '.join(KINDS)}")
         if not kinds or int(bank_size) < len(kinds):
             raise ConfigError(f"data.bank_size={bank_size} must be at least the number of texture kinds ({len(kinds)})")
+        if not 0.0 <= float(tone_prob) <= 1.0:
+            raise ConfigError(f"data.tone_prob={tone_prob} must lie in [0, 1]")
         self.frames, self.height, self.width = int(frames), int(height), int(width)
         self.length, self.seed, self.split = int(length), int(seed), split
         self.speeds = tuple(int(s) for s in pixels_per_frame)
@@ -125,11 +135,16 @@ class ProceduralPans(Dataset):
         travel, margin = (self.frames - 1) * max(self.speeds), max(self.height, self.width) // 2
         self.bank = TextureBank(
             seed=self.seed, split=SPLITS[split], height=self.height + travel + margin,
-            width=self.width + travel + margin, count=int(bank_size), kinds=self.kinds,
+            width=self.width + travel + margin, count=int(bank_size), kinds=self.kinds, tone_prob=float(tone_prob),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def photos(self) -> tuple[str, ...]:
+        """The photographs this dataset's pictures may be cut from (``photos.PHOTO_SETS["train"]`` or none)."""
+        return photo_sources(self.kinds)
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLITS[self.split], index])

@@ -69,7 +69,8 @@ def summarise(rows: list[dict], frames: int) -> list[dict]:
     measurable = measurable_images(rows)
     table = []
     for source in dict.fromkeys(r["source"] for r in rows):
-        kinds = list(dict.fromkeys(r["kind"] for r in rows if r["source"] == source))
+        present = dict.fromkeys(r["kind"] for r in rows if r["source"] == source)  # merged shards interleave kinds
+        kinds = sorted(present, key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
         for kind in [*kinds, "all"]:
             for direction in DIRECTIONS:
                 mine = [r for r in rows if r["source"] == source and r["camera"] == direction and kind in ("all", r["kind"])]
@@ -300,7 +301,8 @@ def merge(paths: list[Path], out: Path | None) -> None:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "camera_following.md").write_text(text + "\n")
-        (out / "camera_following.json").write_text(json.dumps({"runs": [p["args"] for p in parts], **payload}, indent=1))
+        (out / "camera_following.json").write_text(json.dumps({  # with args, head and seconds: it can be merged again
+            "args": parts[0]["args"], "head": head, "seconds": seconds, "runs": [p["args"] for p in parts], **payload}, indent=1))  # fmt: skip
 
 
 def main() -> None:

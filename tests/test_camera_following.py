@@ -176,3 +176,26 @@ def test_the_shipped_default_pans_the_default_picture_as_asked():
         assert along > 2 * across and along > 5, f"camera={camera} moved the content by {moved[camera]}"
     static = float(np.hypot(*moved["static"]))
     assert static < 0.25 * min(float(np.hypot(*moved[c])) for c in expected), moved
+
+
+def test_shards_merge_into_one_report_in_kind_order(tmp_path):
+    """Runs side by side (``--shard``) each write their rows; ``--merge`` pools them, kinds in the
+    set's order whichever shard held them, and its JSON can be merged again."""
+    import json
+
+    pans = {"static": (0.0, 0.0), "left": (14.0, 0.0), "right": (-14.0, 0.0), "up": (0.0, 14.0), "down": (0.0, -14.0)}
+    paths = []
+    for i, (kind, image) in enumerate([("photographs", "p0"), ("drawn", "d0")]):
+        path = tmp_path / f"shard{i}.json"
+        path.write_text(json.dumps({"args": {"frames": "8"}, "head": f"shard {i}", "seconds": 10.0 + i,
+                                    "label_loss": None, "rows": _model_rows(kind, image, pans)}))  # fmt: skip
+        paths.append(path)
+    cf.merge(paths, tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "camera_following.json").read_text())
+    assert [k["kind"] for k in merged["by_kind"]] == ["drawn", "photographs", "all"]
+    assert merged["by_kind"][-1]["n"]["left"] == 4 and merged["seconds"] == 11.0
+    text = (tmp_path / "merged" / "camera_following.md").read_text()
+    assert "2 runs side by side, 2 images (2 measurable), 20 videos" in text and "- shard 1" in text
+    cf.merge([tmp_path / "merged" / "camera_following.json"], tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "camera_following.json").read_text())
+    assert again["by_kind"] == merged["by_kind"]

@@ -220,3 +220,28 @@ def test_conditioned_clips_carry_the_inference_layout_as_whole_numbers(end_frame
     frames = video.permute(1, 2, 3, 0).numpy()
     layout = conditioning.prepare(frames[0], frames[-1] if end_frame_prob else None, frames=8, height=32, width=48)
     assert torch.equal((layout.video[0] * 255).round().to(torch.uint8), want)
+
+
+def test_the_v2_recipe_is_tiny_pans_with_more_varied_pictures():
+    """experiment=tiny_pans_v2 changes the data's pictures alone (kinds, bank, tone): same model,
+    batch, steps and schedule as the recipe of the shipped default."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        old, new = (OmegaConf.to_container(compose("train", overrides=[f"experiment={e}", "output_dir=/x"]), resolve=True)
+                    for e in ("tiny_pans", "tiny_pans_v2"))  # fmt: skip
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    a, b = flat(old), flat(new)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"data.kinds", "data.bank_size", "data.tone_prob"}
+    assert set(b["data.kinds"]) == set(KINDS) and b["data.bank_size"] % len(b["data.kinds"]) == 0
+    assert a["trainer.max_steps"] == 3527 and a["data.kinds"] == list(TEXTURE_KINDS)

@@ -1,6 +1,6 @@
 """Real photographs from scikit-image's bundled data, and which of them training may ever see.
 
-The split below was fixed on 2026-12-02, before any model was trained on photographs, and is not
+The split below was fixed on 2026-12-06, before any model was trained on photographs, and is not
 to be moved afterwards: a photo that has been trained on, or that settings were chosen on, can no
 longer report how the model does on pictures it never saw.
 

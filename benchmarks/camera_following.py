@@ -144,7 +144,8 @@ def reference_markdown(table: list[dict]) -> str:
     lines = ["| true pans: kind | " + " | ".join(MOVING) + " |", "|---" * (1 + len(MOVING)) + "|"]
     for kind in dict.fromkeys(t["kind"] for t in table if t["source"] == REFERENCE):
         cells = {t["camera"]: t for t in table if t["source"] == REFERENCE and t["kind"] == kind}
-        lines.append(f"| {kind} | " + " | ".join(f"{cells[d]['right_%']:.0f} % ({cells[d]['n']})" for d in MOVING if d in cells) + " |")
+        shares = [f"{cells[d]['right_%']:.0f} % ({cells[d]['n']})" for d in MOVING if d in cells]
+        lines.append(f"| {kind} | " + " | ".join(shares) + " |")
     return "\n".join(lines)
 
 
@@ -301,8 +302,9 @@ def merge(paths: list[Path], out: Path | None) -> None:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "camera_following.md").write_text(text + "\n")
-        (out / "camera_following.json").write_text(json.dumps({  # with args, head and seconds: it can be merged again
-            "args": parts[0]["args"], "head": head, "seconds": seconds, "runs": [p["args"] for p in parts], **payload}, indent=1))  # fmt: skip
+        merged = {"args": parts[0]["args"], "head": head, "seconds": seconds,  # so it can be merged again
+                  "runs": [p["args"] for p in parts], **payload}  # fmt: skip
+        (out / "camera_following.json").write_text(json.dumps(merged, indent=1))
 
 
 def main() -> None:
@@ -346,7 +348,8 @@ def main() -> None:
     videos = sum(r["source"] == "model" for r in rows)
     shard = "" if args.shard[1] == 1 else f" (shard {args.shard[0]} of {args.shard[1]})"
     head = (f"camera following of {args.model_path.name} on the {args.set} set{shard} ({', '.join(args.kinds)}): "
-            f"{len(images)} images ({len(measurable_images(rows))} measurable: all 4 true pans read right) x {args.seeds} seeds, "
+            f"{len(images)} images ({len(measurable_images(rows))} measurable: all 4 true pans read right) "
+            f"x {args.seeds} seeds, "
             f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), "
             f"cfg {args.cfg}, {args.steps} steps; {videos} videos in {seconds:.0f} s on {pipe.execution_device}")  # fmt: skip
     losses = None
@@ -357,8 +360,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "camera_following.md").write_text(text + "\n")
-        (args.out / "camera_following.json").write_text(json.dumps({
-            "args": {k: str(v) for k, v in vars(args).items()}, "head": head, "seconds": seconds, **payload}, indent=1))  # fmt: skip
+        run = {"args": {k: str(v) for k, v in vars(args).items()}, "head": head, "seconds": seconds, **payload}
+        (args.out / "camera_following.json").write_text(json.dumps(run, indent=1))
         save_strip(strips, args.out / "strip.png")
         gif = [Image.fromarray(f) for f in strips["left"]]
         gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)

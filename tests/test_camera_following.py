@@ -153,7 +153,8 @@ def test_the_summary_by_kind_scores_each_kind_and_direction_and_the_goal():
     assert pooled["right_measurable_%"]["down"] == 75.0 and pooled["n"]["down"] == 8 and not pooled["goal_met"]
     text = cf.markdown(list(kinds.values()))
     assert "| drawn | 2 (2) | 100 % (4) · all 100 % |" in text
-    assert "| photographs | 2 (2) | 100 % (4) · all 100 % | 100 % (4) · all 100 % | 100 % (4) · all 100 % | 50 % (4) · all 50 % | 0.55 |" in text
+    assert ("| photographs | 2 (2) | 100 % (4) · all 100 % | 100 % (4) · all 100 % | 100 % (4) · all 100 % "
+            "| 50 % (4) · all 50 % | 0.55 |") in text
     assert text.count("| not met |") == 2 and text.count("| met |") == 1
 
 

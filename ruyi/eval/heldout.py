@@ -159,7 +159,8 @@ def gradient_picture(rng: np.random.Generator, height: int, width: int) -> np.nd
     return np.clip(base + amplitude * detail[..., None], 0, 1).astype(np.float32)
 
 
-def photo_canvas(photo: np.ndarray, side: tuple[int, int], *, zoom: float = 1.0, rng: np.random.Generator | None = None) -> np.ndarray:
+def photo_canvas(photo: np.ndarray, side: tuple[int, int], *, zoom: float = 1.0,
+                 rng: np.random.Generator | None = None) -> np.ndarray:  # fmt: skip
     """The photo scaled to cover ``zoom`` x ``side`` (height, width) and cut to ``side``: centred,
     or at a random place when ``rng`` is given -> uint8 (height, width, 3)."""
     height, width = side

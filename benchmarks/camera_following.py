@@ -1,27 +1,35 @@
-"""Does a model move the picture the way ``camera=`` asks? Measured on images training never saw.
+"""Does a model move the picture the way ``camera=`` asks? Measured by kind of image, on images training never saw.
 
-    python benchmarks/camera_following.py --model-path ruyi/assets/ruyi-tiny-pans --out benchmarks/results/camera
+    python benchmarks/camera_following.py --out benchmarks/results/camera_heldout          # the report set
+    python benchmarks/camera_following.py --set selection --model-path runs/x/checkpoint    # to choose settings
+    python benchmarks/camera_following.py --kinds photographs --device cuda
+    python benchmarks/camera_following.py --merge a/camera_following.json b/camera_following.json --out both
 
-For each held-out start image (procedural textures of the ``heldout`` stream, plus the default
-run's sky-and-hills picture), each camera direction and several seeds, the pipeline generates a
-video (assembled from ``configs/infer.yaml`` as ``infer.py`` does). The global displacement between
-consecutive frames is measured by half-whitened phase correlation (grey frames, lightly blurred,
-Hann window, cross-power spectrum over the square root of its magnitude, sub-pixel peak; the table
-also gives classic phase correlation, which the codec's static 8 px block grid fools on small
-generated frames: see ``phase_shift``); their sum is the
-content's motion (``ruyi.eval.motion``, the camera metric of ``ruyi eval``). The direction is right when the dominant axis and its sign match the film
-convention (camera=left -> content moves right, camera=up -> content moves down).
+The start images come from ``ruyi.eval.heldout``: drawn shapes, gradients with structure, procedural
+textures of the held-out stream and real photographs, in two disjoint sets fixed before training
+(``--set heldout`` reports, ``--set selection`` is for choosing; see that module and
+``ruyi.training.data.photos`` for which photographs are held out). For each image, camera
+direction and seed, the pipeline generates a video (assembled from ``configs/infer.yaml`` as
+``infer.py`` does). The global displacement between consecutive frames is measured by
+half-whitened phase correlation (grey frames, lightly blurred, Hann window, cross-power spectrum
+over the square root of its magnitude, sub-pixel peak; ``ruyi.eval.motion``, the camera metric of
+``ruyi eval``; the JSON also keeps classic phase correlation, which the codec's static 8 px block
+grid fools on small generated frames). The direction is right when the dominant axis and its sign
+match the film convention (camera=left -> content moves right, camera=up -> content moves down).
 
-Each held-out image is the centre of a larger canvas, so its true pans exist: the ``reference``
-rows run the same measurement on them after the VAE round trip. An image is *measurable* when the
-measurement reads all four of its true pans right; on the others (a stripe texture panned along its
-stripes, say) nobody could tell from the video which way it moved, so the goal is judged on the
-measurable images, and the table gives the score on all images beside it.
+Each image is the centre of a larger canvas, so its true pans exist: the ``reference`` rows run the
+same measurement on them after the VAE round trip. An image is *measurable* when the measurement
+reads all four of its true pans right; on the others (a gradient panned along its constant axis,
+say) nobody could tell from the video which way it moved, so the goal is judged on the measurable
+images, and the tables give the score on all images beside it.
 
-Below the table: the held-out training loss at t = 990 for every (true camera, label given) pair
+The goal, per kind: >= 90 % right in every moving direction (measurable images), and the static
+videos' median motion at most a quarter of the moving videos' median (``STATIC_SHARE``).
+
+Below the tables: the held-out training loss at t = 990 for every (true camera, label given) pair
 (same clips, same noise), which shows whether the model reads the label at all before its videos
-pan cleanly. Prints a markdown table and writes it with the raw numbers (JSON), a frame strip per
-direction (PNG) and a GIF of camera=left to ``--out``.
+pan cleanly. Prints markdown and writes it with the raw numbers (JSON), a frame strip per
+direction (PNG) and a GIF of camera=left of the first image to ``--out``.
 """
 
 from __future__ import annotations
@@ -39,52 +47,105 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image, true_pans  # noqa: E402
 from ruyi.eval.motion import CONTENT, WHITENING, content_motion, phase_shift  # noqa: E402,F401  (the measurement)
 from ruyi.eval.motion import follows as is_right  # noqa: E402
+from ruyi.training.data.procedural import DIRECTIONS  # noqa: E402
 
-DIRECTIONS = ("static", "left", "right", "up", "down")
-HELD_OUT_SEED = 7  # the held-out canvases' stream: (seed, split "heldout", index), never a training texture
+MOVING = DIRECTIONS[1:]
+GOAL_RIGHT = 90.0  # % right in every moving direction, on measurable images
+STATIC_SHARE = 0.25  # static median px/frame at most this share of the moving median
+REFERENCE = "reference (true pans through the VAE)"
+
+
+def _share(rows: list[dict], direction: str, key: str = "motion") -> float | None:
+    return None if direction == "static" or not rows else 100.0 * float(np.mean([is_right(direction, r[key]) for r in rows]))
 
 
 def summarise(rows: list[dict], frames: int) -> list[dict]:
-    """One line per (source, camera): share judged right over all images, over the measurable
-    images (``measurable_images``) and by classic phase correlation, and the median motion."""
+    """One line per (source, kind, camera), kinds in the rows' order and then ``all``: the share
+    judged right over all images, over the measurable images (``measurable_images``) and by
+    classic phase correlation, and the median motion (px/frame and its dx, dy)."""
     measurable = measurable_images(rows)
     table = []
     for source in dict.fromkeys(r["source"] for r in rows):
-        for direction in DIRECTIONS:
-            mine = [r for r in rows if r["source"] == source and r["camera"] == direction]
-            if not mine:
-                continue
-            speed = [float(np.hypot(*r["motion"])) / (frames - 1) for r in mine]
-            right = None if direction == "static" else 100.0 * np.mean([is_right(direction, r["motion"]) for r in mine])
-            whitened = None if direction == "static" else 100.0 * np.mean([is_right(direction, r["phase"]) for r in mine])
-            judged = [r for r in mine if r["image"] in measurable]
-            on_measurable = None if direction == "static" or not judged else 100.0 * np.mean(
-                [is_right(direction, r["motion"]) for r in judged])  # fmt: skip
-            table.append({
-                "source": source, "camera": direction, "n": len(mine), "right_%": right, "right_phase_%": whitened,
-                "n_measurable": len(judged), "right_measurable_%": on_measurable,
-                "median_px_per_frame": float(np.median(speed)),
-                "median_dx": float(np.median([r["motion"][0] for r in mine])),
-                "median_dy": float(np.median([r["motion"][1] for r in mine])),
-            })  # fmt: skip
+        present = dict.fromkeys(r["kind"] for r in rows if r["source"] == source)  # merged shards interleave kinds
+        kinds = sorted(present, key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
+        for kind in [*kinds, "all"]:
+            for direction in DIRECTIONS:
+                mine = [r for r in rows if r["source"] == source and r["camera"] == direction and kind in ("all", r["kind"])]
+                if not mine:
+                    continue
+                speed = [float(np.hypot(*r["motion"])) / (frames - 1) for r in mine]
+                judged = [r for r in mine if r["image"] in measurable]
+                table.append({
+                    "source": source, "kind": kind, "camera": direction, "n": len(mine),
+                    "images": len({r["image"] for r in mine}), "measurable_images": len({r["image"] for r in judged}),
+                    "right_%": _share(mine, direction), "right_phase_%": _share(mine, direction, "phase"),
+                    "n_measurable": len(judged), "right_measurable_%": _share(judged, direction),
+                    "median_px_per_frame": float(np.median(speed)),
+                    "median_dx": float(np.median([r["motion"][0] for r in mine])),
+                    "median_dy": float(np.median([r["motion"][1] for r in mine])),
+                })  # fmt: skip
     return table
 
 
-def markdown(table: list[dict]) -> str:
-    lines = [("| source | camera | direction right, measurable images (n) | all images (n) | all, by classic phase correlation "
-              "| median px/frame | median dx | median dy |"), "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+def moving_median(rows: list[dict], kind: str, frames: int, source: str = "model") -> float | None:
+    """Median px/frame over all moving videos of ``kind`` (``all``: every kind)."""
+    speed = [float(np.hypot(*r["motion"])) / (frames - 1) for r in rows
+             if r["source"] == source and r["camera"] != "static" and kind in ("all", r["kind"])]  # fmt: skip
+    return float(np.median(speed)) if speed else None
+
+
+def by_kind(table: list[dict], rows: list[dict], frames: int, source: str = "model") -> list[dict]:
+    """One line per kind (then ``all``) of ``source``: right % per moving direction on measurable
+    and on all images, the static and moving median px/frame, and whether the goal is met."""
+    out = []
+    for kind in dict.fromkeys(t["kind"] for t in table if t["source"] == source):
+        lines = {t["camera"]: t for t in table if t["source"] == source and t["kind"] == kind}
+        any_line = next(iter(lines.values()))
+        static = lines["static"]["median_px_per_frame"] if "static" in lines else None
+        moving = moving_median(rows, kind, frames, source)
+        measurable = {d: lines[d]["right_measurable_%"] for d in MOVING if d in lines}
+        met = (len(measurable) == len(MOVING) and all(v is not None and v >= GOAL_RIGHT for v in measurable.values())
+               and static is not None and moving is not None and static <= STATIC_SHARE * moving)  # fmt: skip
+        out.append({
+            "kind": kind, "images": any_line["images"], "measurable_images": any_line["measurable_images"],
+            "right_measurable_%": measurable, "n_measurable": {d: lines[d]["n_measurable"] for d in measurable},
+            "right_%": {d: lines[d]["right_%"] for d in MOVING if d in lines},
+            "n": {d: lines[d]["n"] for d in MOVING if d in lines},
+            "static_px_per_frame": static, "moving_px_per_frame": moving, "goal_met": met,
+        })  # fmt: skip
+    return out
+
+
+def markdown(kinds: list[dict]) -> str:
+    """The by-kind table: right % on measurable images (videos) and on all images, per direction."""
 
     def share(value: float | None) -> str:
         return "—" if value is None else f"{value:.0f} %"
 
-    for t in table:
-        lines.append(
-            f"| {t['source']} | {t['camera']} | {share(t['right_measurable_%'])} ({t['n_measurable']}) | "
-            f"{share(t['right_%'])} ({t['n']}) | {share(t['right_phase_%'])} | {t['median_px_per_frame']:.2f} | "
-            f"{t['median_dx']:+.1f} | {t['median_dy']:+.1f} |"
-        )
+    def speed(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    lines = ["| kind | images (measurable) | " + " | ".join(MOVING) + " | static px/frame | moving px/frame | goal |",
+             "|---" * (5 + len(MOVING)) + "|"]  # fmt: skip
+    for k in kinds:
+        cells = [f"{share(k['right_measurable_%'].get(d))} ({k['n_measurable'].get(d, 0)}) · all {share(k['right_%'].get(d))}"
+                 for d in MOVING]  # fmt: skip
+        goal = "met" if k["goal_met"] else "not met"
+        lines.append(f"| {k['kind']} | {k['images']} ({k['measurable_images']}) | " + " | ".join(cells)
+                     + f" | {speed(k['static_px_per_frame'])} | {speed(k['moving_px_per_frame'])} | {goal} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def reference_markdown(table: list[dict]) -> str:
+    """How often the measure reads the true pans right, per kind and direction (all images)."""
+    lines = ["| true pans: kind | " + " | ".join(MOVING) + " |", "|---" * (1 + len(MOVING)) + "|"]
+    for kind in dict.fromkeys(t["kind"] for t in table if t["source"] == REFERENCE):
+        cells = {t["camera"]: t for t in table if t["source"] == REFERENCE and t["kind"] == kind}
+        shares = [f"{cells[d]['right_%']:.0f} % ({cells[d]['n']})" for d in MOVING if d in cells]
+        lines.append(f"| {kind} | " + " | ".join(shares) + " |")
     return "\n".join(lines)
 
 
@@ -164,53 +225,6 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
     return frames(video)
 
 
-def held_out_canvases(count: int, height: int, width: int, travel: int, *, seed: int = HELD_OUT_SEED) -> list[tuple[str, np.ndarray]]:
-    """[(name, uint8 canvas of (height + 2 travel, width + 2 travel, 3))]: the default run's sky and
-    hills (drawn that large), then ``count`` textures of the ``heldout`` split, kinds in turn
-    (``seed``: another set, e.g. to choose sampling settings on images the report does not use)."""
-    from ruyi.io import procedural_image
-    from ruyi.training.data.procedural import KINDS, SPLITS, as_uint8, textured_canvas
-
-    big_h, big_w = height + 2 * travel, width + 2 * travel
-    canvases = [("default sky", np.asarray(procedural_image(big_w, big_h)))]
-    for i in range(count):
-        rng = np.random.default_rng([seed, SPLITS["heldout"], i])
-        canvas = textured_canvas(rng, big_h, big_w, KINDS[i % len(KINDS)])
-        canvases.append((f"heldout {i}", as_uint8(canvas)))
-    return canvases
-
-
-def start_image(canvas: np.ndarray, height: int, width: int) -> Image.Image:
-    """The canvas's centre window: the first frame of every true pan of ``true_pans``."""
-    top, left = (canvas.shape[0] - height) // 2, (canvas.shape[1] - width) // 2
-    return Image.fromarray(canvas[top : top + height, left : left + width])
-
-
-def true_pans(canvas: np.ndarray, *, frames: int, height: int, width: int, speed: int) -> dict[str, np.ndarray]:
-    """{direction: uint8 (F, H, W, 3)}: pans at ``speed`` px/frame that all start from the centre
-    window (``start_image``), cut by the training's own ``pan_clip`` from the part of the canvas
-    each direction uses."""
-    from ruyi.training.data.procedural import CONTENT_STEP, pan_clip
-
-    travel = (frames - 1) * speed
-    margin_y, margin_x = (canvas.shape[0] - height) // 2, (canvas.shape[1] - width) // 2
-    if min(margin_y, margin_x) < travel:
-        raise ValueError(f"canvas {canvas.shape[:2]} leaves less than {travel} px around a {height}x{width} window")
-
-    def span(step: int, margin: int, size: int) -> slice:
-        # the window slides against the content; pan_clip starts it at the far end for step > 0
-        if step > 0:
-            return slice(margin - travel, margin + size)
-        return slice(margin, margin + size + (travel if step < 0 else 0))
-
-    pans = {}
-    for direction in DIRECTIONS:
-        dx, dy = CONTENT_STEP[direction]
-        part = canvas[span(dy, margin_y, height), span(dx, margin_x, width)]
-        pans[direction] = pan_clip(part, frames=frames, height=height, width=width, direction=direction, speed=speed)
-    return pans
-
-
 def measurable_images(rows: list[dict]) -> set[str]:
     """Images all four of whose true pans (the ``reference`` rows) the measurement reads right."""
     reference = [r for r in rows if r["source"].startswith("reference") and r["camera"] != "static"]
@@ -226,13 +240,82 @@ def save_strip(videos: dict[str, np.ndarray], path: Path, picks: int = 4) -> Non
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def measure_reference(pipe, image, *, frames: int, height: int, width: int, speed: int) -> list[dict]:
+    """The measurement on this image's true pans after the VAE round trip: can it read them?"""
+    rows = []
+    for direction, clip in true_pans(image.canvas, frames=frames, height=height, width=width, speed=speed).items():
+        pixels = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            video = pipe.vae.decode(pipe.vae.encode(pixels.to(pipe.execution_device, pipe.dtype))[0])
+        decoded = to_frames((video.float().cpu().clamp(-1, 1) + 1) / 2)
+        rows.append({"source": REFERENCE, "kind": image.kind, "camera": direction, "image": image.name,
+                     "motion": content_motion(decoded), "phase": content_motion(decoded, whitening=1.0)})  # fmt: skip
+    return rows
+
+
+def generate(pipe, images, args, *, height: int, width: int, speed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Reference rows and one model row per (image, direction, seed); the first image's seed-0
+    videos for the strip."""
+    rows, strips = [], {}
+    for image in images:
+        rows += measure_reference(pipe, image, frames=args.frames, height=height, width=width, speed=speed)
+        start = start_image(image.canvas, height, width)
+        for direction in DIRECTIONS:
+            for seed in range(args.seeds):
+                video = pipe(start, frames=args.frames, video_size=[height, width], steps=args.steps, cfg=args.cfg,
+                             seed=seed, camera=direction, motion=args.motion, progress=False)  # fmt: skip
+                frames = to_frames(video)
+                rows.append({"source": "model", "kind": image.kind, "camera": direction, "image": image.name, "seed": seed,
+                             "motion": content_motion(frames), "phase": content_motion(frames, whitening=1.0)})  # fmt: skip
+                if image is images[0] and seed == 0:
+                    strips[direction] = frames
+    return rows, strips
+
+
+def report(rows: list[dict], *, frames: int, head: str, losses: dict | None) -> tuple[str, dict]:
+    """The markdown (head, by-kind table, true pans, label loss) and the JSON payload of ``rows``."""
+    table = summarise(rows, frames)
+    kinds = by_kind(table, rows, frames)
+    text = (f"{head}\n\ndirection right on measurable images (videos) · on all images; goal: >= {GOAL_RIGHT:.0f} % "
+            f"in every direction and static <= {STATIC_SHARE} x moving\n\n" + markdown(kinds) + "\n\n"
+            + reference_markdown(table))  # fmt: skip
+    if losses:
+        text += "\n\n" + label_table(losses)
+    return text, {"by_kind": kinds, "table": table, "label_loss": losses, "rows": rows}
+
+
+def merge(paths: list[Path], out: Path | None) -> None:
+    """One report from the JSONs of several runs of this script (e.g. one per kind, run side by
+    side on one GPU): their rows pooled, the first label-loss matrix found."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    rows = [r for part in parts for r in part["rows"]]
+    frames = int(parts[0]["args"]["frames"])
+    seconds = max(part["seconds"] for part in parts)
+    losses = next((part["label_loss"] for part in parts if part["label_loss"]), None)
+    heads = [part["head"] for part in parts]
+    images = len({(r["kind"], r["image"]) for r in rows if r["source"] == "model"})
+    head = (f"{len(parts)} runs side by side, {images} images ({len(measurable_images(rows))} measurable), "
+            f"{sum(r['source'] == 'model' for r in rows)} videos, the slowest run {seconds:.0f} s; runs:\n\n"
+            + "\n".join(f"- {h}" for h in heads))  # fmt: skip
+    text, payload = report(rows, frames=frames, head=head, losses=losses)
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "camera_following.md").write_text(text + "\n")
+        merged = {"args": parts[0]["args"], "head": head, "seconds": seconds,  # so it can be merged again
+                  "runs": [p["args"] for p in parts], **payload}  # fmt: skip
+        (out / "camera_following.json").write_text(json.dumps(merged, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", type=Path, default=REPO / "ruyi" / "assets" / "ruyi-tiny-pans")
-    parser.add_argument("--images", type=int, default=16, help="held-out procedural images (plus the default sky)")
+    parser.add_argument("--set", default="heldout", choices=sorted(IMAGE_SETS),
+                        help="heldout: the report set; selection: a disjoint set for choosing settings")  # fmt: skip
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--per-kind", type=int, default=8, help="drawn, gradient and texture images each")
+    parser.add_argument("--views", type=int, default=2, choices=(1, 2), help="per photograph: whole (1), and a detail (2)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--image-seed", type=int, default=HELD_OUT_SEED,
-                        help="which held-out canvases (choose settings on another seed than the one you report)")  # fmt: skip
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, default=8)
@@ -242,53 +325,43 @@ def main() -> None:
     parser.add_argument("--pixels-per-frame", type=int, nargs=4, default=(2, 4, 6, 8), metavar="PX",
                         help="speeds of motion 1-4 in the training data (data.pixels_per_frame), "
                         "for the reference rows")  # fmt: skip
+    parser.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"),
+                        help="only images I, I+N, I+2N, ... of the set (run N side by side, then --merge)")  # fmt: skip
+    parser.add_argument("--no-label-loss", action="store_true", help="skip the label-loss matrix")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="no videos: one report from these runs' camera_following.json (into --out)")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
 
     height, width = args.size
     pipe, _ = build(args.model_path.resolve(), args.device, [])
     speeds = tuple(args.pixels_per_frame)
     speed = speeds[int(args.motion) - 1] if args.motion != "auto" else speeds[1]
-    travel = (args.frames - 1) * max(speeds)
-    rows, strips = [], {}
-    began, videos = time.perf_counter(), 0
-    for name, canvas in held_out_canvases(args.images, height, width, travel, seed=args.image_seed):
-        # the true pans of this very image after the VAE round trip: can the measurement read them?
-        for direction, clip in true_pans(canvas, frames=args.frames, height=height, width=width, speed=speed).items():
-            pixels = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-            with torch.no_grad():
-                video = pipe.vae.decode(pipe.vae.encode(pixels.to(pipe.execution_device, pipe.dtype))[0])
-            frames = to_frames((video.float().cpu().clamp(-1, 1) + 1) / 2)
-            rows.append({"source": "reference (true pans through the VAE)", "camera": direction, "image": name,
-                         "motion": content_motion(frames), "phase": content_motion(frames, whitening=1.0)})  # fmt: skip
-        image = start_image(canvas, height, width)
-        for direction in DIRECTIONS:
-            for seed in range(args.seeds):
-                video = pipe(image, frames=args.frames, video_size=[height, width], steps=args.steps, cfg=args.cfg,
-                             seed=seed, camera=direction, motion=args.motion, progress=False)  # fmt: skip
-                frames = to_frames(video)
-                videos += 1
-                rows.append({"source": "model", "camera": direction, "motion": content_motion(frames),
-                             "phase": content_motion(frames, whitening=1.0), "image": name, "seed": seed})  # fmt: skip
-                if name == "default sky" and seed == 0:
-                    strips[direction] = frames
+    images = image_set(args.set, height=height, width=width, travel=(args.frames - 1) * speed,
+                       per_kind=args.per_kind, kinds=args.kinds, views=args.views)[args.shard[0] :: args.shard[1]]  # fmt: skip
+    began = time.perf_counter()
+    rows, strips = generate(pipe, images, args, height=height, width=width, speed=speed)
     seconds = time.perf_counter() - began
-    table = summarise(rows, args.frames)
-    text = markdown(table)
-    head = (f"camera following of {args.model_path.name}: {args.images + 1} held-out images x {args.seeds} seeds, "
-            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), cfg {args.cfg}, {args.steps} steps; "
-            f"{videos} videos in {seconds:.0f} s; measurable images (all 4 true pans read right): "
-            f"{len(measurable_images(rows))} of {args.images + 1}")  # fmt: skip
-    losses = label_loss(pipe, args.model_path.resolve(), frames=args.frames, height=height, width=width, speeds=speeds)
-    text += "\n\n" + label_table(losses)
-    print(head)
+    videos = sum(r["source"] == "model" for r in rows)
+    shard = "" if args.shard[1] == 1 else f" (shard {args.shard[0]} of {args.shard[1]})"
+    head = (f"camera following of {args.model_path.name} on the {args.set} set{shard} ({', '.join(args.kinds)}): "
+            f"{len(images)} images ({len(measurable_images(rows))} measurable: all 4 true pans read right) "
+            f"x {args.seeds} seeds, "
+            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), "
+            f"cfg {args.cfg}, {args.steps} steps; {videos} videos in {seconds:.0f} s on {pipe.execution_device}")  # fmt: skip
+    losses = None
+    if not args.no_label_loss:
+        losses = label_loss(pipe, args.model_path.resolve(), frames=args.frames, height=height, width=width, speeds=speeds)
+    text, payload = report(rows, frames=args.frames, head=head, losses=losses)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "camera_following.md").write_text(f"{head}\n\n{text}\n")
-        (args.out / "camera_following.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                                     "table": table, "label_loss": losses, "rows": rows}, indent=1))  # fmt: skip
+        (args.out / "camera_following.md").write_text(text + "\n")
+        run = {"args": {k: str(v) for k, v in vars(args).items()}, "head": head, "seconds": seconds, **payload}
+        (args.out / "camera_following.json").write_text(json.dumps(run, indent=1))
         save_strip(strips, args.out / "strip.png")
         gif = [Image.fromarray(f) for f in strips["left"]]
         gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)

@@ -1,5 +1,6 @@
 """benchmarks/camera_following.py: the motion measurement against pans made with known offsets,
-and the label-loss matrix on a random tiny checkpoint of the pans preset."""
+the summary by kind of image on hand-made rows, and the label-loss matrix on a random tiny
+checkpoint of the pans preset."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import camera_following as cf  # noqa: E402
-from ruyi.training.data.procedural import pan_clip, textured_canvas  # noqa: E402
+from ruyi.eval import heldout  # noqa: E402
+from ruyi.training.data.pictures import textured_canvas  # noqa: E402
+from ruyi.training.data.procedural import pan_clip  # noqa: E402
 
 SPEED, FRAMES, SIZE = 5, 6, 96
 
@@ -78,8 +81,8 @@ def test_true_pans_start_from_the_centre_window_and_move_by_the_step():
     canvas = (
         textured_canvas(np.random.default_rng(3), size + 2 * travel, size + 2 * travel, "noise") * 255
     ).astype(np.uint8)
-    pans = cf.true_pans(canvas, frames=frames, height=size, width=size, speed=speed)
-    start = np.asarray(cf.start_image(canvas, size, size))
+    pans = heldout.true_pans(canvas, frames=frames, height=size, width=size, speed=speed)
+    start = np.asarray(heldout.start_image(canvas, size, size))
     assert np.array_equal(start, canvas[travel : travel + size, travel : travel + size])
     for direction, clip in pans.items():
         assert clip.shape == (frames, size, size, 3) and np.array_equal(clip[0], start), direction
@@ -94,7 +97,7 @@ def test_true_pans_start_from_the_centre_window_and_move_by_the_step():
     assert np.array_equal(b[:-speed], a[speed:])
     assert all(np.array_equal(f, start) for f in pans["static"])
     with pytest.raises(ValueError, match="leaves less than"):
-        cf.true_pans(canvas, frames=frames, height=size, width=size, speed=speed + 1)
+        heldout.true_pans(canvas, frames=frames, height=size, width=size, speed=speed + 1)
 
 
 def test_the_goal_is_judged_on_images_whose_true_pans_the_measure_reads():
@@ -104,43 +107,55 @@ def test_the_goal_is_judged_on_images_whose_true_pans_the_measure_reads():
         for direction, motion in right.items():
             # image b: its true upward pan reads sideways (a stripe texture, say)
             read = (9.0, 1.0) if (image, direction) == ("b", "up") else motion
-            rows.append(
-                {
-                    "source": "reference (true pans through the VAE)",
-                    "camera": direction,
-                    "image": image,
-                    "motion": read,
-                    "phase": read,
-                }
-            )
-        for seed, motion in enumerate(
-            [right["up"], right["left"]]
-        ):  # the model: right once, wrong once, per image
-            rows.append(
-                {
-                    "source": "model",
-                    "camera": "up",
-                    "image": image,
-                    "seed": seed,
-                    "motion": motion,
-                    "phase": motion,
-                }
-            )
-    rows.append(
-        {
-            "source": "model",
-            "camera": "up",
-            "image": "b",
-            "seed": 2,
-            "motion": right["up"],
-            "phase": right["up"],
-        }
-    )
+            rows.append({"source": cf.REFERENCE, "kind": "textures", "camera": direction, "image": image,
+                         "motion": read, "phase": read})  # fmt: skip
+        for seed, motion in enumerate([right["up"], right["left"]]):  # the model: right once, wrong once, per image
+            rows.append({"source": "model", "kind": "textures", "camera": "up", "image": image, "seed": seed,
+                         "motion": motion, "phase": motion})  # fmt: skip
+    rows.append({"source": "model", "kind": "textures", "camera": "up", "image": "b", "seed": 2,
+                 "motion": right["up"], "phase": right["up"]})  # fmt: skip
     assert cf.measurable_images(rows) == {"a"}
-    (up,) = [t for t in cf.summarise(rows, frames=8) if t["source"] == "model" and t["camera"] == "up"]
+    table = cf.summarise(rows, frames=8)
+    (up,) = [t for t in table if t["source"] == "model" and t["kind"] == "textures" and t["camera"] == "up"]
     assert (up["n"], up["right_%"]) == (5, 60.0)
     assert (up["n_measurable"], up["right_measurable_%"]) == (2, 50.0)
-    assert "| model | up | 50 % (2) | 60 % (5) |" in cf.markdown([up])
+    assert (up["images"], up["measurable_images"]) == (2, 1)
+    # the "all" lines pool the kinds: one kind here, so the same numbers
+    (pooled,) = [t for t in table if t["source"] == "model" and t["kind"] == "all" and t["camera"] == "up"]
+    assert {k: v for k, v in pooled.items() if k != "kind"} == {k: v for k, v in up.items() if k != "kind"}
+
+
+def _model_rows(kind: str, image: str, reads: dict[str, tuple[float, float]], seeds: int = 2) -> list[dict]:
+    rows = [{"source": "model", "kind": kind, "camera": camera, "image": image, "seed": seed, "motion": motion,
+             "phase": motion} for camera, motion in reads.items() for seed in range(seeds)]  # fmt: skip
+    rows += [{"source": cf.REFERENCE, "kind": kind, "camera": camera, "image": image, "motion": motion,
+              "phase": motion} for camera, motion in cf.CONTENT.items()]  # fmt: skip  (true pans read right)
+    return rows
+
+
+def test_the_summary_by_kind_scores_each_kind_and_direction_and_the_goal():
+    """Hand-made rows (frames=8: 7 frame steps): drawn images follow every direction with a quiet
+    static; photographs get `down` wrong on one of two images and drift when static."""
+    pans = {"static": (0.7, 0.0), "left": (14.0, 1.0), "right": (-14.0, 0.0), "up": (0.0, 21.0), "down": (1.0, -14.0)}
+    wrong_down = {**pans, "down": (0.0, 14.0)}
+    drift = {"static": (7.0, 0.0), "left": (14.0, 0.0), "right": (-14.0, 0.0), "up": (0.0, 14.0), "down": (0.0, -14.0)}
+    rows = (_model_rows("drawn", "d0", pans) + _model_rows("drawn", "d1", pans)
+            + _model_rows("photographs", "p0", wrong_down) + _model_rows("photographs", "p1", drift))  # fmt: skip
+    kinds = {k["kind"]: k for k in cf.by_kind(cf.summarise(rows, frames=8), rows, frames=8)}
+    assert list(kinds) == ["drawn", "photographs", "all"]
+    drawn, photos, pooled = kinds["drawn"], kinds["photographs"], kinds["all"]
+    assert drawn["right_measurable_%"] == dict.fromkeys(cf.MOVING, 100.0) and drawn["n_measurable"]["left"] == 4
+    assert drawn["static_px_per_frame"] == pytest.approx(0.1)
+    assert drawn["moving_px_per_frame"] == pytest.approx(np.hypot(14, 1) / 7)  # of 14, 14.04 (x2), 21 px
+    assert drawn["goal_met"] and (drawn["images"], drawn["measurable_images"]) == (2, 2)
+    assert photos["right_measurable_%"] == {"left": 100.0, "right": 100.0, "up": 100.0, "down": 50.0}
+    assert photos["static_px_per_frame"] == pytest.approx((0.1 + 1.0) / 2) and not photos["goal_met"]
+    assert pooled["right_measurable_%"]["down"] == 75.0 and pooled["n"]["down"] == 8 and not pooled["goal_met"]
+    text = cf.markdown(list(kinds.values()))
+    assert "| drawn | 2 (2) | 100 % (4) · all 100 % |" in text
+    assert ("| photographs | 2 (2) | 100 % (4) · all 100 % | 100 % (4) · all 100 % | 100 % (4) · all 100 % "
+            "| 50 % (4) · all 50 % | 0.55 |") in text
+    assert text.count("| not met |") == 2 and text.count("| met |") == 1
 
 
 def test_the_shipped_default_pans_the_default_picture_as_asked():
@@ -148,10 +163,9 @@ def test_the_shipped_default_pans_the_default_picture_as_asked():
     of 64x64, 10 steps, cfg 4): camera=left moves the content right, up moves it down (film
     convention), and static moves it far less than any pan."""
     pipe, _ = cf.build(REPO / "ruyi" / "assets" / "ruyi-tiny-pans", "cpu", [])
-    travel = 7 * 8
-    name, canvas = cf.held_out_canvases(0, 64, 64, travel)[0]
-    assert name == "default sky"
-    image = cf.start_image(canvas, 64, 64)
+    sky = heldout.image_set("heldout", travel=28, kinds=["drawn"], per_kind=0)[0]
+    assert sky.name == "default sky"
+    image = heldout.start_image(sky.canvas, 64, 64)
     moved = {}
     for camera in ("static", "left", "right", "up", "down"):
         video = pipe(image, frames=8, video_size=[64, 64], steps=10, cfg=4.0, seed=0, camera=camera, motion="2", progress=False)
@@ -163,3 +177,26 @@ def test_the_shipped_default_pans_the_default_picture_as_asked():
         assert along > 2 * across and along > 5, f"camera={camera} moved the content by {moved[camera]}"
     static = float(np.hypot(*moved["static"]))
     assert static < 0.25 * min(float(np.hypot(*moved[c])) for c in expected), moved
+
+
+def test_shards_merge_into_one_report_in_kind_order(tmp_path):
+    """Runs side by side (``--shard``) each write their rows; ``--merge`` pools them, kinds in the
+    set's order whichever shard held them, and its JSON can be merged again."""
+    import json
+
+    pans = {"static": (0.0, 0.0), "left": (14.0, 0.0), "right": (-14.0, 0.0), "up": (0.0, 14.0), "down": (0.0, -14.0)}
+    paths = []
+    for i, (kind, image) in enumerate([("photographs", "p0"), ("drawn", "d0")]):
+        path = tmp_path / f"shard{i}.json"
+        path.write_text(json.dumps({"args": {"frames": "8"}, "head": f"shard {i}", "seconds": 10.0 + i,
+                                    "label_loss": None, "rows": _model_rows(kind, image, pans)}))  # fmt: skip
+        paths.append(path)
+    cf.merge(paths, tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged" / "camera_following.json").read_text())
+    assert [k["kind"] for k in merged["by_kind"]] == ["drawn", "photographs", "all"]
+    assert merged["by_kind"][-1]["n"]["left"] == 4 and merged["seconds"] == 11.0
+    text = (tmp_path / "merged" / "camera_following.md").read_text()
+    assert "2 runs side by side, 2 images (2 measurable), 20 videos" in text and "- shard 1" in text
+    cf.merge([tmp_path / "merged" / "camera_following.json"], tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "camera_following.json").read_text())
+    assert again["by_kind"] == merged["by_kind"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import numpy as np
@@ -12,6 +13,7 @@ from ruyi.conditioning.buckets import bucket_size
 from ruyi.errors import ConfigError, InputError
 from ruyi.io import write_mp4
 from ruyi.training.data import ClipFolder, ProceduralPans, collate_clips
+from ruyi.training.data.pictures import KINDS, TEXTURE_KINDS, textured_canvas
 from ruyi.training.data.procedural import pan_clip
 
 # film convention, written out here so a flipped table in the code under test fails
@@ -86,12 +88,15 @@ def test_the_heldout_bank_shares_no_texture_with_training():
     assert not np.array_equal(other.bank.texture(0), train_textures[0])
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_each_sample_pans_as_its_label_says(seed):
+@pytest.mark.parametrize(("seed", "kinds", "tone_prob"), [(0, TEXTURE_KINDS, 0.0), (1, TEXTURE_KINDS, 0.0), (0, KINDS, 0.5)])
+def test_each_sample_pans_as_its_label_says(seed, kinds, tone_prob):
     """The clips of the dataset itself (bank crops, flips, channel orders): every frame is the previous
     one moved by the labelled speed in the film-convention direction."""
+    if "photo" in kinds:
+        pytest.importorskip("skimage")
     speeds = (1, 2, 3, 5)
-    data = ProceduralPans(frames=4, height=48, width=64, length=60, seed=seed, pixels_per_frame=speeds, auto_prob=0.0, bank_size=8)
+    data = ProceduralPans(frames=4, height=48, width=64, length=60, seed=seed, pixels_per_frame=speeds, auto_prob=0.0,
+                          bank_size=max(8, len(kinds)), kinds=kinds, tone_prob=tone_prob)  # fmt: skip
     seen = set()
     for i in range(60):
         item = data[i]
@@ -107,6 +112,27 @@ def test_each_sample_pans_as_its_label_says(seed):
             if camera != "static" and not flat:
                 assert _moved_error(clip[f], clip[f + 1], -speed * dx, -speed * dy) > 0, (i, camera, speed)
     assert seen == {"static", "left", "right", "up", "down"}
+
+
+def test_the_first_recipes_bank_is_unchanged_by_the_varied_kinds():
+    """experiment=tiny_pans draws the same 48 textures and samples as when the shipped default was
+    trained (digests taken before pictures.py and tone_prob existed)."""
+    data = ProceduralPans(frames=8, height=64, width=64, bank_size=48)
+    textures = hashlib.sha256(b"".join(data.bank.texture(k).tobytes() for k in range(48))).hexdigest()[:16]
+    assert textures == "16829700719dbbf8"
+    assert hashlib.sha256(data[5]["video"].numpy().tobytes()).hexdigest()[:16] == "38594b143d90f5d8"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_picture_kind_is_a_reproducible_picture_in_range(kind):
+    if kind in ("photo", "blend"):
+        pytest.importorskip("skimage")
+    pictures = [textured_canvas(np.random.default_rng([3, i]), 70, 90, kind) for i in range(4)]
+    again = textured_canvas(np.random.default_rng([3, 0]), 70, 90, kind)
+    for picture in pictures:
+        assert picture.shape == (70, 90, 3) and picture.min() >= 0 and picture.max() <= 1
+    assert np.array_equal(pictures[0], again)
+    assert len({p.tobytes() for p in pictures}) == 4
 
 
 def test_pan_clip_refuses_a_canvas_too_small_for_the_pan():
@@ -125,6 +151,8 @@ def test_procedural_options_are_checked():
         ProceduralPans(kinds=["plasma"])
     with pytest.raises(ConfigError, match="bank_size"):
         ProceduralPans(bank_size=2)
+    with pytest.raises(ConfigError, match="tone_prob"):
+        ProceduralPans(tone_prob=1.5)
 
 
 def _clip(path, frames=16, size=(48, 80), seed=0):
@@ -192,3 +220,28 @@ def test_conditioned_clips_carry_the_inference_layout_as_whole_numbers(end_frame
     frames = video.permute(1, 2, 3, 0).numpy()
     layout = conditioning.prepare(frames[0], frames[-1] if end_frame_prob else None, frames=8, height=32, width=48)
     assert torch.equal((layout.video[0] * 255).round().to(torch.uint8), want)
+
+
+def test_the_v2_recipe_is_tiny_pans_with_more_varied_pictures():
+    """experiment=tiny_pans_v2 changes the data's pictures alone (kinds, bank, tone): same model,
+    batch, steps and schedule as the recipe of the shipped default."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        old, new = (OmegaConf.to_container(compose("train", overrides=[f"experiment={e}", "output_dir=/x"]), resolve=True)
+                    for e in ("tiny_pans", "tiny_pans_v2"))  # fmt: skip
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    a, b = flat(old), flat(new)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"data.kinds", "data.bank_size", "data.tone_prob"}
+    assert set(b["data.kinds"]) == set(KINDS) and b["data.bank_size"] % len(b["data.kinds"]) == 0
+    assert a["trainer.max_steps"] == 3527 and a["data.kinds"] == list(TEXTURE_KINDS)

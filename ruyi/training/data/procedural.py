@@ -1,8 +1,10 @@
 """``data=procedural_pans``: camera pans made on the fly, so training needs no downloaded data.
 
-Each sample crops a window sliding across a textured canvas (smooth noise, shapes or stripes, or
-shapes over noise). Labels follow film convention: ``camera=left`` pans the camera left, so the
-content moves RIGHT across the frames; ``camera=up`` tilts up, so the content moves DOWN.
+Each sample crops a window sliding across a picture (``data.kinds``, drawn by
+``ruyi.training.data.pictures``: smooth noise, shapes, stripes and shapes over noise by default;
+drawn polygons, faint gradients, fractal noise, blends and crops of the trainable photographs on
+request). Labels follow film convention: ``camera=left`` pans the camera left, so the content moves
+RIGHT across the frames; ``camera=up`` tilts up, so the content moves DOWN.
 ``motion`` 1-4 sets the speed (``pixels_per_frame``); ``auto`` labels (camera or motion) hide a
 random choice, so the model learns what ``auto`` means at inference too.
 
@@ -10,6 +12,8 @@ Drawing a texture costs tens of milliseconds (PIL), cutting a clip out of one ab
 the canvases come from a :class:`TextureBank` of ``bank_size`` large textures per split, drawn once
 (in each DataLoader worker, at its first sample) and reused. A sample picks a texture, a
 random place on it, a mirror flip and an order of the colour channels, and slides its window there.
+``tone_prob`` gives that share of the bank a random contrast, brightness and sometimes grey
+(``pictures.vary_tone``).
 
 A sample is a pure function of (seed, split, index) and the options: the bank depends on (seed,
 split) and the sizes alone, so neither the worker count nor the order of the samples changes
@@ -22,91 +26,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
 from ruyi.errors import ConfigError
 from ruyi.registry import DATASETS
+from ruyi.training.data.pictures import KINDS, TEXTURE_KINDS, as_uint8, photo_sources, textured_canvas, vary_tone
 
 DIRECTIONS = ("static", "left", "right", "up", "down")
 MOTIONS = ("1", "2", "3", "4")
-KINDS = ("noise", "shapes", "stripes", "shapes_on_noise")
 SPLITS = {"train": 0, "heldout": 1}
 # (dx, dy) of the CONTENT per frame for each camera move, in units of the speed
 CONTENT_STEP = {"static": (0, 0), "left": (1, 0), "right": (-1, 0), "up": (0, 1), "down": (0, -1)}
-
-
-def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n saturated-enough random colours in [0, 1]."""
-    hsv = np.stack([rng.random(n), rng.uniform(0.35, 1.0, n), rng.uniform(0.3, 1.0, n)], axis=1)
-    rgb = Image.fromarray((hsv[None] * 255).astype(np.uint8), "HSV").convert("RGB")
-    return np.asarray(rgb, dtype=np.float32)[0] / 255.0
-
-
-def smooth_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Two octaves of bicubically upsampled colour noise, (H, W, 3) in [0, 1]."""
-    out = np.zeros((height, width, 3), np.float32)
-    for cell, weight in ((int(rng.integers(24, 64)), 1.0), (int(rng.integers(6, 14)), 0.35)):
-        grid = rng.random((max(2, height // cell + 2), max(2, width // cell + 2), 3)).astype(np.float32)
-        small = Image.fromarray((grid * 255).astype(np.uint8))
-        out += weight * np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), np.float32) / 255.0
-    out = (out - out.min()) / max(float(out.max() - out.min()), 1e-6)
-    colours = _palette(rng, 2)
-    return colours[0] * out + colours[1] * (1 - out)
-
-
-def shapes(rng: np.random.Generator, height: int, width: int, background: np.ndarray | None = None) -> np.ndarray:
-    """Random ellipses, rectangles and triangles over a gradient (or ``background``)."""
-    if background is None:
-        a, b = _palette(rng, 2)
-        v = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
-        background = np.broadcast_to(a * (1 - v) + b * v, (height, width, 3))
-    img = Image.fromarray((np.clip(background, 0, 1) * 255).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    area = height * width
-    for _ in range(int(rng.integers(12, 40) * area / (300 * 500)) + 4):
-        colour = tuple(int(c * 255) for c in _palette(rng, 1)[0])
-        size = rng.uniform(0.03, 0.2) * min(height, width)
-        x, y = rng.uniform(-size, width), rng.uniform(-size, height)
-        kind = rng.integers(3)
-        if kind == 0:
-            draw.ellipse([x, y, x + size * rng.uniform(0.5, 2), y + size], fill=colour)
-        elif kind == 1:
-            draw.rectangle([x, y, x + size, y + size * rng.uniform(0.5, 2)], fill=colour)
-        else:
-            pts = [(x + rng.uniform(0, 2 * size), y + rng.uniform(0, 2 * size)) for _ in range(3)]
-            draw.polygon(pts, fill=colour)
-    return np.asarray(img.filter(ImageFilter.GaussianBlur(0.7)), np.float32) / 255.0
-
-
-def stripes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Coloured sinusoidal stripes at a random angle, modulated by a second, finer grating."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    angle, period = rng.uniform(0, np.pi), rng.uniform(24, 90)
-    wave = 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform(0, 6.3))
-    angle2, period2 = rng.uniform(0, np.pi), rng.uniform(10, 30)
-    wave2 = 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle2) + y * np.sin(angle2)) / period2)
-    mix = (0.75 * wave + 0.25 * wave2)[..., None]
-    a, b = _palette(rng, 2)
-    return a * mix + b * (1 - mix)
-
-
-def as_uint8(picture: np.ndarray) -> np.ndarray:
-    """A picture in [0, 1] (values outside are clipped) -> uint8; uint8 passes through."""
-    return picture if picture.dtype == np.uint8 else (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
-
-
-def textured_canvas(rng: np.random.Generator, height: int, width: int, kind: str) -> np.ndarray:
-    """A procedural picture (H, W, 3) float in [0, 1] of one of ``KINDS``."""
-    if kind == "noise":
-        return smooth_noise(rng, height, width)
-    if kind == "shapes":
-        return shapes(rng, height, width)
-    if kind == "stripes":
-        return stripes(rng, height, width)
-    if kind == "shapes_on_noise":
-        return shapes(rng, height, width, background=smooth_noise(rng, height, width))
-    raise ConfigError(f"texture kind {kind!r} is not one of {', '.join(KINDS)}")
 
 
 def pan_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direction: str, speed: int) -> np.ndarray:
@@ -138,9 +68,10 @@ class TextureBank:
     BANK_STREAM, k): the same in every process, whatever order the samples come in.
     """
 
-    def __init__(self, *, seed: int, split: int, height: int, width: int, count: int, kinds: Sequence[str]) -> None:
+    def __init__(self, *, seed: int, split: int, height: int, width: int, count: int, kinds: Sequence[str],
+                 tone_prob: float = 0.0) -> None:  # fmt: skip
         self.seed, self.split, self.height, self.width = seed, split, height, width
-        self.count, self.kinds = count, tuple(kinds)
+        self.count, self.kinds, self.tone_prob = count, tuple(kinds), float(tone_prob)
         self._textures: dict[int, np.ndarray] = {}
 
     def texture(self, k: int) -> np.ndarray:
@@ -150,6 +81,8 @@ class TextureBank:
             for j in range(self.count):
                 rng = np.random.default_rng([self.seed, self.split, BANK_STREAM, j])
                 canvas = textured_canvas(rng, self.height, self.width, self.kinds[j % len(self.kinds)])
+                if self.tone_prob and rng.random() < self.tone_prob:  # no draw at 0: the first recipe's bank stays
+                    canvas = vary_tone(rng, canvas)
                 self._textures[j] = as_uint8(canvas)
         return self._textures[k]
 
@@ -178,8 +111,9 @@ class ProceduralPans(Dataset):
         split: str = "train",
         pixels_per_frame: Sequence[int] = (2, 4, 6, 8),
         auto_prob: float = 0.1,
-        kinds: Sequence[str] = KINDS,
+        kinds: Sequence[str] = TEXTURE_KINDS,
         bank_size: int = 96,
+        tone_prob: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}")
@@ -192,6 +126,8 @@ class ProceduralPans(Dataset):
                 raise ConfigError(f"texture kind {kind!r} is not one of {', '.join(KINDS)}")
         if not kinds or int(bank_size) < len(kinds):
             raise ConfigError(f"data.bank_size={bank_size} must be at least the number of texture kinds ({len(kinds)})")
+        if not 0.0 <= float(tone_prob) <= 1.0:
+            raise ConfigError(f"data.tone_prob={tone_prob} must lie in [0, 1]")
         self.frames, self.height, self.width = int(frames), int(height), int(width)
         self.length, self.seed, self.split = int(length), int(seed), split
         self.speeds = tuple(int(s) for s in pixels_per_frame)
@@ -199,11 +135,16 @@ class ProceduralPans(Dataset):
         travel, margin = (self.frames - 1) * max(self.speeds), max(self.height, self.width) // 2
         self.bank = TextureBank(
             seed=self.seed, split=SPLITS[split], height=self.height + travel + margin,
-            width=self.width + travel + margin, count=int(bank_size), kinds=self.kinds,
+            width=self.width + travel + margin, count=int(bank_size), kinds=self.kinds, tone_prob=float(tone_prob),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def photos(self) -> tuple[str, ...]:
+        """The photographs this dataset's pictures may be cut from (``photos.PHOTO_SETS["train"]`` or none)."""
+        return photo_sources(self.kinds)
 
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLITS[self.split], index])

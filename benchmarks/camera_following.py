@@ -39,6 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+from ruyi.files import write_text_atomic  # noqa: E402
+
 DIRECTIONS = ("static", "left", "right", "up", "down")
 HELD_OUT_SEED = 7  # the held-out canvases' stream: (seed, split "heldout", index), never a training texture
 WHITENING = 0.5  # see phase_shift
@@ -336,9 +338,9 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "camera_following.md").write_text(f"{head}\n\n{text}\n")
-        (args.out / "camera_following.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                                     "table": table, "label_loss": losses, "rows": rows}, indent=1))  # fmt: skip
+        write_text_atomic(args.out / "camera_following.md", f"{head}\n\n{text}\n")
+        write_text_atomic(args.out / "camera_following.json", json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                                          "table": table, "label_loss": losses, "rows": rows}, indent=1))  # fmt: skip
         save_strip(strips, args.out / "strip.png")
         gif = [Image.fromarray(f) for f in strips["left"]]
         gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)

@@ -33,26 +33,38 @@ def test_mp4_round_trip(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["clip.mp4"]
 
 
-def test_failed_mp4_write_leaves_nothing(tmp_path, monkeypatch):
-    import imageio_ffmpeg
+def _fake_ffmpeg(monkeypatch, script: str) -> None:
+    """Replace the encoder by a shell script: it reads the frames, writes ``partial`` into the
+    target, then does what ``script`` says (print, exit...)."""
 
-    def failing_writer(path, *args, **kwargs):
-        def gen():
-            with open(path, "wb") as f:
-                f.write(b"partial")
-            sent = 0
-            while True:
-                if (yield) is not None:
-                    sent += 1
-                    if sent == 3:
-                        raise OSError("disk full")
+    def command(width, height, fps, target):
+        return ["sh", "-c", f"cat > /dev/null; printf partial > \"$0\"; {script}", target]
 
-        return gen()
+    monkeypatch.setattr(io, "ffmpeg_command", command)
 
-    monkeypatch.setattr(imageio_ffmpeg, "write_frames", failing_writer)
-    with pytest.raises(OSError, match="disk full"):
-        io.write_mp4(_video(), tmp_path / "clip.mp4")
-    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize(
+    ("script", "error", "words"),
+    [
+        # the encoder ran out of space: one line naming the disk and the size (encoded again in memory)
+        ("echo 'Error writing trailer: No space left on device' >&2; exit 228", ValueError, "no space left on /"),
+        ("echo 'Conversion failed!' >&2; exit 1", RuntimeError, "exit status 1): Conversion failed!"),
+        ("exit 0", RuntimeError, "holds 0 of 16 frames"),  # a clean exit, but not a video: counted, refused
+    ],
+)
+def test_a_failed_encoder_leaves_the_old_video(tmp_path, monkeypatch, script, error, words):
+    target = tmp_path / "clip.mp4"
+    target.write_bytes(b"an earlier video")
+    _fake_ffmpeg(monkeypatch, script)
+    monkeypatch.setattr(io, "encoded_size", lambda frames, fps: 3_000_000)
+    if words == "holds 0 of 16 frames":
+        monkeypatch.setattr("imageio_ffmpeg.count_frames_and_secs", lambda path: (0, 0.0))
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")) as caught:
+        io.write_mp4(_video(), target)
+    if error is ValueError:
+        assert "the video needs ~3.0 MB; free space or choose another output" in str(caught.value)
+    assert target.read_bytes() == b"an earlier video"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_png_frames(tmp_path):
@@ -269,3 +281,4 @@ def test_numpy_scalars_through_the_python_api(fixture_dir):
     with_numpy = video(np.int64)
     assert with_numpy.shape == (1, 3, 8, 64, 64)
     assert torch.equal(with_numpy, video(int))
+

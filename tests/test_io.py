@@ -282,3 +282,58 @@ def test_numpy_scalars_through_the_python_api(fixture_dir):
     assert with_numpy.shape == (1, 3, 8, 64, 64)
     assert torch.equal(with_numpy, video(int))
 
+
+# -- images as people have them: EXIF orientation, colour modes -------------------------------
+def _sideways_photo() -> np.ndarray:
+    """Stored pixels (32 x 64) of a photo whose content is not symmetric: a red left third."""
+    stored = np.full((32, 64, 3), 200, dtype=np.uint8)
+    stored[:, :20] = (220, 30, 30)
+    stored[:8, :] = (30, 30, 220)  # a blue top band: tells a rotation from a flip
+    return stored
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [
+    (6, lambda a: np.rot90(a, k=-1)),  # a phone's portrait photo: shown rotated 90° clockwise
+    (8, lambda a: np.rot90(a, k=1)),
+    (3, lambda a: np.rot90(a, k=2)),
+    (2, lambda a: a[:, ::-1]),
+])  # fmt: skip
+def test_exif_orientation_is_applied_and_logged(tmp_path, caplog, orientation, upright):
+    from ruyi.conditioning.image import load_image
+
+    stored = _sideways_photo()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    with caplog.at_level("INFO", logger="ruyi.conditioning.image"):
+        image = load_image(path)
+    expected = upright(stored)
+    assert image.size == (expected.shape[1], expected.shape[0])
+    assert np.abs(np.asarray(image, dtype=np.int16) - expected).mean() < 4  # JPEG, flat colours
+    assert "applied its EXIF orientation" in caplog.text and "photo.jpg" in caplog.text
+    # a PIL image a Python caller opened itself is turned the same way
+    with Image.open(path) as opened:
+        assert np.array_equal(np.asarray(load_image(opened)), np.asarray(image))
+
+
+def test_images_without_orientation_and_other_colour_modes_keep_loading(tmp_path):
+    from PIL import ImageCms
+
+    from ruyi.conditioning.image import load_image
+
+    stored = _sideways_photo()
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=95)
+    assert load_image(tmp_path / "plain.jpg").size == (64, 32)  # no EXIF: untouched
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95, exif=exif)
+    Image.fromarray(stored).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(stored).convert("LA").save(tmp_path / "grey_alpha.png")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(stored).save(tmp_path / "icc.png", icc_profile=srgb)
+    assert load_image(tmp_path / "cmyk.jpg").size == (32, 64)  # CMYK with an orientation: upright RGB
+    for name in ("cmyk.jpg", "palette.png", "grey_alpha.png", "icc.png"):
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB" and np.asarray(image).std() > 10, name
+    assert np.array_equal(np.asarray(load_image(tmp_path / "icc.png")), stored)

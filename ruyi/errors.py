@@ -9,6 +9,7 @@ for a bad value, ``FileNotFoundError`` for a missing file), so ``except ValueErr
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -82,7 +83,17 @@ def interrupts_raise() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            # a forked helper (a DataLoader worker) inherited this handler: end as it would have
+            # ended without it, quietly, and let the run itself report
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         for other in STOP_SIGNALS:
             signal.signal(other, signal.SIG_IGN)
         raise Interrupted(signum)

@@ -152,9 +152,10 @@ def encode_mp4(frames: np.ndarray, target: str, *, fps: float) -> None:
     with the errno for the disk's errors, else ``RuntimeError`` with ffmpeg's own words)."""
     height, width = frames.shape[1:3]
     raw = memoryview(np.ascontiguousarray(frames)).cast("B")
-    # subprocess.run kills ffmpeg on any exception (an interrupt included) before re-raising
+    # subprocess.run kills ffmpeg on any exception (an interrupt included) before re-raising; its own
+    # session keeps a terminal's Ctrl-C for ruyi, which then stops it and removes the file
     proc = subprocess.run(ffmpeg_command(width, height, fps, target), input=raw, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)  # fmt: skip
+                          stderr=subprocess.PIPE, check=False, start_new_session=True)  # fmt: skip
     said = proc.stderr.decode(errors="replace").strip()
     if proc.returncode == -getattr(signal, "SIGXFSZ", -1):  # the file-size limit kills ffmpeg silently
         raise OSError(errno.EFBIG, "File too large", target)

@@ -187,7 +187,8 @@ def _child(kind: str, target: Path, marker: Path) -> int:
 
     if kind == "mp4":  # the real encoder finishes the temporary file, then waits
         real = ruyi.io.ffmpeg_command
-        ruyi.io.ffmpeg_command = lambda *a: ["sh", "-c", f'"$@" && touch {marker} && exec sleep 120', "sh", *real(*a)]
+        held = f'"$@" && echo $$ > {marker}.pid && touch {marker} && exec sleep 120'  # its pid: for the test to end it
+        ruyi.io.ffmpeg_command = lambda *a: ["sh", "-c", held, "sh", *real(*a)]
     elif kind.startswith("frames"):  # held once the third frame is on disk
         real_sync, synced = ruyi.io.fsync_path, []
 
@@ -248,10 +249,12 @@ def test_a_signal_in_the_middle_of_a_write_changes_nothing(kind, signum, tmp_pat
     child = _start_child(kind, target, tmp_path / "marker")
     os.kill(child.pid, signum)  # the process, as `kill PID` does; not its helpers
     _, err = child.communicate(timeout=120)
-    try:
-        os.killpg(child.pid, signal.SIGKILL)  # a held helper (the sleeping encoder) the kill left behind
-    except ProcessLookupError:
-        pass
+    helper = tmp_path / "marker.pid"  # the held encoder runs in its own session: SIGKILL leaves it behind
+    for pid in [child.pid] + ([int(helper.read_text())] if helper.exists() else []):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     after = _snapshot(work)
     if signum == signal.SIGTERM:
         assert child.returncode == 143, err

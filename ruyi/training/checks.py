@@ -97,7 +97,8 @@ def check_trainer_numbers(trainer: Any) -> None:
         check_int("trainer.checkpoint_every_n_steps", get("checkpoint_every_n_steps"), low=1, hint="null: no checkpoints")
     check_duration("trainer.max_time", get("max_time"))
     devices = get("devices", "auto")
-    if not (devices == "auto" or devices == -1 or _device_list(devices)):
+    # Lightning also takes "0,1" (indices) and "2" (a count) as strings; it checks those itself
+    if not (devices == "auto" or devices == -1 or _device_list(devices) or isinstance(devices, str)):
         if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
             raise ConfigError(
                 f"trainer.devices={devices!r} must be auto, -1 (all), a count >= 1 or a list of device indices"

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ruyi.files import write_text_atomic  # noqa: E402
 from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image, true_pans  # noqa: E402
 from ruyi.eval.motion import CONTENT, WHITENING, content_motion, phase_shift  # noqa: E402,F401  (the measurement)
 from ruyi.eval.motion import follows as is_right  # noqa: E402
@@ -301,10 +302,10 @@ def merge(paths: list[Path], out: Path | None) -> None:
     print(text)
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "camera_following.md").write_text(text + "\n")
+        write_text_atomic(out / "camera_following.md", text + "\n")
         merged = {"args": parts[0]["args"], "head": head, "seconds": seconds,  # so it can be merged again
                   "runs": [p["args"] for p in parts], **payload}  # fmt: skip
-        (out / "camera_following.json").write_text(json.dumps(merged, indent=1))
+        write_text_atomic(out / "camera_following.json", json.dumps(merged, indent=1))
 
 
 def main() -> None:
@@ -359,9 +360,9 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "camera_following.md").write_text(text + "\n")
+        write_text_atomic(args.out / "camera_following.md", text + "\n")
         run = {"args": {k: str(v) for k, v in vars(args).items()}, "head": head, "seconds": seconds, **payload}
-        (args.out / "camera_following.json").write_text(json.dumps(run, indent=1))
+        write_text_atomic(args.out / "camera_following.json", json.dumps(run, indent=1))
         save_strip(strips, args.out / "strip.png")
         gif = [Image.fromarray(f) for f in strips["left"]]
         gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)

@@ -237,7 +237,9 @@ def main(argv: list[str]) -> int:
         result = profile_gpu(cfg, args.top, args.out, args.warmup)
     if args.out is not None:
         result.update(overrides=overrides)
-        (args.out / "profile.json").write_text(json.dumps(result, indent=1))
+        from ruyi.files import write_text_atomic
+
+        write_text_atomic(args.out / "profile.json", json.dumps(result, indent=1))
     return 0
 
 

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.sweep import run_job
+from ruyi.files import write_text_atomic
 from ruyi.memory.rules import RULES, Rule
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
                 log.flush()
                 _print_row(row)
     literal = rules_literal(rows, device)
-    (args.out / "rules.py.txt").write_text(literal + "\n")
+    write_text_atomic(args.out / "rules.py.txt", literal + "\n")
     print(f"\nmeasured rules ({device}), for ruyi/memory/rules.py:\n{literal}")
     return 0
 

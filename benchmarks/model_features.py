@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import yaml
 
+from ruyi.files import write_text_atomic
 from ruyi.models.loading import load_model, random_model
 from ruyi.models.transformer import RuyiTransformer3D
 from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, dummy_inputs
@@ -173,7 +174,7 @@ def main() -> None:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         meta = {"preset": args.preset, "frames": args.frames, "size": args.size, "device": str(device)}
-        (Path(args.out) / "model_features.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+        write_text_atomic(Path(args.out) / "model_features.json", json.dumps({**meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

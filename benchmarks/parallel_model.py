@@ -257,7 +257,9 @@ def main() -> None:
     rows = h200_table(model, measured)
     two_small_cards(model, measured, card_gb=args.card_gb, slowdown=args.card_slowdown, link=args.pcie)
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        from ruyi.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from benchmarks.speed_setup import (
     random_vae,
     rel_l2,
 )
+from ruyi.files import write_text_atomic
 from ruyi.models.attention import FlashAttention3, SDPAAttention, attention
 from ruyi.registry import ATTENTIONS
 
@@ -94,10 +95,7 @@ class Report:
         print("| " + " | ".join(cells) + " |", flush=True)
         self.data["rows"].append({"section": section, **record})
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, default=str))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self.data, indent=1, default=str))
 
     def failed(self, section: str, cells: list[str], record: dict[str, Any], err: BaseException) -> None:
         message = str(err).splitlines()[0][:100] if str(err) else type(err).__name__

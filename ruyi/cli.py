@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ruyi.assembly import PipelineSpec, build, resolve_device
 from ruyi.errors import ConfigError, OutputError, exit_code_of
+from ruyi.files import OutputGuard
 from ruyi.io import check_fps, check_output_path, procedural_image, write_video
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
@@ -75,14 +76,16 @@ def _multirun_job() -> int | None:
 
 
 def run(cfg: DictConfig) -> int:
-    """Generate one video as the config says; returns the process exit code."""
+    """Generate one video as the config says; returns the process exit code (130/143 when Ctrl-C
+    or SIGTERM stopped it: one line says whether the output was changed)."""
+    guard = OutputGuard()
     try:
-        return exit_code_of(lambda: _run(cfg), oom_hint=OOM_HINT)
+        return exit_code_of(lambda: _run(cfg, guard), oom_hint=OOM_HINT, on_interrupt=guard.describe)
     finally:
         shutdown()  # torchrun: every rank leaves the process group
 
 
-def _run(cfg: DictConfig) -> int:
+def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     # 1. pre-flight: every check that needs no weights (options, device, numbers, images, output)
     quiet_other_ranks()  # under torchrun rank 0 alone logs; each rank joins the group on its own GPU
     init_distributed(resolve_device(cfg.device))
@@ -100,6 +103,8 @@ def _run(cfg: DictConfig) -> int:
     if not isinstance(overwrite, bool):
         raise ConfigError(f"overwrite={overwrite!r} must be true or false")
     output = check_output_path(output_path(cfg), overwrite=overwrite)
+    if guard is not None:
+        guard.watch(output)
     log.info("request: %s -> %s", request, output)
     # 2. weights, components, strategies
     with main_process_first():  # one rank creates or downloads the checkpoint, the others find it

@@ -1,5 +1,8 @@
 """Writing videos and frames atomically: a failed write leaves no partial file behind.
 
+The encoder's exit status is read and the written video's frames are counted before it replaces
+anything (``ruyi.files`` holds the temporary-file, disk-full and interrupt handling all writes share).
+
 Data-safety rule (README, "Your files are safe"): ruyi never deletes or overwrites anything it
 did not create in this run, except an output FILE the user named (a ``.mp4``, replaced
 atomically). A frames folder must be new or empty; ``overwrite=true`` lets it replace only the
@@ -9,12 +12,15 @@ atomically). A frames folder must be new or empty; ``overwrite=true`` lets it re
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from fractions import Fraction
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +29,9 @@ from PIL import Image
 
 from ruyi.checks import check_number
 from ruyi.errors import OutputError
+from ruyi.files import (
+    atomic_file, check_free_space, fsync_path, make_parents, remove_created, signals_deferred, umask_mode, write_error,
+)  # fmt: skip
 
 VIDEO_SUFFIX = ".mp4"
 MAX_FPS = 240
@@ -30,13 +39,6 @@ FRAME_NAME = "frame_{:04d}.png"
 FRAME_PATTERN = re.compile(r"frame_(\d{4,})\.png")
 # names that look like a file: a folder of PNG frames called "clip.gif" is surely a mistake
 NOT_FOLDER_SUFFIXES = {".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".png", ".jpg", ".jpeg", ".webp"}
-
-
-def umask_mode(directory: bool) -> int:
-    """The mode a plain open()/mkdir() would give under the current umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
 
 
 def to_frames(video: torch.Tensor) -> np.ndarray:
@@ -77,6 +79,8 @@ def check_output_path(path: str | Path, *, overwrite: bool = False) -> Path:
             raise OutputError(f"output={path} is an existing file; PNG frames need a new or empty folder (or a .mp4 path)")
         if path.is_dir():
             _check_frames_folder(path, overwrite)
+            # the frames are written into a temporary folder beside this one, then moved in
+            _probe_writable(path, _receiving_folder(path.parent))
     _probe_writable(path, _receiving_folder(path))
     return path
 
@@ -123,73 +127,130 @@ def check_fps(fps: float) -> float:
     return check_number("fps", fps, low=0, low_open=True, high=MAX_FPS, hint="the model makes 24 fps videos")
 
 
-@contextmanager
-def atomic_file(path: Path, *, suffix: str) -> Iterator[str]:
-    """A temporary file name beside ``path``: renamed onto ``path`` when the block ends, removed if
-    it fails, so a failed or interrupted write never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+def ffmpeg_command(width: int, height: int, fps: float, target: str) -> list[str]:
+    """H.264 mp4 from raw RGB frames on stdin: the command imageio-ffmpeg's writer runs (libx264,
+    quality 8 = crf 10, yuv420p, no rescaling), run here so its exit status and errors are read."""
+    import imageio_ffmpeg
+
+    rate = str(Fraction(fps).limit_denominator())
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        "-pix_fmt", "rgb24", "-r", rate, "-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", "10",
+        "-v", "error", "-f", "mp4", target,
+    ]  # fmt: skip
+
+
+# what ffmpeg prints for the OS errors that are the disk's, not ruyi's (it exits non-zero with them)
+FFMPEG_OS_ERRORS = {
+    "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG,
+    "Permission denied": errno.EACCES, "Read-only file system": errno.EROFS,
+}  # fmt: skip
+
+
+def encode_mp4(frames: np.ndarray, target: str, *, fps: float) -> None:
+    """Encode uint8 frames (F, H, W, 3) into ``target``; a failed encoder raises (an ``OSError``
+    with the errno for the disk's errors, else ``RuntimeError`` with ffmpeg's own words)."""
+    height, width = frames.shape[1:3]
+    raw = memoryview(np.ascontiguousarray(frames)).cast("B")
+    # subprocess.run kills ffmpeg on any exception (an interrupt included) before re-raising; its own
+    # session keeps a terminal's Ctrl-C for ruyi, which then stops it and removes the file
+    proc = subprocess.run(ffmpeg_command(width, height, fps, target), input=raw, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False, start_new_session=True)  # fmt: skip
+    said = proc.stderr.decode(errors="replace").strip()
+    if proc.returncode == -getattr(signal, "SIGXFSZ", -1):  # the file-size limit kills ffmpeg silently
+        raise OSError(errno.EFBIG, "File too large", target)
+    if proc.returncode != 0:
+        for words, number in FFMPEG_OS_ERRORS.items():
+            if words in said:
+                raise OSError(number, words, target)
+        raise RuntimeError(f"ffmpeg failed to encode {target} (exit status {proc.returncode}): {said or 'no message'}")
+
+
+def encoded_size(frames: np.ndarray, *, fps: float) -> int | None:
+    """The bytes the mp4 of ``frames`` takes (encoded again into memory, for a disk-full message)."""
+    height, width = frames.shape[1:3]
+    command = ffmpeg_command(width, height, fps, "pipe:1")
+    command[-3:-1] = ["-movflags", "frag_keyframe+empty_moov", "-f", "mp4"]  # mp4 on a pipe is fragmented
     try:
-        yield tmp
-        os.chmod(tmp, umask_mode(directory=False))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        proc = subprocess.run(command, input=memoryview(np.ascontiguousarray(frames)).cast("B"), capture_output=True)
+    except OSError:
+        return None
+    return len(proc.stdout) if proc.returncode == 0 else None
+
+
+def check_mp4(path: str, frames: int) -> None:
+    """The written video holds every frame (counted by ffmpeg from the file, not by the encoder)."""
+    import imageio_ffmpeg
+
+    counted, _ = imageio_ffmpeg.count_frames_and_secs(path)
+    if counted != frames:
+        raise RuntimeError(f"the encoded video {path} holds {counted} of {frames} frames")
 
 
 def write_mp4(video: torch.Tensor, path: str | Path, *, fps: float = 24) -> Path:
-    """Encode ``video`` as H.264 mp4 through imageio-ffmpeg, via a temp file renamed into place."""
-    import imageio_ffmpeg
-
+    """Encode ``video`` as H.264 mp4 into a temporary file beside ``path``; once ffmpeg has exited
+    cleanly and the file holds every frame it replaces ``path``."""
     fps = check_fps(fps)
     frames = to_frames(video)
     path = check_output_path(path)
-    height, width = frames.shape[1:3]
-    with atomic_file(path, suffix=".mp4") as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            tmp, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
-            macro_block_size=1, ffmpeg_log_level="error",
-        )  # fmt: skip
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
+    with atomic_file(path, suffix=".mp4", what="the video", needed=lambda: encoded_size(frames, fps=fps)) as tmp:
+        encode_mp4(frames, tmp, fps=fps)
+        check_mp4(tmp, len(frames))
     return path
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    buffer = BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_pngs(video: torch.Tensor, folder: str | Path, *, overwrite: bool = False) -> Path:
     """One PNG per frame (``frame_0000.png`` ...) in ``folder``: a new folder, an empty one, or with
     ``overwrite`` one holding only frames (older frames past this video's end are removed).
 
-    The frames are encoded into a temporary folder first: a new folder is renamed into place in
-    one step; an existing one (the user's, kept as it is) receives the finished files.
+    The frames are written into a temporary folder beside ``folder`` (never inside it: a killed run
+    must not leave something there that later runs refuse), flushed, and then either renamed into
+    place as a whole (a new folder) or moved into the existing one with SIGINT/SIGTERM held back, so
+    an interrupt finds the folder as it was or complete.
     """
     frames = to_frames(video)
     folder = check_output_path(folder, overwrite=overwrite)  # again: the folder may have changed during the run
-    existing = folder.is_dir()
-    if existing:
-        tmp = Path(tempfile.mkdtemp(prefix=".ruyi-frames-", dir=folder))
-    else:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    existing = folder.is_dir()  # decided now: a folder another run creates meanwhile is never filled
+    encoded = [png_bytes(frame) for frame in frames]
+    needed = sum(len(data) for data in encoded)
+    created = make_parents(folder.parent)
+    tmp = None
     try:
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / FRAME_NAME.format(i))
+        check_free_space(folder.parent, needed, what="the frames", target=folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        for i, data in enumerate(encoded):
+            name = tmp / FRAME_NAME.format(i)
+            name.write_bytes(data)
+            if name.stat().st_size != len(data):
+                raise OSError(errno.EIO, f"{name} holds {name.stat().st_size} of {len(data)} bytes")
+            fsync_path(name)
         if not existing:
-            return publish_folder(tmp, folder)
-        for name in sorted(p.name for p in tmp.iterdir()):
-            os.chmod(tmp / name, umask_mode(directory=False))
-            os.replace(tmp / name, folder / name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # only the temporary folder this call made
+            return publish_folder(tmp, folder)  # refuses a folder that appeared with content meanwhile
+        with signals_deferred():
+            _check_frames_folder(folder, overwrite)  # at the last moment: another run may have filled it
+            for name in sorted(p.name for p in tmp.iterdir()):
+                os.chmod(tmp / name, umask_mode(directory=False))
+                os.replace(tmp / name, folder / name)
+            tmp.rmdir()
+            for stale in folder.iterdir():  # frames of a longer earlier video (only with overwrite: else it was empty)
+                match = FRAME_PATTERN.fullmatch(stale.name)
+                if match and int(match.group(1)) >= len(frames) and stale.is_file():
+                    stale.unlink()
+            fsync_path(folder, directory=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # only the temporary folder this call made
+        remove_created(created)
+        mapped = write_error(err, folder, what="the frames", needed=needed)
+        if mapped is not None:
+            raise mapped from None
         raise
-    for stale in folder.iterdir():  # frames of a longer earlier video (only with overwrite: else it was empty)
-        match = FRAME_PATTERN.fullmatch(stale.name)
-        if match and int(match.group(1)) >= len(frames) and stale.is_file():
-            stale.unlink()
     return folder
 
 
@@ -208,7 +269,10 @@ def publish_folder(tmp: str | Path, target: str | Path) -> Path:
     try:
         os.rename(tmp, target)
     except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise
         raise OutputError(f"{target} appeared while it was being written ({err.strerror}); nothing was replaced") from None
+    fsync_path(target.parent, directory=True)
     return target
 
 

@@ -78,7 +78,15 @@ def resolve_checkpoint(source: ModelSource) -> Path:
 
 
 def load_models(classes: Mapping[str, type], path: Path, *, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
-    """``{kind: model}`` for each ``{kind: class}``, read from ``path/<class.subfolder>``."""
+    """``{kind: model}`` for each ``{kind: class}``, read from ``path/<class.subfolder>``. Every
+    component's ``config.json`` is checked (bounds, headers) before the first one loads: a damaged
+    VAE config must not wait for a 14 GB transformer."""
+    from ruyi.models.config_checks import check_model_config
+
+    for cls in classes.values():
+        folder = path / cls.subfolder
+        if folder.is_dir():  # a missing folder is load_model's error, with the fix
+            check_model_config(cls, read_config(folder), folder)
     models = {}
     for kind, cls in classes.items():
         log.info("loading %s %s from %s", kind, cls.__name__, path / cls.subfolder)

@@ -139,7 +139,16 @@ CASES = {
     "embeddings truncated": case("model.path={inputs}/ck_embeddings", preflight=False,
                                  words=("embeddings.safetensors", "re-download it")),
     "CLIP config/weights mismatch": case("model.path={inputs}/ck_clip", preflight=False,
-                                         words=("image_encoder do not fit the model", "another shape", "fc1.weight")),
+                                         words=("image_encoder/config.json says intermediate_size=48 but the weights say "
+                                                "intermediate_size=64", "fc1.weight is [64, 32]")),
+    "CLIP image_size vs weights": case("model.path={inputs}/ck_clip_size", preflight=False,
+                                       words=("image_encoder do not fit the model", "another shape", "position_embedding")),
+    "config num_layers 1e9": case("model.path={inputs}/ck_layers_huge", preflight=False,
+                                  words=("transformer/config.json: num_layers=1000000000.0 must be an integer in [1, 512]",)),
+    "config num_layers vs weights": case("model.path={inputs}/ck_layers", preflight=False,
+                                         words="says num_layers=8 but the weights say num_layers=4"),
+    "VAE config latent_channels vs weights": case("model.path={inputs}/ck_vae", preflight=False,
+                                                  words="vae/config.json says latent_channels=8 but the weights say latent_channels=16"),
     "integer weight tensors": case("model.path={inputs}/ck_int", preflight=False, words="stored as integers where the model has floats"),
     "transformer weights truncated": case("model.path={inputs}/ck_truncated", preflight=False,
                                           words=("cannot read", "the file is truncated or damaged")),
@@ -155,6 +164,18 @@ CASES = {
                                   words="1 of 1 LoRA layers match no transformer weight"),
     "lora mis-shaped": case("lora=[{{path: {inputs}/misshaped.safetensors}}]", preflight=False,
                             words=("has up (5, 4)", "do not fit its weight (32, 32)")),
+    # -- LoRA files checked by value, before any layer merges (a NaN LoRA made a black video, exit 0)
+    "lora NaN value": case("lora=[{{path: {inputs}/nan.safetensors}}]", preflight=False,
+                           words=("'blocks.0.attn1.to_k' holds 1 NaN or infinite values in its up matrix",)),
+    "lora alpha not a scalar": case("lora=[{{path: {inputs}/alpha_vector.safetensors}}]", preflight=False,
+                                    words="has an alpha of shape (2,); alpha must be one number"),
+    "lora alpha inf": case("lora=[{{path: {inputs}/alpha_inf.safetensors}}]", preflight=False, words="has alpha=inf"),
+    "lora ranks differ": case("lora=[{{path: {inputs}/ranks.safetensors}}]", preflight=False,
+                              words="has rank 4 in its down matrix (4, 32) but 8 in its up matrix (32, 8)"),
+    "lora overflows the weights": case("lora=[{{path: {inputs}/huge.safetensors}}]", preflight=False,
+                                       words=("overflows its torch.float32 weights", "lower the strength")),
+    "lora for another model": case("lora=[{{path: {inputs}/other_model.safetensors}}]",
+                                   words=("was trained for model=ruyi_tiny_pans", "pass model=ruyi_tiny_pans")),
 }
 
 
@@ -196,6 +217,14 @@ def inputs(tmp_path_factory, tiny) -> Path:
     emb.write_bytes(emb.read_bytes()[: emb.stat().st_size // 2])
     config = json.loads((folder / "ck_clip" / "image_encoder" / "config.json").read_text())
     (folder / "ck_clip" / "image_encoder" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    # config.json values out of bounds or unlike the weights: refused before any module is built
+    for name, part, change in (("ck_clip_size", "image_encoder", {"image_size": 64}),
+                               ("ck_layers_huge", "transformer", {"num_layers": 1e9}),
+                               ("ck_layers", "transformer", {"num_layers": 8}),
+                               ("ck_vae", "vae", {"latent_channels": 8})):  # fmt: skip
+        shutil.copytree(tiny, folder / name)
+        path = folder / name / part / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     weights = folder / "ck_int" / "vae" / "diffusion_pytorch_model.safetensors"
     save_file({k: (v * 100).to(torch.int32) for k, v in load_file(str(weights)).items()}, str(weights))
     weights = folder / "ck_truncated" / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -207,6 +236,22 @@ def inputs(tmp_path_factory, tiny) -> Path:
     save_file({"text_model.encoder.x": torch.zeros(2)}, str(folder / "foreign.safetensors"))
     save_file({"foo.bar.lora_A.weight": torch.zeros(4, 8), "foo.bar.lora_B.weight": torch.zeros(8, 4)}, str(folder / "unrelated.safetensors"))
     save_file({f"{layer}.lora_A.weight": torch.zeros(4, 7), f"{layer}.lora_B.weight": torch.zeros(5, 4)}, str(folder / "misshaped.safetensors"))
+    kohya = "lora_unet_blocks_0_attn1_to_k"  # the same layer in the original's key format, with an alpha
+    up = torch.full((32, 4), 0.01)
+    up[3, 1] = float("nan")
+    save_file({f"{layer}.lora_A.weight": torch.full((4, 32), 0.01), f"{layer}.lora_B.weight": up}, str(folder / "nan.safetensors"))
+    factors = {f"{kohya}.lora_down.weight": torch.full((4, 32), 0.01), f"{kohya}.lora_up.weight": torch.full((32, 4), 0.01)}
+    save_file({**factors, f"{kohya}.alpha": torch.tensor([4.0, 4.0])}, str(folder / "alpha_vector.safetensors"))
+    save_file({**factors, f"{kohya}.alpha": torch.tensor(float("inf"))}, str(folder / "alpha_inf.safetensors"))
+    save_file({f"{kohya}.lora_down.weight": torch.zeros(4, 32), f"{kohya}.lora_up.weight": torch.zeros(32, 8)},
+              str(folder / "ranks.safetensors"))  # fmt: skip
+    save_file({f"{kohya}.lora_down.weight": torch.full((4, 32), 1e30), f"{kohya}.lora_up.weight": torch.full((32, 4), 1e30)},
+              str(folder / "huge.safetensors"))  # fmt: skip
+    # what scripts/train.py records in an exported LoRA, here for a model with another transformer config
+    save_file({f"{layer}.lora_A.weight": torch.zeros(4, 32), f"{layer}.lora_B.weight": torch.zeros(32, 4)},
+              str(folder / "other_model.safetensors"),
+              metadata={"ruyi_model": "ruyi-tiny-pans", "ruyi_model_preset": "ruyi_tiny_pans",
+                        "ruyi_transformer_config": "0123456789abcdef"})  # fmt: skip
     return folder
 
 
@@ -297,6 +342,106 @@ def test_bad_input(name, tiny, inputs, warm, tmp_path, capsys, monkeypatch):
         (tmp_path / "locked").chmod(0o755)  # so pytest can clean up
 
 
+# -- training: scripts/train.py's values, each refused before any weight loads, nothing written --
+TRAIN_BASE = ["model=ruyi_tiny", "model.path={tiny}", "output_dir={tmp}/run", "trainer.accelerator=cpu", "trainer.logger=none",
+              "trainer.progress_refresh_rate=0", "num_workers=0", "data.frames=8", "data.height=64", "data.width=64"]  # fmt: skip
+NO_GPU = "" if not torch.cuda.is_available() else "a CUDA GPU is visible"
+TRAIN_CASES = {
+    "trainer.max_step=3 (typo)": case("trainer.max_step=3", words="trainer.max_step is not a config key (did you mean max_steps?)"),
+    "trainer.max_steps=0": case("trainer.max_steps=0", words="trainer.max_steps=0 must be an integer in [1, 1000000000]"),
+    "trainer.max_steps=-1": case("trainer.max_steps=-1", words="trainer.max_steps=-1 must be an integer"),
+    "learning_rate=nan": case("learning_rate=nan", words="learning_rate=nan must be a finite number > 0"),
+    "learning_rate=inf": case("learning_rate=inf", words="learning_rate=inf must be a finite number"),
+    "learning_rate=-1e-4": case("learning_rate=-1e-4", words="learning_rate=-0.0001 must be a number > 0"),
+    "learning_rate=abc": case("learning_rate=abc", words="learning_rate='abc' must be a number"),
+    "weight_decay=-0.1": case("weight_decay=-0.1", words="weight_decay=-0.1 must be a number in [0, 1]"),
+    "warmup_steps=-5": case("warmup_steps=-5", words="warmup_steps=-5 must be an integer >= 0"),
+    "batch_size=0": case("batch_size=0", words="batch_size=0 must be an integer in [1, 4096]"),
+    "batch_size=1.5": case("batch_size=1.5", words="batch_size=1.5 must be an integer"),
+    "batch_size above the clips": case("data.length=2", "batch_size=4", words="the dataset holds 2 clips, fewer than batch_size=4"),
+    "num_workers=-1": case("num_workers=-1", words="num_workers=-1 must be an integer in [0, 256]"),
+    "seed=-1": case("seed=-1", words="seed=-1 must be an integer in [0, 4294967295]"),
+    "uncond_prob=1.5": case("uncond_prob=1.5", words="uncond_prob=1.5 must be a number in [0, 1]"),
+    "timestep_shift=0": case("timestep_shift=0", words="timestep_shift"),
+    "schedule=linear": case("schedule=linear", words="schedule='linear' is not one of constant, cosine"),
+    "gradient_checkpointing=maybe": case("gradient_checkpointing=maybe", words="gradient_checkpointing='maybe' must be true or false"),
+    "steps_for_time=2h": case("steps_for_time=2h", words="steps_for_time='2h' must be DD:HH:MM:SS"),
+    "finetune.alpha=inf": case("finetune.alpha=inf", words="finetune.alpha=inf must be a finite number"),
+    "data.frames=12 (VAE)": case("data.frames=12", words="data.frames=12 is invalid: the VAE encodes 1 frame or a multiple of 8"),
+    "data.frames=200": case("data.frames=200", words="data.frames=200 must be an integer in [1, 120]"),
+    "data.height=60": case("data.height=60", words="data.height=60 and data.width=64 must be multiples of 16"),
+    "resume missing": case("resume={tmp}/no-such.ckpt", words=("no-such.ckpt does not exist", "checkpoints/<x>.ckpt")),
+    "resume a folder": case("resume={tmp}/mine", words="mine is a folder; give a checkpoint file"),
+    "trainer.precision=fp8": case("trainer.precision=fp8", words="Precision 'fp8' is invalid"),
+    "trainer.strategy=foo": case("trainer.strategy=foo", words="invalid strategy name"),
+    "trainer.devices=0": case("trainer.devices=0", words="trainer.devices=0 must be auto, -1 (all), a count >= 1"),
+    "trainer.accelerator=gpu without one": case("trainer.accelerator=gpu", words="the trainer options cannot run here", skip=NO_GPU),
+    "trainer.gradient_clip_val=nan": case("trainer.gradient_clip_val=nan", words="trainer.gradient_clip_val=nan must be a finite"),
+    "trainer.accumulate_grad_batches=0": case("trainer.accumulate_grad_batches=0", words="accumulate_grad_batches=0 must be"),
+    "trainer.max_time=soon": case("trainer.max_time=soon", words="trainer.max_time='soon' must be DD:HH:MM:SS"),
+    "output_dir is a file": case("output_dir={tmp}/notes.txt", words="output_dir=", extra_keep=()),
+    "output_dir of an earlier run": case("output_dir={tmp}/earlier", words="already holds lora.safetensors from an earlier run"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def warm_training(tiny, tmp_path_factory):
+    """One valid training pre-flight first (imports lightning), so the CPU times measure the checks."""
+    pytest.importorskip("lightning")
+    import ruyi.assembly
+    from ruyi.training import run as training
+
+    out = tmp_path_factory.mktemp("warm-train")
+    cfg = compose_command_line([a.format(tiny=tiny, tmp=out) for a in TRAIN_BASE], config_dir=CONFIGS, config_name="train")
+    real = ruyi.assembly.build
+    ruyi.assembly.build = lambda *a, **k: (_ for _ in ()).throw(_Built())
+    try:
+        with pytest.raises(_Built):
+            training.build_run(cfg)
+    finally:
+        ruyi.assembly.build = real
+
+
+@pytest.mark.parametrize("name", list(TRAIN_CASES))
+def test_bad_training_input(name, tiny, warm_training, tmp_path, capsys, monkeypatch):
+    """As ``scripts/train.py ARGV`` runs it; the weights are never reached and no file appears."""
+    import ruyi.assembly
+    from ruyi.training import run as training
+
+    row = TRAIN_CASES[name]
+    if row.skip:
+        pytest.skip(row.skip)
+    _sentinels(tmp_path)
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "lora.safetensors").write_bytes(b"an earlier run's LoRA")
+    argv = [a.format(tiny=tiny, tmp=tmp_path) for a in row.argv]
+    keys = {a.split("=")[0] for a in argv}
+    argv = [b.format(tiny=tiny, tmp=tmp_path) for b in TRAIN_BASE if b.split("=")[0] not in keys] + argv
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("weights were loaded although the value could be checked before")
+
+    monkeypatch.setattr(ruyi.assembly, "build", no_model)
+    before = _snapshot(tmp_path, tiny)
+    try:
+        cfg = compose_command_line(argv, config_dir=CONFIGS, config_name="train")
+    except RuyiUserError as refused:
+        code, err, cpu_s = 2, f"error: {refused}\n", 0.0
+    else:
+        began = time.process_time()
+        code = training.run(cfg)
+        err, cpu_s = capsys.readouterr().err, time.process_time() - began
+    try:
+        assert code == 2, err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        for words in row.words:
+            assert words in err, err
+        assert cpu_s < 1.0, f"{cpu_s:.2f} s of CPU"
+        assert _snapshot(tmp_path, tiny) == before, "a file was created, changed or removed"
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
 def _missing(module: str) -> bool:
     import importlib.util
 
@@ -307,6 +452,8 @@ NO_CUDA = "" if not torch.cuda.is_available() else "a CUDA GPU is visible"
 SCRIPTS = {  # argv, exit code, words in the error line, reason to skip here
     "infer.py sampler=foo": (["scripts/infer.py", "sampler=foo"], 2, "valid names: ddim, dpmpp, euler, euler_a, pndm", ""),
     "infer.py +frame=16": (["scripts/infer.py", "+frame=16"], 2, "did you mean frames?", ""),
+    "train.py trainer.max_step=3": (["scripts/train.py", "trainer.max_step=3"], 2, "did you mean max_steps?", ""),
+    "train.py finetune=foo": (["scripts/train.py", "finetune=foo"], 2, "finetune=foo is not a known finetune", ""),
     "sweep.py without CUDA": (["benchmarks/sweep.py", "bench.results={tmp}/sweep.jsonl", "bench.failures={tmp}/failed.jsonl"],
                               2, "needs a CUDA GPU", NO_CUDA),
     "sweep.py offload=foo": (["benchmarks/sweep.py", "offload=foo", "bench.results={tmp}/sweep.jsonl"], 2,

@@ -33,26 +33,38 @@ def test_mp4_round_trip(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["clip.mp4"]
 
 
-def test_failed_mp4_write_leaves_nothing(tmp_path, monkeypatch):
-    import imageio_ffmpeg
+def _fake_ffmpeg(monkeypatch, script: str) -> None:
+    """Replace the encoder by a shell script: it reads the frames, writes ``partial`` into the
+    target, then does what ``script`` says (print, exit...)."""
 
-    def failing_writer(path, *args, **kwargs):
-        def gen():
-            with open(path, "wb") as f:
-                f.write(b"partial")
-            sent = 0
-            while True:
-                if (yield) is not None:
-                    sent += 1
-                    if sent == 3:
-                        raise OSError("disk full")
+    def command(width, height, fps, target):
+        return ["sh", "-c", f"cat > /dev/null; printf partial > \"$0\"; {script}", target]
 
-        return gen()
+    monkeypatch.setattr(io, "ffmpeg_command", command)
 
-    monkeypatch.setattr(imageio_ffmpeg, "write_frames", failing_writer)
-    with pytest.raises(OSError, match="disk full"):
-        io.write_mp4(_video(), tmp_path / "clip.mp4")
-    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize(
+    ("script", "error", "words"),
+    [
+        # the encoder ran out of space: one line naming the disk and the size (encoded again in memory)
+        ("echo 'Error writing trailer: No space left on device' >&2; exit 228", ValueError, "no space left on /"),
+        ("echo 'Conversion failed!' >&2; exit 1", RuntimeError, "exit status 1): Conversion failed!"),
+        ("exit 0", RuntimeError, "holds 0 of 16 frames"),  # a clean exit, but not a video: counted, refused
+    ],
+)
+def test_a_failed_encoder_leaves_the_old_video(tmp_path, monkeypatch, script, error, words):
+    target = tmp_path / "clip.mp4"
+    target.write_bytes(b"an earlier video")
+    _fake_ffmpeg(monkeypatch, script)
+    monkeypatch.setattr(io, "encoded_size", lambda frames, fps: 3_000_000)
+    if words == "holds 0 of 16 frames":
+        monkeypatch.setattr("imageio_ffmpeg.count_frames_and_secs", lambda path: (0, 0.0))
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")) as caught:
+        io.write_mp4(_video(), target)
+    if error is ValueError:
+        assert "the video needs ~3.0 MB; free space or choose another output" in str(caught.value)
+    assert target.read_bytes() == b"an earlier video"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
 def test_png_frames(tmp_path):
@@ -269,3 +281,59 @@ def test_numpy_scalars_through_the_python_api(fixture_dir):
     with_numpy = video(np.int64)
     assert with_numpy.shape == (1, 3, 8, 64, 64)
     assert torch.equal(with_numpy, video(int))
+
+
+# -- images as people have them: EXIF orientation, colour modes -------------------------------
+def _sideways_photo() -> np.ndarray:
+    """Stored pixels (32 x 64) of a photo whose content is not symmetric: a red left third."""
+    stored = np.full((32, 64, 3), 200, dtype=np.uint8)
+    stored[:, :20] = (220, 30, 30)
+    stored[:8, :] = (30, 30, 220)  # a blue top band: tells a rotation from a flip
+    return stored
+
+
+@pytest.mark.parametrize(("orientation", "upright"), [
+    (6, lambda a: np.rot90(a, k=-1)),  # a phone's portrait photo: shown rotated 90° clockwise
+    (8, lambda a: np.rot90(a, k=1)),
+    (3, lambda a: np.rot90(a, k=2)),
+    (2, lambda a: a[:, ::-1]),
+])  # fmt: skip
+def test_exif_orientation_is_applied_and_logged(tmp_path, caplog, orientation, upright):
+    from ruyi.conditioning.image import load_image
+
+    stored = _sideways_photo()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    with caplog.at_level("INFO", logger="ruyi.conditioning.image"):
+        image = load_image(path)
+    expected = upright(stored)
+    assert image.size == (expected.shape[1], expected.shape[0])
+    assert np.abs(np.asarray(image, dtype=np.int16) - expected).mean() < 4  # JPEG, flat colours
+    assert "applied its EXIF orientation" in caplog.text and "photo.jpg" in caplog.text
+    # a PIL image a Python caller opened itself is turned the same way
+    with Image.open(path) as opened:
+        assert np.array_equal(np.asarray(load_image(opened)), np.asarray(image))
+
+
+def test_images_without_orientation_and_other_colour_modes_keep_loading(tmp_path):
+    from PIL import ImageCms
+
+    from ruyi.conditioning.image import load_image
+
+    stored = _sideways_photo()
+    Image.fromarray(stored).save(tmp_path / "plain.jpg", quality=95)
+    assert load_image(tmp_path / "plain.jpg").size == (64, 32)  # no EXIF: untouched
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95, exif=exif)
+    Image.fromarray(stored).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(stored).convert("LA").save(tmp_path / "grey_alpha.png")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(stored).save(tmp_path / "icc.png", icc_profile=srgb)
+    assert load_image(tmp_path / "cmyk.jpg").size == (32, 64)  # CMYK with an orientation: upright RGB
+    for name in ("cmyk.jpg", "palette.png", "grey_alpha.png", "icc.png"):
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB" and np.asarray(image).std() > 10, name
+    assert np.array_equal(np.asarray(load_image(tmp_path / "icc.png")), stored)

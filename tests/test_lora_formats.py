@@ -119,3 +119,42 @@ def test_peft_save_pretrained_output_merges_to_peft_merge_and_unload(tmp_path):
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6)
         changed += int(not torch.equal(value, Stand().state_dict()[key]))
     assert changed == 6  # 3 targets x 2 blocks, at lora_alpha / r = 2
+
+
+# -- the base model an exported LoRA records ----------------------------------------------------
+def test_an_exported_lora_names_its_model_and_another_model_refuses_it(fixture_dir, tmp_path):
+    """Exported as scripts/train.py exports (for the parity checkpoint); a checkpoint whose
+    transformer config differs refuses it before any weight loads and names the model= to use;
+    the same checkpoint, and a LoRA without the record, still load."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from ruyi.assembly import PipelineSpec
+    from ruyi.plugins.lora import base_model_metadata
+    from ruyi.training.finetune import LoRAFinetune
+
+    state = {f"{TARGET}.lora_A.default.weight": torch.zeros(2, 32), f"{TARGET}.lora_B.default.weight": torch.zeros(32, 2)}
+    made = LoRAFinetune(rank=2, alpha=2).export(
+        state, source=fixture_dir, output_dir=tmp_path,
+        base_model=base_model_metadata("ruyi-tiny", fixture_dir / "transformer", preset="ruyi_tiny"),
+    )  # fmt: skip
+    with safe_open(str(made), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["ruyi_model"] == "ruyi-tiny" and meta["ruyi_model_preset"] == "ruyi_tiny"
+    assert len(meta["ruyi_transformer_config"]) == 16
+
+    other = tmp_path / "other"
+    shutil.copytree(fixture_dir, other)
+    config = json.loads((other / "transformer" / "config.json").read_text())
+    (other / "transformer" / "config.json").write_text(json.dumps({**config, "text_len": 9}))
+    plain = tmp_path / "plain.safetensors"
+    save_file({k.replace(".default", ""): v for k, v in state.items()}, str(plain))
+
+    def validate(checkpoint, lora):
+        return PipelineSpec.from_names(checkpoint, plugins=[LoRAWeights(path=lora)]).validate()
+
+    validate(fixture_dir, made)  # its own model
+    validate(other, plain)  # no record: loads as before
+    with pytest.raises(InputError, match="was trained for model=ruyi_tiny .*pass model=ruyi_tiny"):
+        validate(other, made)

@@ -32,10 +32,12 @@ SMALL = [
 
 
 def train_config(fixture_dir: Path, output_dir: Path, *overrides: str, small_data: bool = True):
-    """The real configs/train.yaml, shrunk for the CPU and pointed at the parity checkpoint."""
+    """The real configs/train.yaml, shrunk for the CPU and pointed at the parity checkpoint (the
+    random ``ruyi_tiny``; train.yaml's default model is the shipped ``ruyi_tiny_pans``)."""
     small = [*SMALL, *(SMALL_DATA if small_data else ())]
+    model = [] if any(o.startswith(("model=", "experiment=")) for o in overrides) else ["model=ruyi_tiny"]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("train", overrides=[f"model.path={fixture_dir}", f"output_dir={output_dir}", *small, *overrides])
+        return compose("train", overrides=[*model, f"model.path={fixture_dir}", f"output_dir={output_dir}", *small, *overrides])
 
 
 # -- the objective ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_the_experiment_overlay_wins_over_train_yaml(fixture_dir, tmp_path):
     cfg = train_config(fixture_dir, tmp_path, "experiment=tiny_pans")
     assert (cfg.learning_rate, cfg.schedule, cfg.weight_decay, cfg.timestep_shift) == (2e-3, "cosine", 0.01, 3.0)
     assert cfg.model.transformer_arch.patch_size == 1  # batch_size: the test helper shrinks it
-    assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (8, 64, 64)  # the data group's default is 16 x 288 x 496
+    assert (cfg.data.frames, cfg.data.height, cfg.data.width) == (8, 64, 64)  # the size the model was made at
     assert cfg.trainer.max_steps == 3527 and cfg.steps_for_time is None
     assert cfg.model.name == "ruyi-tiny-pans" and cfg.finetune._target_.endswith("FullFinetune")
     assert cfg.model.path == f"{fixture_dir}"  # a command-line override still wins over the overlay
@@ -71,7 +71,7 @@ def test_out_of_gpu_memory_is_one_line_with_what_to_change(module_name, monkeypa
 
     module = importlib.import_module(module_name)
 
-    def oom(cfg):
+    def oom(cfg, *watch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(module, "_run", oom)

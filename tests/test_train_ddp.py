@@ -35,7 +35,7 @@ def test_two_gloo_ranks_hold_identical_weights(fixture_dir, tmp_path):
     out, ranks = tmp_path / "run", tmp_path / "ranks"
     callback = f"[{{_target_: tests.test_train_ddp.SaveRankWeights, folder: '{ranks}'}}]"
     command = [
-        sys.executable, str(REPO / "scripts" / "train.py"), f"model.path={fixture_dir}", f"output_dir={out}",
+        sys.executable, str(REPO / "scripts" / "train.py"), "model=ruyi_tiny", f"model.path={fixture_dir}", f"output_dir={out}",
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=3",
         "trainer.logger=none", "trainer.checkpoint_every_n_steps=null", "trainer.progress_refresh_rate=0",
         f"trainer.callbacks={callback}", "data.frames=8", "data.height=64", "data.width=64", "batch_size=1",

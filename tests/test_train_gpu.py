@@ -43,7 +43,7 @@ def test_fsdp_full_finetune_over_two_gpus_exports_a_loadable_checkpoint(fixture_
 
     out = tmp_path / "run"
     command = [
-        sys.executable, str(REPO / "scripts" / "train.py"), f"model.path={fixture_dir}", f"output_dir={out}",
+        sys.executable, str(REPO / "scripts" / "train.py"), "model=ruyi_tiny", f"model.path={fixture_dir}", f"output_dir={out}",
         "trainer=fsdp", "trainer.devices=2", "trainer.max_steps=3", "trainer.logger=none",
         "trainer.checkpoint_every_n_steps=null", "trainer.progress_refresh_rate=0", "finetune=full",
         "data.frames=8", "data.height=64", "data.width=64", "batch_size=1", "num_workers=0",

@@ -7,18 +7,26 @@ into VAE latents (posterior mean, so runs are deterministic) and CLIP image feat
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ruyi.errors import ConfigError, InputError
 from ruyi.registry import CONDITIONINGS
 
+log = logging.getLogger(__name__)
+
 KEEP, GENERATE = 0.0, 255.0
+# EXIF orientation tag values -> what displaying the image takes (a phone's portrait photo is
+# usually stored sideways with 6 or 8)
+ORIENTATION_TAG = 0x0112
+ORIENTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "transposed", 6: "rotated 90° clockwise",
+                7: "transversed", 8: "rotated 90° counter-clockwise"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 def load_image(image: Image.Image | np.ndarray | str | Path, *, name: str = "image") -> Image.Image:
     """A start/end image as a fully decoded 8-bit RGB PIL image.
 
-    Paths are decoded completely (a truncated file fails here, not halfway through a run);
+    Paths are decoded completely (a truncated file fails here, not halfway through a run) and,
+    like PIL images, turned upright by their EXIF orientation as every viewer shows them (logged);
     16-bit images are scaled to 8 bits (not clipped to white); arrays may be uint8, uint16, bool
     or float in [0, 1], shaped (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha is dropped, as
     PIL's RGB conversion does). Every problem is an :class:`InputError` naming ``name``.
@@ -77,7 +86,7 @@ def load_image(image: Image.Image | np.ndarray | str | Path, *, name: str = "ima
     if isinstance(image, np.ndarray):
         return _from_array(image, name)
     if isinstance(image, Image.Image):
-        return _to_rgb8(image, name)
+        return _to_rgb8(_upright(image, name), name)
     raise InputError(f"{name} must be a file path, a PIL image or an (H, W, 3) array, not {type(image).__name__}")
 
 
@@ -94,7 +103,7 @@ def _read_file(path: Path, name: str) -> Image.Image:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise _too_large(f"{name}={path}", img.size)
                 img.load()
-                return _to_rgb8(img, f"{name}={path}")
+                return _to_rgb8(_upright(img, f"{name}={path}"), f"{name}={path}")
     except InputError:
         raise
     except Image.DecompressionBombError:
@@ -105,6 +114,19 @@ def _read_file(path: Path, name: str) -> Image.Image:
         raise InputError(f"{name}={path} is not an image file Pillow can read (PNG, JPEG, WebP...)") from None
     except (OSError, SyntaxError, ValueError) as err:  # Pillow's decoders raise all three for damaged data
         raise InputError(f"{name}={path} cannot be decoded ({err}); the file is truncated or damaged") from None
+
+
+def _upright(img: Image.Image, what: str) -> Image.Image:
+    """The image as viewers show it: its EXIF orientation applied (and the tag dropped), said in the log."""
+    try:
+        orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError):  # a damaged EXIF block: the pixels themselves are fine
+        return img
+    if orientation not in ORIENTATIONS:
+        return img
+    upright = ImageOps.exif_transpose(img)
+    log.info("%s: applied its EXIF orientation (%s): %dx%d -> %dx%d", what, ORIENTATIONS[orientation], *img.size, *upright.size)
+    return upright
 
 
 def _too_large(what: str, size: tuple[int, int] | None) -> InputError:

@@ -9,7 +9,9 @@ adapters. This base only adds what the Ruyi-Mini-7B folders need:
   carried along and saved again, without diffusers' warning on every load.
 - ``from_pretrained`` applies the class's ``config_overrides`` as the original loader does, and
   reads the safetensors headers first (``ruyi.models.loading.check_weights``): a wrong or
-  incomplete folder fails with one line before diffusers reads any tensor.
+  incomplete folder fails with one line before diffusers reads any tensor. Before even the meta
+  model is built, ``config.json``'s sizes are held to bounds and to the headers
+  (``ruyi.models.config_checks``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, ClassVar
 
 from diffusers import ConfigMixin, ModelMixin
 
+from ruyi.models.config_checks import check_model_config
 from ruyi.models.loading import check_weights, meta_model, read_config
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class RuyiModelMixin(ModelMixin, ConfigMixin):
         if folder.is_dir() and kwargs.get("variant") is None:
             init_keys = cls._get_init_keys(cls)
             config = {**read_config(folder), **{k: v for k, v in kwargs.items() if k in init_keys}}
+            check_model_config(cls, config, folder)  # sane sizes that fit the headers, before any module is built
             check_weights(folder, meta_model(cls, config, where=folder).state_dict())
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

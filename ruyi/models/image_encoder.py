@@ -17,6 +17,7 @@ try:  # transformers >= 5: the PIL backend gives the original's numbers without 
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import CLIPImageProcessor
 
+from ruyi.models.config_checks import check_model_config
 from ruyi.models.loading import check_weights, randomize, read_config
 from ruyi.registry import IMAGE_ENCODERS
 
@@ -57,7 +58,9 @@ class CLIPImageEncoder(torch.nn.Module):
         """``config.json``, ``preprocessor_config.json`` and the safetensors of ``folder``, the
         headers checked before transformers loads them; ``dtype`` None: transformers' default."""
         folder = Path(folder)
-        config = CLIPVisionConfig(**read_config(folder))
+        raw = read_config(folder)
+        check_model_config(cls, raw, folder)  # sane sizes that fit the headers, before any module is built
+        config = CLIPVisionConfig(**raw)
         processor = CLIPImageProcessor(**read_config(folder, "preprocessor_config.json"))
         with torch.device("meta"):
             skeleton = CLIPVisionModelWithProjection(config)

@@ -14,6 +14,13 @@ Two key conventions are read:
   diffusers writes into the safetensors header. With neither, scale 1 (peft's defaults, r = alpha)
   is assumed and logged.
 
+Files are checked by value before anything merges: non-finite factors, an alpha that is not one
+finite number, and down/up ranks that differ are refused in one line naming the layer (a NaN LoRA
+would otherwise give an all-black video and exit 0); a merge that would overflow the weights'
+dtype is undone and refused too. A LoRA that ``scripts/train.py`` exported records the model it
+was trained for in its header (:func:`base_model_metadata`); with another model it is refused
+before any weight loads, naming the ``model=`` to use (files without the record load as before).
+
 Merging adds ``strength * alpha / rank * up @ down`` (fp32) to each weight; unmerging subtracts the
 same delta. peft's ``LoraLayer`` would wrap every targeted layer, which hooks and offload
 strategies then see; merging into the plain weights keeps the model unchanged in structure.
@@ -21,6 +28,7 @@ strategies then see; merging into the plain weights keeps the model unchanged in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -45,6 +53,8 @@ MAX_STRENGTH = 100.0  # the ComfyUI Load LoRA node's range; useful values are ab
 PEFT_PREFIXES = ("base_model.model.", "transformer.")
 ADAPTER_CONFIG = "adapter_config.json"  # peft's save_pretrained writes it beside adapter_model.safetensors
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' save_lora_weights puts the LoraConfig here
+# what an exported LoRA's header says about the model it was trained for
+MODEL_NAME_KEY, MODEL_PRESET_KEY, MODEL_CONFIG_KEY = "ruyi_model", "ruyi_model_preset", "ruyi_transformer_config"
 SUFFIXES = {  # key ending -> factor name
     ".lora_down.weight": "down", ".lora_up.weight": "up",
     ".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
@@ -126,9 +136,10 @@ def read_lora(
     for name, f in factors.items():
         if "up" not in f or "down" not in f:
             raise InputError(f"{where}: LoRA layer {name!r} lacks its {'up' if 'up' not in f else 'down'} matrix")
+        _check_values(name, f, where)
         _check_shapes(name, f["up"], f["down"], modules[name].weight, where)
         if "alpha" in f:
-            alpha = float(f["alpha"])
+            alpha = float(f["alpha"].reshape(()))
         elif name in peft_named and adapter_config is not None:
             alpha = peft_alpha(adapter_config, name, rank=f["down"].shape[0])
         else:
@@ -137,6 +148,34 @@ def read_lora(
     if not layers:
         raise InputError(f"{where}: the LoRA file holds no transformer layers")
     return layers
+
+
+def _check_values(name: str, factors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Ranks that agree, finite factors, one finite alpha: checked by value before any layer merges."""
+    up, down = factors["up"], factors["down"]
+    if up.ndim >= 2 and down.ndim >= 1 and up.shape[1] != down.shape[0]:
+        raise InputError(
+            f"{where}: LoRA layer {name!r} has rank {down.shape[0]} in its down matrix {tuple(down.shape)} but "
+            f"{up.shape[1]} in its up matrix {tuple(up.shape)}; the file is damaged: re-export it"
+        )
+    for factor in ("down", "up"):
+        tensor = factors[factor]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(
+                f"{where}: LoRA layer {name!r} holds {bad} NaN or infinite values in its {factor} matrix; "
+                "the training diverged or the file is damaged: use another LoRA"
+            )
+    alpha = factors.get("alpha")
+    if alpha is not None:
+        if alpha.numel() != 1:
+            raise InputError(
+                f"{where}: LoRA layer {name!r} has an alpha of shape {tuple(alpha.shape)}; alpha must be one number"
+            )
+        if alpha.dtype == torch.bool or alpha.is_complex():
+            raise InputError(f"{where}: LoRA layer {name!r} has an alpha of type {alpha.dtype}; alpha must be a number")
+        if not math.isfinite(float(alpha.reshape(()))):
+            raise InputError(f"{where}: LoRA layer {name!r} has alpha={float(alpha.reshape(()))}; alpha must be finite")
 
 
 def _check_shapes(name: str, up: torch.Tensor, down: torch.Tensor, weight: torch.Tensor, where: str) -> None:
@@ -188,6 +227,63 @@ def adapter_config_for(path: Path) -> dict[str, Any] | None:
     return {k.removeprefix("transformer."): v for k, v in meta.items()}
 
 
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short identity of a transformer ``config.json``: the architecture a LoRA's shapes fit (fields
+    starting with ``_``, such as the writer's version, are left out)."""
+    kept = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _config_of(source: str | Path | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A transformer config: given, or read from a checkpoint's ``transformer`` folder (None if absent)."""
+    if source is None or isinstance(source, Mapping):
+        return source
+    path = Path(source) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def preset_of(name: str) -> str:
+    """``Ruyi-Mini-7B`` -> ``ruyi_mini_7b``: a preset's config-group name from its model name."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def base_model_metadata(
+    name: str, transformer_config: str | Path | Mapping[str, Any] | None, *, preset: str | None = None
+) -> dict[str, str]:
+    """What an exported LoRA records about the model it was trained on: the preset (``model=``), the
+    model's name and the identity of its transformer config (a checkpoint's ``transformer`` folder
+    or the config itself)."""
+    meta = {MODEL_NAME_KEY: str(name), MODEL_PRESET_KEY: preset or preset_of(str(name))}
+    config = _config_of(transformer_config)
+    if config is not None:
+        meta[MODEL_CONFIG_KEY] = config_hash(config)
+    return meta
+
+
+def check_base_model(meta: Mapping[str, str], *, name: str, transformer_folder: str | Path | None, where: str) -> bool:
+    """Refuse a LoRA recorded for another model. The config identity decides where the checkpoint's
+    config is readable (a fine-tuned copy of the same model is the same model); else the model name.
+    Returns whether the config identity could be compared."""
+    recorded = meta.get(MODEL_CONFIG_KEY)
+    config = _config_of(transformer_folder)
+    compared = recorded is not None and config is not None
+    if compared:
+        differs = config_hash(config) != recorded  # type: ignore[arg-type]
+    else:
+        differs = MODEL_NAME_KEY in meta and meta[MODEL_NAME_KEY] != name
+    if differs:
+        preset = meta.get(MODEL_PRESET_KEY) or preset_of(meta.get(MODEL_NAME_KEY, "?"))
+        raise InputError(
+            f"{where} was trained for model={preset} ({meta.get(MODEL_NAME_KEY, 'another model')}, transformer "
+            f"config {recorded or 'unknown'}), not for this {name}; pass model={preset} (and its model.path), "
+            "or use a LoRA trained for this model"
+        )
+    return compared
+
+
 @PLUGINS.register("lora")
 class LoRAWeights:
     """One LoRA file merged at ``strength`` (the original suggests 1.0-1.4). Several LoRAs are
@@ -205,6 +301,8 @@ class LoRAWeights:
         self.path, self.strength = path, strength
         self.layers: dict[str, LoRALayer] = {}
         self._merged_into: torch.nn.Module | None = None
+        self._meta: dict[str, str] = {}
+        self._base_checked = False
 
     def __repr__(self) -> str:
         return f"LoRAWeights(path={str(self.path)!r}, strength={self.strength})"
@@ -214,14 +312,25 @@ class LoRAWeights:
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 keys = list(f.keys())
+                self._meta = dict(f.metadata() or {})
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
             raise InputError(
                 f"lora file {self.path} is not a readable safetensors file ({type(err).__name__}: {err}); "
                 "re-download or re-export it"
             ) from None
         check_key_names(keys, f"lora file {self.path}")
+        model = plan.spec.model
+        folder = model.path / "transformer" if model.path is not None else None
+        # a checkpoint still to be created has no config.json yet: attach() compares it then
+        self._base_checked = check_base_model(self._meta, name=model.name, transformer_folder=folder,
+                                              where=f"lora file {self.path}")  # fmt: skip
 
     def attach(self, pipe) -> None:
+        path = getattr(pipe, "model_path", None)
+        if self._meta and not self._base_checked and path is not None:
+            name = self._meta.get(MODEL_NAME_KEY, "")  # only the config identity can differ now
+            check_base_model(self._meta, name=name, transformer_folder=Path(path) / "transformer",
+                             where=f"lora file {self.path}")  # fmt: skip
         self.merge(pipe.transformer)
 
     def detach(self, pipe) -> None:
@@ -249,10 +358,21 @@ class LoRAWeights:
 
     @torch.no_grad()
     def _apply(self, model: torch.nn.Module, factor: float) -> None:
+        """Add ``factor`` x each delta; all or nothing: a layer that would hold inf/NaN afterwards
+        (a finite LoRA too large for the weights' dtype) undoes the layers before it and refuses."""
         modules = dict(model.named_modules())
+        done: list[tuple[torch.Tensor, LoRALayer]] = []  # undone by subtraction: a copy of a 7B's weights costs GBs
         for name, layer in self.layers.items():
             weight = modules[name].weight
             if not weight.is_floating_point() or weight.element_size() < 2:
                 raise ConfigError(f"{name}.weight is stored as {weight.dtype}; merge LoRAs before an FP8 precision strategy")
-            merged = weight.float() + factor * layer.delta(weight.shape, weight.device)
-            weight.copy_(merged.to(weight.dtype))
+            merged = (weight.float() + factor * layer.delta(weight.shape, weight.device)).to(weight.dtype)
+            if not bool(torch.isfinite(merged).all()) and bool(torch.isfinite(weight).all()):
+                for earlier, applied in reversed(done):
+                    earlier.copy_((earlier.float() - factor * applied.delta(earlier.shape, earlier.device)).to(earlier.dtype))
+                raise InputError(
+                    f"lora file {self.path}: merging layer {name!r} at strength {self.strength} overflows its "
+                    f"{weight.dtype} weights (inf/NaN); lower the strength or use another LoRA"
+                )
+            weight.copy_(merged)
+            done.append((weight, layer))

@@ -1,4 +1,6 @@
-"""Writing trained weights where inference reads them, atomically and never over a user's file."""
+"""Writing trained weights where inference reads them, atomically and never over a user's file:
+complete and flushed before they exist under their name, and a full disk is one line naming the
+disk and the size (``ruyi.files``)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ruyi.errors import OutputError
-from ruyi.io import atomic_file, umask_mode
+from ruyi.files import atomic_file, fsync_path, make_parents, remove_created, umask_mode, write_error
+from ruyi.io import publish_folder
 from ruyi.models.loading import read_config, weight_files
 
 TRANSFORMER = "transformer"
@@ -30,7 +33,8 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, *, m
     """One safetensors file, written to a temporary name and renamed into place."""
     path = Path(path)
     refuse_existing(path)
-    with atomic_file(path, suffix=".safetensors") as tmp:
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    with atomic_file(path, suffix=".safetensors", what="the weights", needed=lambda: size, replace=False) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
     return path
 
@@ -56,6 +60,7 @@ def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, obj
     tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()) for k, v in state.items()}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
     os.chmod(folder / WEIGHTS, umask_mode(directory=False))  # safetensors creates it private (0600)
+    fsync_path(folder / WEIGHTS)
 
 
 def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder: Path, dtype: torch.dtype | None = None) -> Path:
@@ -64,7 +69,7 @@ def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder
     source, folder = Path(source), Path(folder)
     refuse_existing(folder)
     dtype = dtype or stored_dtype(source / TRANSFORMER)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(folder.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for entry in sorted(source.iterdir()):
@@ -72,11 +77,24 @@ def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
-        # the copies are the user's new files: plain modes, not the source's (a read-only download)
-        for entry in (tmp, *tmp.rglob("*")):
-            os.chmod(entry, umask_mode(directory=entry.is_dir()))
-        os.replace(tmp, folder)
-    except BaseException:
+        for entry in tmp.rglob("*"):
+            if entry.is_file():
+                fsync_path(entry)
+        # the copies are the user's new files: plain modes, not the source's (a read-only download);
+        # publish_folder refuses a folder that appeared meanwhile (another run) instead of replacing it
+        publish_folder(tmp, folder)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_created(created)
+        needed = _folder_bytes(source) + sum(v.numel() * dtype.itemsize for v in state.values())
+        mapped = write_error(err, folder, what="the checkpoint", needed=needed)
+        if mapped is not None:
+            raise mapped from None
         raise
     return folder
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The bytes of what the export copies from a checkpoint folder (all but its transformer)."""
+    copied = [p for p in folder.iterdir() if p.name != TRANSFORMER and not p.name.startswith(".")]
+    return sum(f.stat().st_size for p in copied for f in (p, *p.rglob("*")) if f.is_file())

@@ -2,7 +2,7 @@
 
 A finetune method is a registered class (``configs/finetune/<name>.yaml``) with
 ``prepare(transformer)`` (makes the trainable parameters), ``checkpoint_state(state)`` (what a
-Lightning checkpoint keeps) and ``export(state, source=..., output_dir=...)`` (the file or folder
+Lightning checkpoint keeps) and ``export(state, source=..., output_dir=..., base_model=...)`` (the file or folder
 inference loads). ``state`` is the transformer's full state dict, as every strategy (single device,
 DDP, FSDP with a full state dict) can hand it over on rank 0.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ruyi.checks import check_number
 from ruyi.errors import ConfigError
 from ruyi.registry import FINETUNES
 from ruyi.training.export import export_checkpoint, save_safetensors
@@ -62,8 +63,7 @@ class LoRAFinetune:
     ) -> None:
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ConfigError(f"finetune.rank={rank!r} must be a positive integer (e.g. 16)")
-        if not alpha > 0:
-            raise ConfigError(f"finetune.alpha={alpha!r} must be > 0 (alpha = rank gives scale 1)")
+        alpha = check_number("finetune.alpha", alpha, low=0, low_open=True, high=1e6, hint="alpha = rank gives scale 1")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"finetune.dropout={dropout!r} must lie in [0, 1)")
         if isinstance(target_modules, str) or not target_modules:
@@ -124,9 +124,14 @@ class LoRAFinetune:
             raise ConfigError("the transformer holds no LoRA weights to export; was finetune=lora applied?")
         return out
 
-    def export(self, state: Mapping[str, torch.Tensor], *, source: Path, output_dir: Path) -> Path:
+    def export(
+        self, state: Mapping[str, torch.Tensor], *, source: Path, output_dir: Path, base_model: Mapping[str, str] | None = None
+    ) -> Path:
+        """``lora.safetensors``; its header records the base model (``ruyi.plugins.lora.base_model_metadata``),
+        so inference with another model says which ``model=`` the LoRA was made for."""
         path = Path(output_dir) / self.file_name
-        meta = {"ss_network_dim": str(self.rank), "ss_network_alpha": str(self.alpha), "ruyi_base_model": str(source)}
+        meta = {"ss_network_dim": str(self.rank), "ss_network_alpha": str(self.alpha), "ruyi_base_model": str(source),
+                **dict(base_model or {})}  # fmt: skip
         save_safetensors(self.lora_tensors(state), path, metadata=meta)
         return path
 
@@ -151,5 +156,8 @@ class FullFinetune:
     def checkpoint_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dict(state)
 
-    def export(self, state: Mapping[str, torch.Tensor], *, source: Path, output_dir: Path) -> Path:
+    def export(
+        self, state: Mapping[str, torch.Tensor], *, source: Path, output_dir: Path, base_model: Mapping[str, str] | None = None
+    ) -> Path:
+        # a full checkpoint carries its own config.json: nothing to record about the base model
         return export_checkpoint(state, source=source, folder=Path(output_dir) / self.file_name, dtype=self.save_dtype)

@@ -1,7 +1,9 @@
 """The body of ``scripts/train.py``: validate, assemble the pipeline as inference does, fit, export.
 
 Every user error ends as one line on stderr and exit code 2, before any weights load where
-possible. Rank 0 alone writes the exported weights and ``summary.json``.
+possible (``ruyi.training.checks``; Lightning's own Trainer is built before the weights too), and
+a refused run writes nothing. Rank 0 alone writes the exported weights and ``summary.json``, into
+an ``output_dir`` it holds alone (``ruyi.training.outputs``).
 """
 
 from __future__ import annotations
@@ -19,30 +21,17 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.errors import OutputError, RuyiUserError, exit_code_of
+from ruyi.errors import ConfigError, RuyiUserError, exit_code_of
+from ruyi.files import write_text_atomic
+from ruyi.training.outputs import OutputDirClaim, RunWatch, check_output_dir, register_resolvers
 
 log = logging.getLogger("ruyi")
+register_resolvers()  # configs/train.yaml's ${ruyi_run:}, for callers that compose it without scripts/train.py
 
 OOM_HINT = (
     "out of GPU memory; try gradient_checkpointing=true, cache_latents=true, a smaller batch_size or "
     "data.frames / data.base_resolution, finetune=lora, or trainer=fsdp on several GPUs"
 )
-# what a run writes into output_dir: none may exist beforehand (Lightning's CSV logger would
-# otherwise delete earlier logs, and an export never replaces a file)
-OWNED = ("logs", "checkpoints", "lora.safetensors", "checkpoint", "summary.json", "latent_cache")
-
-
-def check_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"output_dir={output_dir} is a file; give a folder")
-    taken = [name for name in OWNED if (output_dir / name).exists()]
-    if taken:
-        raise OutputError(
-            f"output_dir={output_dir} already holds {', '.join(taken)} from an earlier run; pick a new output_dir "
-            "(resume=<that run>/checkpoints/<file>.ckpt continues it)"
-        )
-
-
 def build_component(node: DictConfig) -> Any:
     """``instantiate(node)``, with a user error in the constructor reported as itself (Hydra wraps it)."""
     from hydra.errors import InstantiationException
@@ -56,8 +45,10 @@ def build_component(node: DictConfig) -> Any:
 
 
 def run(cfg: DictConfig) -> int:
-    """Train as the config says; returns the process exit code."""
-    return exit_code_of(lambda: _run(cfg), oom_hint=OOM_HINT)
+    """Train as the config says; returns the process exit code (130/143 after Ctrl-C/SIGTERM, with
+    one line on what the run left in ``output_dir``)."""
+    watch = RunWatch()
+    return exit_code_of(lambda: _run(cfg, watch), oom_hint=OOM_HINT, on_interrupt=watch.describe)
 
 
 @dataclass
@@ -71,6 +62,8 @@ class TrainingRun:
     source: Path
     output_dir: Path
     resume: str | None
+    claim: OutputDirClaim | None = None  # rank 0's hold on output_dir; release() when the run ends
+    base_model: dict[str, str] | None = None  # what the export records about the model it was trained on
     seconds: float = 0.0
 
     def fit(self) -> None:
@@ -84,41 +77,70 @@ class TrainingRun:
         state = self.module.transformer_state(self.trainer.strategy.lightning_module_state_dict())
         if not self.trainer.is_global_zero:
             return None
-        return self.finetune.export(state, source=self.source, output_dir=self.output_dir)
+        return self.finetune.export(state, source=self.source, output_dir=self.output_dir, base_model=self.base_model)
+
+    def release(self) -> None:
+        """End the hold on ``output_dir``; without a checkpoint or export, what this run made there goes."""
+        if self.claim is not None:
+            self.claim.release()
 
 
-def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
+def build_run(cfg: DictConfig, *, weights: str = "checkpoint", watch: RunWatch | None = None) -> TrainingRun:
     """Validate the config (before any weights load), then load and assemble everything.
 
     The pipeline comes from the one assembly path (``PipelineSpec.from_config`` -> ``validate`` ->
     ``build``), built on ``cfg.device`` (cpu: Lightning places the trained model, the module its
     frozen encoders). ``weights="random"``: the preset's real shape with random numbers
-    (benchmarks; the scheduler then comes from ``model.scheduler_config``).
+    (benchmarks; the scheduler then comes from ``model.scheduler_config``). Rank 0 claims
+    ``output_dir`` once everything is checked; the returned run's ``release()`` gives it back.
     """
     import lightning as L
 
-    from ruyi.assembly import PipelineSpec, build
+    from ruyi.assembly import PipelineSpec
     from ruyi.registry import load_builtins
-    from ruyi.training.datamodule import ClipDataModule
-    from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
-    from ruyi.training.module import RuyiTrainingModule, seconds
-    from ruyi.training.objective import DiffusionObjective, check_timestep_shift
+    from ruyi.training.checks import check_training
+    from ruyi.training.objective import check_timestep_shift
     from ruyi.training.trainer import build_trainer, check_trainer
-    from ruyi.weights import scheduler_config
 
     load_builtins()
-    # 1. everything that needs no weights
+    # 1. everything that needs no weights, Lightning's Trainer included; nothing is written yet
     output_dir = Path(to_absolute_path(cfg.output_dir))
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    main_rank = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if main_rank:
         check_output_dir(output_dir)
     plan = PipelineSpec.from_config(cfg).validate()
+    check_training(cfg)
     finetune = build_component(cfg.finetune)
     dataset = build_component(cfg.data)
+    if len(dataset) < int(cfg.batch_size):
+        raise ConfigError(f"the dataset holds {len(dataset)} clips, fewer than batch_size={cfg.batch_size}")
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
     check_timestep_shift(cfg.timestep_shift)
-    L.seed_everything(int(cfg.seed), workers=True)
-    # 2. weights, assembled as for inference
+    trainer = build_trainer(trainer_options, output_dir=output_dir)
+    # 2. hold output_dir, then weights, assembled as for inference
+    claim = OutputDirClaim(output_dir) if main_rank else None
+    if watch is not None:
+        watch.claim = claim
+    try:
+        L.seed_everything(int(cfg.seed), workers=True)
+        return _assemble(cfg, plan, weights=weights, finetune=finetune, dataset=dataset, trainer=trainer,
+                         output_dir=output_dir, claim=claim)  # fmt: skip
+    except BaseException:
+        if claim is not None:
+            claim.release()  # a run that never trained leaves nothing behind
+        raise
+
+
+def _assemble(cfg: DictConfig, plan, *, weights: str, finetune, dataset, trainer, output_dir: Path, claim) -> TrainingRun:
+    from ruyi.assembly import build
+    from ruyi.plugins.lora import base_model_metadata
+    from ruyi.training.datamodule import ClipDataModule
+    from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
+    from ruyi.training.module import RuyiTrainingModule, seconds
+    from ruyi.training.objective import DiffusionObjective
+    from ruyi.weights import scheduler_config
+
     pipe = build(plan, weights=weights)
     path = pipe.model_path
     schedule_config = scheduler_config(path) if path is not None else OmegaConf.to_container(cfg.model.scheduler_config, resolve=True)
@@ -136,16 +158,34 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint") -> TrainingRun:
         pixel_values=getattr(pipe.image_encoder, "pixel_values", None),
     )  # fmt: skip
     data = ClipDataModule(dataset=clips, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
+    transformer_config = (path / "transformer") if path is not None else cfg.model.get("transformer_arch")
     return TrainingRun(
-        module=module, data=data, trainer=build_trainer(trainer_options, output_dir=output_dir), finetune=finetune,
-        source=path, output_dir=output_dir, resume=to_absolute_path(cfg.resume) if cfg.resume else None,
+        module=module, data=data, trainer=trainer, finetune=finetune, source=path, output_dir=output_dir,
+        resume=to_absolute_path(cfg.resume) if cfg.resume else None, claim=claim,
+        base_model=base_model_metadata(plan.spec.model.name, transformer_config, preset=model_choice()),
     )  # fmt: skip
 
 
-def _run(cfg: DictConfig) -> int:
+def model_choice() -> str | None:
+    """The ``model=`` preset this run was composed with (None outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("model")
+
+
+def _run(cfg: DictConfig, watch: RunWatch | None = None) -> int:
+    job = build_run(cfg, watch=watch)
+    try:
+        return _fit_and_export(cfg, job)
+    finally:
+        job.release()
+
+
+def _fit_and_export(cfg: DictConfig, job: TrainingRun) -> int:
     import lightning as L
 
-    job = build_run(cfg)
     job.fit()
     exported = job.export()
     if exported is None:
@@ -160,7 +200,8 @@ def _run(cfg: DictConfig) -> int:
         "world_size": trainer.world_size, "torch": torch.__version__, "lightning": L.__version__,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }  # fmt: skip
-    (job.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(job.output_dir / "summary.json", json.dumps(summary, indent=2, default=str), what="the summary",
+                      replace=False)  # fmt: skip
     log.info("trained %d steps in %.1f s; wrote %s", trainer.global_step, job.seconds, exported)
     print(exported)
     return 0

@@ -66,12 +66,29 @@ def build_strategy(strategy: str | Mapping[str, Any] | None):
 
 
 def build_trainer(options: Mapping[str, Any], *, output_dir: Path, extra_callbacks=()):
-    """The Trainer; checkpoints go to ``output_dir/checkpoints``, logs to ``output_dir/logs``."""
+    """The Trainer; checkpoints go to ``output_dir/checkpoints``, logs to ``output_dir/logs``.
+
+    Built before any weights load: constructing it writes nothing, and it is where Lightning
+    decides whether this machine can run the precision, strategy and devices asked for; a refusal
+    is one ``ConfigError`` line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ruyi.training.checks import trainer_error
+
+    check_trainer(options)
+    try:
+        return _trainer(options, output_dir=output_dir, extra_callbacks=extra_callbacks)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise trainer_error(err) from None
+
+
+def _trainer(options: Mapping[str, Any], *, output_dir: Path, extra_callbacks=()):
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-    check_trainer(options)
+    from ruyi.training.checkpoints import AtomicCheckpointIO
+
     kwargs = {k: v for k, v in options.items() if k not in RUYI_KEYS}
     precision = options.get("precision", "auto")
     if precision == "auto":
@@ -98,5 +115,5 @@ def build_trainer(options: Mapping[str, Any], *, output_dir: Path, extra_callbac
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
         strategy=build_strategy(options.get("strategy")), precision=precision, logger=logger, callbacks=callbacks,
-        default_root_dir=output_dir, enable_checkpointing=bool(every), **kwargs,
+        default_root_dir=output_dir, enable_checkpointing=bool(every), plugins=[AtomicCheckpointIO()], **kwargs,
     )  # fmt: skip

@@ -79,3 +79,17 @@ def test_out_of_gpu_memory_is_one_line_with_what_to_change(module_name, monkeypa
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of GPU memory;") and "\n" not in err
     assert ("gradient_checkpointing=true" if module_name.endswith("run") else "memory=auto") in err
+
+
+def test_data_workers_default_to_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    from ruyi.training.run import data_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert data_workers("auto") == 5  # one core left to the training loop
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert data_workers("auto") == 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert data_workers("auto") == 0
+    assert data_workers(3) == 3

@@ -30,7 +30,9 @@ def check_training(cfg: Any) -> None:
     check_number("weight_decay", cfg.weight_decay, low=0, high=1, hint="e.g. 0.01; 0 = none")
     check_int("warmup_steps", cfg.warmup_steps, low=0, hint="linear warm-up steps; 0 = none")
     check_int("batch_size", cfg.batch_size, low=1, high=4096, hint="clips per step and device")
-    check_int("num_workers", cfg.num_workers, low=0, high=256, hint="DataLoader processes; 0 = load in the main process")
+    if cfg.num_workers != "auto":
+        check_int("num_workers", cfg.num_workers, low=0, high=256,
+                  hint="DataLoader processes; auto = what the machine has; 0 = load in the main process")  # fmt: skip
     # Lightning seeds numpy, which takes 32 bits; a larger seed would be replaced by a random one
     check_int("seed", cfg.seed, low=0, high=2**32 - 1)
     for key in ("uncond_prob", "end_frame_prob"):

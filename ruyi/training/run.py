@@ -157,7 +157,7 @@ def _assemble(cfg: DictConfig, plan, *, weights: str, finetune, dataset, trainer
         dataset, pipe.image_conditioning, end_frame_prob=cfg.end_frame_prob,
         pixel_values=getattr(pipe.image_encoder, "pixel_values", None),
     )  # fmt: skip
-    data = ClipDataModule(dataset=clips, batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers))
+    data = ClipDataModule(dataset=clips, batch_size=int(cfg.batch_size), num_workers=data_workers(cfg.num_workers))
     transformer_config = (path / "transformer") if path is not None else cfg.model.get("transformer_arch")
     return TrainingRun(
         module=module, data=data, trainer=trainer, finetune=finetune, source=path, output_dir=output_dir,
@@ -205,3 +205,15 @@ def _fit_and_export(cfg: DictConfig, job: TrainingRun) -> int:
     log.info("trained %d steps in %.1f s; wrote %s", trainer.global_step, job.seconds, exported)
     print(exported)
     return 0
+
+
+def data_workers(setting) -> int:
+    """``num_workers``: a number, or ``auto``: one DataLoader process per core this process may
+    use, less one for the training loop itself, at most 16."""
+    if setting != "auto":
+        return int(setting)
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(16, cores - 1))
+

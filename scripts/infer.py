@@ -25,5 +25,9 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     exit_on_bad_overrides(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
+    from ruyi.multirun import prepare
+
+    # once, before any job: bad eval.* values, videos an earlier sweep made; jobs named by swept values
+    sys.argv += prepare(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
     main()
     sys.exit(max(FAILED, default=0))

@@ -1,5 +1,6 @@
 """eval=on in a sweep: each job judged against the cached reference video of its request; jobs'
-videos named by their swept values and never replacing an earlier sweep's."""
+videos named by their swept values and never replacing an earlier sweep's; the report's quality
+columns."""
 
 from __future__ import annotations
 
@@ -192,3 +193,77 @@ def test_only_swept_keys_name_the_jobs():
     (override,) = naming_overrides(["-m", "steps=2,3", "seed=1", "model.path=/m", "hydra/launcher=basic"])
     assert override == "hydra.job.config.override_dirname.exclude_keys=['hydra/launcher','model.path','seed']"
     assert naming_overrides(["steps=2"]) == []  # not a multirun
+
+
+# -- the report ------------------------------------------------------------------------------------
+def _line(overrides, psnr, camera_correct, *, weights="checkpoint", seconds=2.0, **extra):
+    metrics = {"psnr": psnr, "ssim": 0.9, "camera_correct": camera_correct, "motion_px_per_frame": 1.0, "flicker": 2.0}
+    return {"overrides": overrides, "seconds": seconds, "peak_gib": None, "weights": weights, "shape": [8, 64, 64],
+            "metrics": metrics, **extra}  # fmt: skip
+
+
+def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
+    rows = [
+        _line(["eval=on", "sampler=euler", "seed=1", "camera=left"], 30.0, True, seconds=1.0),
+        _line(["eval=on", "sampler=euler", "seed=2", "camera=left"], 34.0, False, seconds=3.0),
+        _line(["eval=on", "memory=inplace", "seed=1"], 100.0, None),
+        _line(["eval=on", "teacache=on", "seed=1"], 25.0, True, notes={"TeaCache": {"skipped_steps": 6}}, steps=10),
+        {"status": "ok", "overrides": ["offload=group", "frames=24"], "frames": 24, "resolution": 512, "weights": "random",
+         "peak_gib": 2.5, "step_s": 0.5, "total_s_extrapolated": 20.0, "seconds": 9.0,
+         "quality": {"psnr": 11.0, "ssim": 0.1, "camera_correct": False, "motion_px_per_frame": 3.0, "flicker": 40.0}},
+    ]  # fmt: skip
+    results = tmp_path / "eval.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), str(results), "--out", str(tmp_path / "r")],
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "r" / "tables.md").read_text()
+    assert "| setting |" in table and "PSNR dB (min)" in table and "s/video" in table and "peak GiB" in table
+    rows_by_setting = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
+    euler = rows_by_setting["`sampler=euler`"]
+    assert "32.0 (30.0)" in euler and "50 % (1/2)" in euler and "| 2.00 |" in euler and "| 2 |" in euler
+    assert "identical" in rows_by_setting["`memory=inplace`"]
+    assert "skips 6.0 of 10 steps" in rows_by_setting["`teacache=on`"]
+    group = rows_by_setting["`offload=group`"]
+    assert group.count("random weights") == 5 and "11.0" not in group and "2.50" in group
+    assert "24x512x512" in group  # two shapes in the file: the shape column appears
+    if "matplotlib" in proc.stderr:  # without the bench extra: tables, and a note instead of plots
+        assert "note: no plots" in proc.stderr
+
+
+def test_report_pareto_plot_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(REPO))
+    from benchmarks.report import pareto_plot
+
+    rows = [_line(["sampler=euler"], 30.0, True), _line(["steps=25"], 40.0, True, seconds=5.0)]
+    assert pareto_plot(rows, tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
+    assert not pareto_plot([_line(["x=1"], 30.0, True, weights="random")], tmp_path / "q.png")
+
+
+def test_report_reads_numbers_it_did_not_make():
+    """The table's PSNR cell is the pooled mean and minimum: checked against numpy on other values."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.report import pool
+
+    values = [21.5, 40.25, 33.0]
+    (row,) = pool([_line(["x=1"], v, None) for v in values])
+    assert row["psnr"] == pytest.approx(np.mean(values)) and row["psnr_min"] == 21.5 and row["camera_judged"] == 0
+
+
+def test_a_benchmark_job_with_eval_on_judges_its_whole_video(tmp_path):
+    """benchmarks/measure.py with eval=on: the whole video, judged; random weights are recorded as such."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.measure import measure
+
+    overrides = ["model=ruyi_tiny", "device=cpu", "dtype=float32", "frames=8", "bench.resolution=64",
+                 "bench.weights=random", "steps=3", "bench.warmup_steps=1", "eval=on", 'eval.reference=["steps=3"]',
+                 f"eval.out={tmp_path}/e.jsonl", f"eval.cache={tmp_path}/c", "eval.metrics=[psnr,flicker]"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="benchmark", overrides=overrides)
+    judge = SweepEval.from_config(cfg, config_name="benchmark", config_dir=CONFIGS)
+    result = measure(cfg, judge=judge, overrides=overrides)
+    assert len(result["step_times_s"]) == 3 and len(list((tmp_path / "c").iterdir())) == 1
+    assert result["quality"]["psnr"] == 100.0  # the same settings as its reference: the same video
+    (line,) = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert line["weights"] == "random" and line["overrides"] == overrides and line["steps"] == 3

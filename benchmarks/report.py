@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -132,6 +133,15 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def pooled_psnr(values: list[float], cap: float = 100.0) -> float | None:
+    """The PSNR of the mean squared error over all videos (8-bit): a mean of per-video PSNRs would let
+    one identical video (the 100 dB cap) hide a broken one."""
+    if not values:
+        return None
+    mse = sum(0.0 if v >= cap else 255.0**2 / 10 ** (v / 10) for v in values) / len(values)
+    return cap if mse == 0 else min(cap, 10 * math.log10(255.0**2 / mse))
+
+
 def _pooled(name: str, shape: tuple, entries: list[dict]) -> dict:
     metric = lambda key: [e["metrics"].get(key) for e in entries]  # noqa: E731
     psnr = [v for v in metric("psnr") if v is not None]
@@ -141,7 +151,8 @@ def _pooled(name: str, shape: tuple, entries: list[dict]) -> dict:
     return {
         "setting": name, "shape": shape, "videos": len(entries),
         "random": any(e["weights"] == "random" for e in entries),
-        "psnr": _mean(psnr), "psnr_min": min(psnr) if psnr else None, "ssim": _mean(metric("ssim")),
+        "psnr": pooled_psnr(psnr), "psnr_min": min(psnr) if psnr else None, "identical": sum(v >= 100.0 for v in psnr),
+        "ssim": _mean(metric("ssim")),
         "camera_right": sum(judged_cams), "camera_judged": len(judged_cams),
         "motion": _mean(metric("motion_px_per_frame")), "flicker": _mean(metric("flicker")),
         "seconds": _mean([e["seconds"] for e in entries]), "peak_gib": max(peaks) if peaks else None,
@@ -154,7 +165,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def quality_cells(row: dict) -> list[str]:
-    """PSNR (mean, min), SSIM, camera right, motion, flicker: or "random weights"."""
+    """PSNR (pooled, worst), SSIM, camera right, motion, flicker: or "random weights"."""
     if row["random"]:
         return [RANDOM] * 5
     if row["psnr"] is None:
@@ -174,19 +185,22 @@ def quality_table(rows: list[dict], *, not_run: dict[str, str] | None = None) ->
     pooled = pool(rows)
     shapes = sorted({p["shape"] for p in pooled}, key=str)
     with_shape = len(shapes) > 1
-    head = ["setting", *(["frames x H x W"] if with_shape else []), "videos", "PSNR dB (min)", "SSIM", "camera right",
+    head = ["setting", *(["frames x H x W"] if with_shape else []), "videos", "PSNR dB (worst)", "SSIM", "camera right",
             "motion px/frame", "flicker", "s/video", "peak GiB", "notes"]  # fmt: skip
     out = []
     if shapes and not with_shape:
         f, h, w = shapes[0]
-        out.append(f"{f} frames of {w}x{h}; PSNR and SSIM against the reference video of the same request "
-                   "(100 dB = identical frames)\n")  # fmt: skip
+        out.append(f"{f} frames of {w}x{h}. PSNR (of the mean squared error over the videos; worst video in brackets) "
+                   "and SSIM against the reference video of the same request; 100 dB = identical frames\n")  # fmt: skip
     out += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for p in pooled:
-        notes = ""
+        notes = []
+        if 0 < p["identical"] < p["videos"] and not p["random"]:
+            notes.append(f"{p['identical']}/{p['videos']} identical")
         if p["skipped_steps"] is not None:
             of = f" of {p['steps']:.0f}" if p["steps"] else ""
-            notes = f"skips {p['skipped_steps']:.1f}{of} steps"
+            notes.append(f"skips {p['skipped_steps']:.1f}{of} steps")
+        notes = "; ".join(notes)
         shape = ["x".join(str(v) for v in p["shape"])] if with_shape else []
         cells = [f"`{p['setting']}`", *shape, str(p["videos"]), *quality_cells(p), _num(p["seconds"], ".2f"),
                  _num(p["peak_gib"], ".2f"), notes]  # fmt: skip

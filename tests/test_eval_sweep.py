@@ -218,11 +218,12 @@ def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
                           env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "r" / "tables.md").read_text()
-    assert "| setting |" in table and "PSNR dB (min)" in table and "s/video" in table and "peak GiB" in table
+    assert "| setting |" in table and "PSNR dB (worst)" in table and "s/video" in table and "peak GiB" in table
     rows_by_setting = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| `")}
     euler = rows_by_setting["`sampler=euler`"]
-    assert "32.0 (30.0)" in euler and "50 % (1/2)" in euler and "| 2.00 |" in euler and "| 2 |" in euler
-    assert "identical" in rows_by_setting["`memory=inplace`"]
+    # PSNR of the mean MSE: 255^2/10^3 and 255^2/10^3.4 -> 10 log10(255^2 / 45.456) = 31.55
+    assert "31.6 (30.0)" in euler and "50 % (1/2)" in euler and "| 2.00 |" in euler and "| 2 |" in euler
+    assert "| identical |" in rows_by_setting["`memory=inplace`"]
     assert "skips 6.0 of 10 steps" in rows_by_setting["`teacache=on`"]
     group = rows_by_setting["`offload=group`"]
     assert group.count("random weights") == 5 and "11.0" not in group and "2.50" in group
@@ -242,13 +243,16 @@ def test_report_pareto_plot_when_matplotlib_is_there(tmp_path):
 
 
 def test_report_reads_numbers_it_did_not_make():
-    """The table's PSNR cell is the pooled mean and minimum: checked against numpy on other values."""
+    """The table's PSNR is that of the mean squared error over the videos (an identical one adds 0),
+    and the worst video's: checked against numpy on other values."""
     sys.path.insert(0, str(REPO))
     from benchmarks.report import pool
 
-    values = [21.5, 40.25, 33.0]
+    values = [21.5, 40.25, 33.0, 100.0]
     (row,) = pool([_line(["x=1"], v, None) for v in values])
-    assert row["psnr"] == pytest.approx(np.mean(values)) and row["psnr_min"] == 21.5 and row["camera_judged"] == 0
+    mse = np.array([255.0**2 / 10 ** (v / 10) for v in values[:3]] + [0.0])
+    assert row["psnr"] == pytest.approx(10 * np.log10(255.0**2 / mse.mean()))
+    assert row["psnr_min"] == 21.5 and row["identical"] == 1 and row["camera_judged"] == 0
 
 
 def test_a_benchmark_job_with_eval_on_judges_its_whole_video(tmp_path):

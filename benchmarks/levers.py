@@ -40,8 +40,11 @@ LEVERS = {
     "enhance_a_video": ["enhance_a_video=on", "enhance_a_video.weight=1,2,4"],
     "sampler": ["sampler=ddim,euler,euler_a,dpmpp,pndm", "steps=5,10,25"],
     "memory": ["memory=cfg_split,token_chunks,inplace,vae_stream,combo"],
-    # at 64x64 x 8 frames (128 tokens) the default slices of 16384 tokens never cut: these do
-    "memory_sliced": ["memory=token_chunks,inplace", "memory.chunk_tokens=32"],
+    # at 64x64 x 8 frames (128 tokens) the default slices of 16384 tokens never cut: these do. (One
+    # group each: a multirun composes its own config without the swept values first, where a key
+    # of a swept group, memory.chunk_tokens under memory=a,b, does not exist yet.)
+    "token_chunks_sliced": ["memory=token_chunks", "memory.chunk_tokens=32"],
+    "inplace_sliced": ["memory=inplace", "memory.chunk_tokens=32"],
     "offload": ["offload=model,sequential"],
     "skip_steps": ["skip_steps=1,3"],
     "vae_tiles": ["vae_tile_size=32"],

@@ -114,7 +114,7 @@ def judged(row: dict) -> dict | None:
     shape = row.get("shape") or [row.get("frames"), row.get("resolution"), row.get("resolution")]
     seconds = row.get("seconds", row.get("total_s_extrapolated"))
     return {"setting": setting(row.get("overrides", [])), "shape": tuple(shape), "seconds": seconds,
-            "peak_gib": row.get("peak_gib"), "weights": row.get("weights", "checkpoint"), "metrics": metrics,
+            "cpu_seconds": row.get("cpu_seconds"), "peak_gib": row.get("peak_gib"), "weights": row.get("weights", "checkpoint"), "metrics": metrics,
             "notes": row.get("notes") or {}, "steps": row.get("steps")}  # fmt: skip
 
 
@@ -155,7 +155,8 @@ def _pooled(name: str, shape: tuple, entries: list[dict]) -> dict:
         "ssim": _mean(metric("ssim")),
         "camera_right": sum(judged_cams), "camera_judged": len(judged_cams),
         "motion": _mean(metric("motion_px_per_frame")), "flicker": _mean(metric("flicker")),
-        "seconds": _mean([e["seconds"] for e in entries]), "peak_gib": max(peaks) if peaks else None,
+        "seconds": _mean([e["seconds"] for e in entries]), "cpu_seconds": _mean([e["cpu_seconds"] for e in entries]),
+        "peak_gib": max(peaks) if peaks else None,
         "skipped_steps": _mean(skipped), "steps": _mean([e["steps"] for e in entries]),
     }  # fmt: skip
 
@@ -185,8 +186,9 @@ def quality_table(rows: list[dict], *, not_run: dict[str, str] | None = None) ->
     pooled = pool(rows)
     shapes = sorted({p["shape"] for p in pooled}, key=str)
     with_shape = len(shapes) > 1
+    with_cpu = any(p["cpu_seconds"] is not None for p in pooled)
     head = ["setting", *(["frames x H x W"] if with_shape else []), "videos", "PSNR dB (worst)", "SSIM", "camera right",
-            "motion px/frame", "flicker", "s/video", "peak GiB", "notes"]  # fmt: skip
+            "motion px/frame", "flicker", "s/video", *(["CPU s/video"] if with_cpu else []), "peak GiB", "notes"]  # fmt: skip
     out = []
     if shapes and not with_shape:
         f, h, w = shapes[0]
@@ -202,7 +204,8 @@ def quality_table(rows: list[dict], *, not_run: dict[str, str] | None = None) ->
             notes.append(f"skips {p['skipped_steps']:.1f}{of} steps")
         notes = "; ".join(notes)
         shape = ["x".join(str(v) for v in p["shape"])] if with_shape else []
-        cells = [f"`{p['setting']}`", *shape, str(p["videos"]), *quality_cells(p), _num(p["seconds"], ".2f"),
+        cpu = [_num(p["cpu_seconds"], ".2f")] if with_cpu else []
+        cells = [f"`{p['setting']}`", *shape, str(p["videos"]), *quality_cells(p), _num(p["seconds"], ".2f"), *cpu,
                  _num(p["peak_gib"], ".2f"), notes]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     for name, overrides in (not_run or {}).items():
@@ -222,20 +225,23 @@ def pareto_plot(rows: list[dict], path: Path) -> bool:
     points = [p for p in pool(rows) if not p["random"] and p["psnr"] is not None and p["seconds"] is not None]
     if not points:
         return False
+    # CPU time where every row has it (steadier than wall time on a shared machine)
+    clock = "cpu_seconds" if all(p["cpu_seconds"] is not None for p in points) else "seconds"
     fig, ax = plt.subplots(figsize=(9, 6))
     sizes = [40 if p["peak_gib"] is None else 20 + 30 * p["peak_gib"] for p in points]
-    ax.scatter([p["seconds"] for p in points], [p["psnr"] for p in points], s=sizes, alpha=0.6)
+    ax.scatter([p[clock] for p in points], [p["psnr"] for p in points], s=sizes, alpha=0.6)
     for p in points:
-        ax.annotate(p["setting"], (p["seconds"], p["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(p["setting"], (p[clock], p["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     front, best = [], float("-inf")
-    for p in sorted(points, key=lambda p: (p["seconds"], -p["psnr"])):
+    for p in sorted(points, key=lambda p: (p[clock], -p["psnr"])):
         if p["psnr"] > best:
             front.append(p)
             best = p["psnr"]
-    ax.plot([p["seconds"] for p in front], [p["psnr"] for p in front], "r--", linewidth=1, label="Pareto front")
+    ax.plot([p[clock] for p in front], [p["psnr"] for p in front], "r--", linewidth=1, label="Pareto front")
     on_cpu = all(p["peak_gib"] is None for p in points)
     memory = "all alike: peak GPU memory is not measured on the CPU" if on_cpu else "peak GPU memory"
-    ax.set(xlabel="seconds per video", ylabel="PSNR vs the reference (dB, 100 = identical)",
+    ax.set(xlabel="CPU seconds per video" if clock == "cpu_seconds" else "seconds per video",
+           ylabel="PSNR vs the reference (dB, 100 = identical)",
            title=f"time vs fidelity (marker size: {memory})")  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()

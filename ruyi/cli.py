@@ -84,7 +84,7 @@ def _run(cfg: DictConfig) -> int:
     with main_process_first():  # one rank creates or downloads the checkpoint, the others find it
         resolve_checkpoint(plan.spec.model)
     # 3. generate and write
-    video, seconds, peak_gib, notes = _generate(plan, start, end, kwargs, progress=bool(cfg.progress))
+    video, seconds, cpu_seconds, peak_gib, notes = _generate(plan, start, end, kwargs, progress=bool(cfg.progress))
     if not is_main_process():  # every rank holds the same video; one writes it
         return 0
     written = write_video(video, output, fps=fps, overwrite=overwrite)
@@ -92,16 +92,17 @@ def _run(cfg: DictConfig) -> int:
     print(written)
     # 4. eval=on: judged against the reference video of the same request (made once, cached)
     if judge is not None:
-        judge.record(cfg, video, seconds=seconds, peak_gib=peak_gib, video_path=written, notes=notes)
+        judge.record(cfg, video, seconds=seconds, cpu_seconds=cpu_seconds, peak_gib=peak_gib, video_path=written,
+                     notes=notes)  # fmt: skip
     return 0
 
 
 def _generate(plan, start, end, kwargs: dict[str, Any], *, progress: bool):
-    """The video, its seconds, peak GPU memory and the extensions' notes; the pipeline is gone on
-    return (an ``eval=on`` reference may need its memory)."""
+    """The video, its wall and CPU seconds, peak GPU memory and the extensions' notes; the pipeline
+    is gone on return (an ``eval=on`` reference may need its memory)."""
     pipe = build(plan)
     reset_peak_memory(plan.device)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     video = pipe(start, end, progress=progress and is_main_process(), **kwargs)
-    seconds = time.perf_counter() - began
-    return video, seconds, peak_memory_gib(plan.device), notes_of(pipe)
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
+    return video, seconds, cpu_seconds, peak_memory_gib(plan.device), notes_of(pipe)

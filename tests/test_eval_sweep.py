@@ -51,7 +51,7 @@ def test_each_job_appends_one_line_with_its_overrides_and_metrics(sweep):
     assert sorted(by_steps) == ["steps=2", "steps=3"]
     for line in lines:
         assert {"eval=on", "memory=inplace", "camera=left"} <= set(line["overrides"])
-        assert line["seconds"] > 0 and line["peak_gib"] is None  # CPU: no GPU peak
+        assert line["seconds"] > 0 and line["cpu_seconds"] > 0 and line["peak_gib"] is None  # CPU: no GPU peak
         assert line["request"]["camera"] == "left" and line["request"]["seed"] == 42
         assert line["shape"] == [8, 64, 64]
         metrics = line["metrics"]
@@ -206,7 +206,7 @@ def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
     rows = [
         _line(["eval=on", "sampler=euler", "seed=1", "camera=left"], 30.0, True, seconds=1.0),
         _line(["eval=on", "sampler=euler", "seed=2", "camera=left"], 34.0, False, seconds=3.0),
-        _line(["eval=on", "memory=inplace", "seed=1"], 100.0, None),
+        _line(["eval=on", "memory=inplace", "seed=1"], 100.0, None, cpu_seconds=0.75),
         _line(["eval=on", "teacache=on", "seed=1"], 25.0, True, notes={"TeaCache": {"skipped_steps": 6}}, steps=10),
         {"status": "ok", "overrides": ["offload=group", "frames=24"], "frames": 24, "resolution": 512, "weights": "random",
          "peak_gib": 2.5, "step_s": 0.5, "total_s_extrapolated": 20.0, "seconds": 9.0,
@@ -223,7 +223,8 @@ def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
     euler = rows_by_setting["`sampler=euler`"]
     # PSNR of the mean MSE: 255^2/10^3 and 255^2/10^3.4 -> 10 log10(255^2 / 45.456) = 31.55
     assert "31.6 (30.0)" in euler and "50 % (1/2)" in euler and "| 2.00 |" in euler and "| 2 |" in euler
-    assert "| identical |" in rows_by_setting["`memory=inplace`"]
+    assert "| identical |" in rows_by_setting["`memory=inplace`"] and "| 0.75 |" in rows_by_setting["`memory=inplace`"]
+    assert "CPU s/video" in table
     assert "skips 6.0 of 10 steps" in rows_by_setting["`teacache=on`"]
     group = rows_by_setting["`offload=group`"]
     assert group.count("random weights") == 5 and "11.0" not in group and "2.50" in group

@@ -145,10 +145,13 @@ class SweepEval:
         return frames, True
 
     # -- one job's result ------------------------------------------------------------------------
-    def record(self, cfg: Any, video, *, seconds: float, peak_gib: float | None, video_path: str | Path | None = None,
-               overrides: Sequence[str] | None = None, notes: dict | None = None) -> dict:  # fmt: skip
+    def record(self, cfg: Any, video, *, seconds: float, peak_gib: float | None, cpu_seconds: float | None = None,
+               video_path: str | Path | None = None, overrides: Sequence[str] | None = None,
+               notes: dict | None = None) -> dict:  # fmt: skip
         """Judge the job's ``video`` against its reference, append the JSON line to ``eval.out``
-        and return it. Call after the job's pipeline is gone: the reference may need its memory."""
+        and return it. ``cpu_seconds``: the process's CPU time for the video (on a shared machine,
+        with one thread, steadier than the wall time). Call after the job's pipeline is gone: the
+        reference may need its memory."""
         from omegaconf import OmegaConf
 
         from ruyi.eval import evaluate
@@ -166,6 +169,7 @@ class SweepEval:
         line = {
             "overrides": list(job_overrides() if overrides is None else overrides),
             "seconds": round(float(seconds), 4),
+            "cpu_seconds": None if cpu_seconds is None else round(float(cpu_seconds), 4),
             "peak_gib": None if peak_gib is None else round(float(peak_gib), 4),
             "device": _device_type(cfg.device),
             "weights": OmegaConf.select(cfg, "bench.weights", default="checkpoint"),

@@ -20,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ruyi.assembly import PipelineSpec, build, resolve_device
 from ruyi.errors import ConfigError, OutputError, exit_code_of
 from ruyi.eval.sweep import SweepEval, notes_of, peak_memory_gib, reset_peak_memory
-from ruyi.hydra_config import request_images as images
-from ruyi.hydra_config import request_kwargs
+from ruyi.hydra_config import request_images, request_kwargs
 from ruyi.io import check_fps, check_output_path, write_video
 from ruyi.multirun import is_multirun, named_by, refuse_replacing, swept_values
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
@@ -63,7 +62,7 @@ def _run(cfg: DictConfig) -> int:
     quiet_other_ranks()  # under torchrun rank 0 alone logs; each rank joins the group on its own GPU
     init_distributed(resolve_device(cfg.device))
     plan = PipelineSpec.from_config(cfg).validate()
-    start, end = images(cfg)
+    start, end = request_images(cfg)
     kwargs = request_kwargs(cfg)
     rounding = cfg.get("frames_rounding", "error")
     request = validate_request(start, end, control=plan.control, sampler=plan.sampler_cls, frames_rounding=rounding,

@@ -3,6 +3,10 @@
 Prints one line ``RESULT {json}``: peak GPU memory (``torch.cuda.max_memory_allocated``, as the
 original's tables) per phase and overall, seconds per denoising step (mean of the steps after
 warm-up) and the end-to-end time extrapolated to ``bench.report_steps`` steps.
+
+With ``eval=on`` the job makes the whole video (``steps`` steps, decoded) instead of the timed
+steps alone, judges it against the reference video of its request (``ruyi.eval.sweep``: made once,
+cached) and adds ``quality`` (the metrics) and ``seconds`` (the whole call) to its result.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ruyi.assembly import PipelineSpec, build  # noqa: E402
-from ruyi.io import procedural_image  # noqa: E402
+from ruyi.eval.sweep import SweepEval, notes_of  # noqa: E402
+from ruyi.hydra_config import request_images  # noqa: E402
 
 GIB = 1024**3
 
@@ -74,25 +79,28 @@ def _host_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def measure(cfg) -> dict:
+def measure(cfg, *, judge: SweepEval | None = None, overrides: list[str] | None = None) -> dict:
     plan = PipelineSpec.from_config(cfg).validate()
     pipe = build(plan, weights=cfg.bench.weights)
     weights = sum(t.numel() * t.element_size() for m in pipe.modules.values() for t in [*m.parameters(), *m.buffers()])
     bench = cfg.bench
-    steps = bench.warmup_steps + bench.measured_steps
+    # eval=on judges the real video: every step of it, decoded; the timed steps follow the warm-up
+    steps = int(cfg.steps) if judge else bench.warmup_steps + bench.measured_steps
+    warmup = min(bench.warmup_steps, steps - 1)
     meter = PhaseMeter()
-    latents_only = not bench.decode
-    pipe(
-        procedural_image(640, 640), None, frames=cfg.frames, base_resolution=cfg.base_resolution,
+    latents_only = not bench.decode and judge is None
+    start, end = request_images(cfg)  # as the reference is made (the size is fixed by video_size)
+    video = pipe(
+        start, end, frames=cfg.frames, base_resolution=cfg.base_resolution,
         video_size=list(cfg.video_size), steps=steps, cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera,
         motion=str(cfg.motion), callbacks=[meter], progress=False, output_latents=latents_only,
     )  # fmt: skip
-    measured = meter.step_times[bench.warmup_steps :]
+    measured = meter.step_times[warmup:]
     per_step = sum(measured) / len(measured)
-    plugins = [c for c in pipe.callbacks if hasattr(c, "skipped_steps")]
-    skipped = {type(p).__name__: p.skipped_steps for p in plugins}
+    notes = notes_of(pipe)
+    skipped = {name: note["skipped_steps"] for name, note in notes.items()}
     t_encode, t_decode = meter.seconds.get("encode", 0.0), meter.seconds.get("decode", 0.0)
-    return {
+    result = {
         "status": "ok",
         "denoise_s": meter.seconds["denoise"],
         "plugin_skipped_steps": skipped,
@@ -110,13 +118,21 @@ def measure(cfg) -> dict:
         "plan": {"offload": repr(plan.offload), "skip_steps": plan.spec.skip_steps,
                  "vae_tile_size": plan.spec.vae_tile_size, "strategies": [repr(s) for s in plan.strategies]},
     }
+    if judge is not None:
+        seconds = sum(meter.seconds.values())
+        del pipe  # the reference may need the memory
+        peak = result["peak_gib"] if torch.cuda.is_available() else None
+        line = judge.record(cfg, video, seconds=seconds, peak_gib=peak, overrides=overrides, notes=notes)
+        result.update(quality=line["metrics"], seconds=seconds, steps=steps, notes=notes)
+    return result
 
 
 def main(overrides: list[str]) -> int:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose(config_name="benchmark", overrides=overrides)
+    judge = SweepEval.from_config(cfg, config_name="benchmark", config_dir=REPO / "configs")
     try:
-        result = measure(cfg)
+        result = measure(cfg, judge=judge, overrides=overrides)
     except torch.OutOfMemoryError as err:
         result = {"status": "oom", "error": str(err).splitlines()[0][:300]}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

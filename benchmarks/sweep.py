@@ -9,6 +9,11 @@ out-of-memory job is a data point (``---`` in the tables, as the original's); a 
 timed out is recorded in ``bench.failures`` instead, never as a data row, and the sweep goes on.
 Without a CUDA GPU the sweep refuses to start (exit 2) and writes nothing. ``benchmarks/report.py``
 turns the results into the original's table layout and a plot.
+
+With ``eval=on`` each job also makes its whole video and judges it against the reference video of
+its request (``ruyi/eval/sweep.py``): the result gets ``quality`` beside its time and memory, and
+``eval.out`` a line. At the real shape with random weights (``bench.weights=random``) the numbers
+compare noise with noise; the report shows "random weights" instead.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def main(cfg: DictConfig) -> None:
     record(result, results=Path(to_absolute_path(cfg.bench.results)), failures=Path(to_absolute_path(cfg.bench.failures)))
     status = result["status"]
     summary = f"{result['peak_gib']:.1f} GiB, {result['step_s']:.2f} s/step" if status == "ok" else result.get("error", "")
+    psnr = (result.get("quality") or {}).get("psnr")  # eval=on
+    if psnr is not None:
+        summary += ", quality: random weights" if cfg.bench.weights == "random" else f", psnr {psnr:.2f} dB"
     print(f"[{status}] {' '.join(overrides)}: {summary}", flush=True)
 
 
@@ -78,6 +86,9 @@ if __name__ == "__main__":
     from ruyi.overrides import exit_on_bad_overrides
 
     exit_on_bad_overrides(sys.argv[1:], config_dir=REPO / "configs", config_name="benchmark")
+    from ruyi.multirun import prepare
+
+    prepare(sys.argv[1:], config_dir=REPO / "configs", config_name="benchmark", videos=False)  # a bad eval.* block
     if not cuda_available():
         print("error: benchmarks/sweep.py measures GPU memory and needs a CUDA GPU; none is visible, "
               "so nothing was run or recorded", file=sys.stderr)  # fmt: skip

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ruyi.assembly import PipelineSpec, build, resolve_device
 from ruyi.errors import ConfigError, OutputError, exit_code_of
+from ruyi.eval.sweep import SweepEval, notes_of, peak_memory_gib, reset_peak_memory
 from ruyi.files import OutputGuard
-from ruyi.io import check_fps, check_output_path, procedural_image, write_video
+from ruyi.hydra_config import request_images, request_kwargs
+from ruyi.io import check_fps, check_output_path, write_video
+from ruyi.multirun import is_multirun, named_by, refuse_replacing, swept_values
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
 from ruyi.weights import resolve_checkpoint
@@ -34,45 +37,17 @@ OOM_HINT = (
 )
 
 
-def request_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The call's arguments as the config gives them (checked by ``validate_request``)."""
-    video_size = cfg.video_size
-    if isinstance(video_size, ListConfig):
-        video_size = list(video_size)
-    return dict(
-        frames=cfg.frames, base_resolution=cfg.base_resolution, video_size=video_size, steps=cfg.steps,
-        cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera, motion=str(cfg.motion),
-    )  # fmt: skip
-
-
-def images(cfg: DictConfig):
-    start = to_absolute_path(str(cfg.image)) if cfg.image is not None else procedural_image()
-    end = to_absolute_path(str(cfg.end_image)) if cfg.end_image is not None else None
-    return start, end
-
-
 def output_path(cfg: DictConfig) -> Path:
-    """Where this job writes. In a Hydra multirun every job gets its own file: the job number is
-    appended (``outputs/ruyi_3.mp4``) unless ``output`` interpolates something itself
-    (``output='outputs/seed${seed}.mp4'``), so no job overwrites another's video."""
+    """Where this job writes. In a Hydra multirun every job gets its own file, named by the values
+    it sweeps (``outputs/ruyi_sampler=euler_steps=5.mp4``: ``ruyi.multirun``) unless ``output``
+    interpolates something itself (``output='outputs/seed${seed}.mp4'``)."""
     output = cfg.output
     if output is None or not str(output).strip():
         raise OutputError("output is empty; give a path ending in .mp4, or a new folder for PNG frames")
     path = Path(to_absolute_path(str(output)))
-    job = _multirun_job()
-    if job is not None and not OmegaConf.is_interpolation(cfg, "output"):
-        path = path.with_name(f"{path.stem}_{job}{path.suffix}")
+    if is_multirun() and not OmegaConf.is_interpolation(cfg, "output"):
+        path = named_by(path, swept_values())
     return path
-
-
-def _multirun_job() -> int | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return int(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def run(cfg: DictConfig) -> int:
@@ -90,7 +65,7 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     quiet_other_ranks()  # under torchrun rank 0 alone logs; each rank joins the group on its own GPU
     init_distributed(resolve_device(cfg.device))
     plan = PipelineSpec.from_config(cfg).validate()
-    start, end = images(cfg)
+    start, end = request_images(cfg)
     kwargs = request_kwargs(cfg)
     rounding = cfg.get("frames_rounding", "error")
     request = validate_request(start, end, control=plan.control, sampler=plan.sampler_cls, frames_rounding=rounding,
@@ -105,18 +80,33 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     output = check_output_path(output_path(cfg), overwrite=overwrite)
     if guard is not None:
         guard.watch(output)
+    if is_multirun():  # a sweep never replaces an earlier sweep's videos
+        refuse_replacing(output, overwrite=overwrite)
+    judge = SweepEval.from_config(cfg)  # eval=on: checked now; None when off
     log.info("request: %s -> %s", request, output)
     # 2. weights, components, strategies
     with main_process_first():  # one rank creates or downloads the checkpoint, the others find it
         resolve_checkpoint(plan.spec.model)
-    pipe = build(plan)
     # 3. generate and write
-    began = time.perf_counter()
-    video = pipe(start, end, progress=bool(cfg.progress) and is_main_process(), **kwargs)
-    seconds = time.perf_counter() - began
+    video, seconds, cpu_seconds, peak_gib, notes = _generate(plan, start, end, kwargs, progress=bool(cfg.progress))
     if not is_main_process():  # every rank holds the same video; one writes it
         return 0
     written = write_video(video, output, fps=fps, overwrite=overwrite)
     log.info("wrote %s (%d frames, %dx%d) in %.1f s", written, video.shape[2], video.shape[4], video.shape[3], seconds)
     print(written)
+    # 4. eval=on: judged against the reference video of the same request (made once, cached)
+    if judge is not None:
+        judge.record(cfg, video, seconds=seconds, cpu_seconds=cpu_seconds, peak_gib=peak_gib, video_path=written,
+                     notes=notes)  # fmt: skip
     return 0
+
+
+def _generate(plan, start, end, kwargs: dict[str, Any], *, progress: bool):
+    """The video, its wall and CPU seconds, peak GPU memory and the extensions' notes; the pipeline
+    is gone on return (an ``eval=on`` reference may need its memory)."""
+    pipe = build(plan)
+    reset_peak_memory(plan.device)
+    began, cpu_began = time.perf_counter(), time.process_time()
+    video = pipe(start, end, progress=progress and is_main_process(), **kwargs)
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
+    return video, seconds, cpu_seconds, peak_memory_gib(plan.device), notes_of(pipe)

@@ -1,4 +1,5 @@
-"""Composed Hydra config -> the fields of :class:`ruyi.assembly.PipelineSpec`.
+"""Composed Hydra config -> the fields of :class:`ruyi.assembly.PipelineSpec`, and the call's
+request (its arguments and start/end images).
 
 Each component group's node names its class by ``_target_`` (which Hydra resolves and imports, so a
 user's own module registers itself); the class must be registered under that group's kind, and the
@@ -136,6 +137,37 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
         device=str(cfg.get("device", "auto")),
         dtype=str(cfg.get("dtype", "float32")),
     )
+
+
+def request_kwargs(cfg: Any) -> dict[str, Any]:
+    """The call's arguments as the config gives them (checked by ``validate_request``)."""
+    from omegaconf import ListConfig
+
+    video_size = cfg.video_size
+    if isinstance(video_size, ListConfig):
+        video_size = list(video_size)
+    return dict(
+        frames=cfg.frames, base_resolution=cfg.base_resolution, video_size=video_size, steps=cfg.steps,
+        cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera, motion=str(cfg.motion),
+    )  # fmt: skip
+
+
+def request_images(cfg: Any):
+    """The start image (a path, or the procedural picture when ``image`` is null) and the end image."""
+    from hydra.utils import to_absolute_path
+
+    from ruyi.io import procedural_image
+
+    start = to_absolute_path(str(cfg.image)) if cfg.image is not None else procedural_image()
+    end = to_absolute_path(str(cfg.end_image)) if cfg.end_image is not None else None
+    return start, end
+
+
+def job_overrides() -> list[str]:
+    """This Hydra job's own task overrides ([] outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 PACKAGE_PREFIX = "pkg://ruyi/"

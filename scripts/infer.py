@@ -31,6 +31,10 @@ if __name__ == "__main__":
     print_help_if_asked(sys.argv[1:], config_dir=REPO / "configs", config_name="infer", script="scripts/infer.py")
     try:
         exit_on_bad_overrides(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
+        from ruyi.multirun import prepare
+
+        # once, before any job: bad eval.* values, videos an earlier sweep made; jobs named by swept values
+        sys.argv += prepare(sys.argv[1:], config_dir=REPO / "configs", config_name="infer")
         main()
     except KeyboardInterrupt:  # before the run began (imports, Hydra): nothing was written yet
         print("interrupted; nothing was written", file=sys.stderr)

@@ -15,7 +15,7 @@ LAYERS = {
     "ruyi.conditioning": 2, "ruyi.offload": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
     "ruyi.pipeline": 3,
     "ruyi.weights": 4, "ruyi.components": 4, "ruyi.hydra_config": 4, "ruyi.assembly": 4,
-    "ruyi.cli": 5, "ruyi.overrides": 5, "ruyi.training": 5,
+    "ruyi.cli": 5, "ruyi.overrides": 5, "ruyi.multirun": 5, "ruyi.eval": 5, "ruyi.training": 5,
     "ruyi": 6,  # the package's lazy public entry (ruyi.load_pipeline)
 }  # fmt: skip
 

@@ -78,21 +78,23 @@ def test_frames_rounding_down_rounds_like_the_original_with_a_warning(tiny_path,
 
 
 def test_multirun_jobs_get_their_own_output_file(tmp_path):
-    """Hydra's job number goes into the name unless ``output`` interpolates something itself."""
+    """A job is named by its swept values unless ``output`` interpolates something itself."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from ruyi.cli import output_path
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose(config_name="infer", overrides=[f"output={tmp_path}/v.mp4"], return_hydra_config=True)
+        cfg = compose(config_name="infer", overrides=[f"output={tmp_path}/v.mp4", "seed=3", "camera=left", "steps=2"],
+                      return_hydra_config=True)  # fmt: skip
         by_seed = compose(config_name="infer", overrides=[f"output={tmp_path}/seed${{seed}}.mp4"], return_hydra_config=True)
     assert output_path(cfg) == tmp_path / "v.mp4"  # a single run: the name as given
     for node in (cfg, by_seed):
-        node.hydra.mode, node.hydra.job.num = RunMode.MULTIRUN, 3
+        node.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.job.config.override_dirname.exclude_keys = ["output", "steps"]  # what scripts/infer.py sets: the fixed keys
     HydraConfig.instance().set_config(cfg)
     try:
-        assert output_path(cfg) == tmp_path / "v_3.mp4"
+        assert output_path(cfg) == tmp_path / "v_seed=3_camera=left.mp4"
         assert output_path(by_seed) == tmp_path / "seed42.mp4"
     finally:
         HydraConfig.instance().cfg = None
@@ -108,8 +110,8 @@ def test_script_multirun_writes_one_file_per_job(tiny_path, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     outputs = tmp_path / "outputs"
-    assert sorted(p.name for p in outputs.iterdir()) == ["hydra", "ruyi_0.mp4", "ruyi_1.mp4"]
-    first, second = (read_mp4(outputs / f"ruyi_{i}.mp4")[0] for i in (0, 1))
+    assert sorted(p.name for p in outputs.iterdir()) == ["hydra", "ruyi_seed=1.mp4", "ruyi_seed=2.mp4"]
+    first, second = (read_mp4(outputs / f"ruyi_seed={i}.mp4")[0] for i in (1, 2))
     assert first.shape == (1, 16, 16, 3) and not np.array_equal(first, second)  # seeds 1 and 2
 
 

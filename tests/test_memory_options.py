@@ -78,6 +78,23 @@ def test_vae_stream_keeps_the_tiled_decode_and_leaves_the_gpu(fixture_dir):
     assert torch.equal(pipe.vae.decode(single), pipe.vae.decode.__wrapped__(single))
 
 
+def test_vae_stream_and_combo_on_a_vae_that_decodes_in_one_piece():
+    """The shipped tiny default's pixel_patch VAE has no mini-batches to stream (vae_stream crashed on
+    it, and so did combo): its decoded video goes to host memory whole, bit for bit the same."""
+    from ruyi.assembly import build
+
+    videos = {}
+    for memory in ("null", "vae_stream", "combo"):
+        chosen = [] if memory == "null" else [f"memory={memory}"]
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            cfg = compose(config_name="infer", overrides=["device=cpu", *chosen])
+        pipe = build(PipelineSpec.from_config(cfg))
+        assert type(pipe.vae).__name__ == "PixelPatchVAE"
+        videos[memory] = pipe(procedural_image(), **KW)
+    assert torch.equal(videos["vae_stream"], videos["null"])
+    assert (videos["combo"] - videos["null"]).abs().max().item() < TOLERANCE
+
+
 def test_remove_restores_the_models(fixture_dir, reference):
     pipe = ruyi.load_pipeline(fixture_dir, device="cpu")
     option = MEMORIES.get("combo")(options={"token_chunks": {"chunk_tokens": 7}})

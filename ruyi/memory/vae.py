@@ -59,6 +59,9 @@ class DecodeToHost(MemoryOption):
 
     def apply(self, pipe) -> None:
         vae = pipe.vae
+        if not hasattr(vae, "decode_chunks"):  # decodes in one piece (pixel_patch): the video goes to host whole
+            self._patches.wrap(vae, lambda original, latents: original(latents).to(HOST), method="decode")
+            return
         self._patches.wrap(vae, lambda original, latents: decode_to_host(vae, latents), method="decode")
 
     def remove(self, pipe) -> None:

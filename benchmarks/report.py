@@ -230,8 +230,14 @@ def pareto_plot(rows: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(9, 6))
     sizes = [40 if p["peak_gib"] is None else 20 + 30 * p["peak_gib"] for p in points]
     ax.scatter([p[clock] for p in points], [p["psnr"] for p in points], s=sizes, alpha=0.6)
+    identical = [p for p in points if p["psnr_min"] >= 100.0]
     for p in points:
-        ax.annotate(p["setting"], (p[clock], p["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        if p not in identical:
+            ax.annotate(p["setting"], (p[clock], p["psnr"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    if identical:  # one label for the cluster at the cap
+        first = min(identical, key=lambda p: p[clock])
+        ax.annotate(f"{len(identical)} settings identical to the reference", (first[clock], 100.0), fontsize=7,
+                    xytext=(3, -10), textcoords="offset points")  # fmt: skip
     front, best = [], float("-inf")
     for p in sorted(points, key=lambda p: (p[clock], -p["psnr"])):
         if p["psnr"] > best:

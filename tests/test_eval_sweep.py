@@ -272,3 +272,16 @@ def test_a_benchmark_job_with_eval_on_judges_its_whole_video(tmp_path):
     assert result["quality"]["psnr"] == 100.0  # the same settings as its reference: the same video
     (line,) = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert line["weights"] == "random" and line["overrides"] == overrides and line["steps"] == 3
+
+
+def test_levers_script_lists_groups_and_refuses_bad_ones(tmp_path):
+    def levers(*args):
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "levers.py"), "--out", str(tmp_path), *args],
+                              env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    listed = levers("--list")
+    assert listed.returncode == 0 and "teacache" in listed.stdout and "fp8_compute" in listed.stdout
+    for args, words in ((["--levers", "nope"], "unknown lever group"), (["--levers", "fp8_compute"], "need --device cuda")):
+        proc = levers(*args)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing run, nothing written

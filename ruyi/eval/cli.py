@@ -69,10 +69,9 @@ def check_json_output(path: Path) -> Path:
 
 
 def write_json(result: dict, path: Path) -> None:
-    from ruyi.io import atomic_file
+    from ruyi.files import write_text_atomic
 
-    with atomic_file(path, suffix=".json") as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n", what="the result")
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ judges videos that ruyi did not make too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -104,7 +104,6 @@ class EvalSample:
     end_image: np.ndarray | None = None
     camera: str | None = None  # the camera that was asked for
     motion: str | None = None
-    cache: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def pair_shifts(self) -> np.ndarray:

@@ -28,6 +28,17 @@ def _float_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
+def _db(mse: float) -> float:
+    """PSNR of a pooled mean squared error on 0..255 frames, capped (torchmetrics' formula: a
+    scalar pair at that error gives the same value)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    if mse == 0:
+        return PSNR_CAP
+    value = peak_signal_noise_ratio(torch.tensor([math.sqrt(mse)]), torch.tensor([0.0]), data_range=255.0)
+    return min(PSNR_CAP, float(value))
+
+
 class VideoMetric:
     """Base: ``keys`` it writes, what it ``needs`` of the sample; ``__call__`` -> {key: value}."""
 
@@ -54,8 +65,6 @@ class PSNR(VideoMetric):
     needs = "reference"
 
     def __call__(self, sample):
-        from torchmetrics.functional.image import peak_signal_noise_ratio
-
         if np.array_equal(sample.frames, sample.reference):
             return {"psnr": PSNR_CAP}
         mse_sum, count = 0.0, 0
@@ -64,10 +73,7 @@ class PSNR(VideoMetric):
             b = sample.reference[i : i + CHUNK].astype(np.float32)
             mse_sum += float(((a - b) ** 2).sum())
             count += a.size
-        # torchmetrics' formula on the pooled MSE (a scalar pair with that MSE gives the same value)
-        mse = mse_sum / count
-        value = peak_signal_noise_ratio(torch.tensor([math.sqrt(mse)]), torch.tensor([0.0]), data_range=255.0)
-        return {"psnr": min(PSNR_CAP, float(value))}
+        return {"psnr": _db(mse_sum / count)}
 
 
 @METRICS.register("ssim")
@@ -159,8 +165,7 @@ class CameraMotion(VideoMetric):
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
+    return _db(float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()))
 
 
 @METRICS.register("keyframes")

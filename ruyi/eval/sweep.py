@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -326,15 +325,12 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Written under a temporary name and renamed: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Through ``ruyi.files.atomic_file``: a reader never sees half a file, a full disk is one line."""
+    from ruyi.files import atomic_file
+
+    with atomic_file(path, suffix=".npz", what="the reference video") as tmp:
+        with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _image_digest(image: Any) -> str | None:

@@ -402,6 +402,7 @@ class Ruyi_I2VSampler:
     ):  # fmt: skip
         from ruyi.assembly import PipelineSpec
         from ruyi.errors import ConfigError
+        from ruyi.extension import attached
         from ruyi.pipeline import check_frames
 
         if not isinstance(ruyi_model, RuyiModel):
@@ -420,19 +421,12 @@ class Ruyi_I2VSampler:
         # the whole combination, the per-run hooks included, is checked before any weight loads
         PipelineSpec.from_names(ruyi_model.path, plugins=[*ruyi_model.loras, *ruyi_model.hooks], **options).validate()
         pipe = get_pipeline(ruyi_model, options)
-        attached = []
-        try:
-            for hook in ruyi_model.hooks:
-                hook.attach(pipe)
-                attached.append(hook)
+        with attached(pipe, ruyi_model.hooks):  # the assembly's loop, for this run only
             video = pipe(
                 start, end, frames=int(video_length), base_resolution=int(base_resolution), video_size=video_size,
                 steps=int(steps), cfg=float(cfg), seed=int(seed) % 2**63, camera=camera_direction, motion=motion,
                 callbacks=[ComfyStepCallback(int(steps))], progress=False,
             )  # fmt: skip
-        finally:
-            for hook in reversed(attached):
-                hook.detach(pipe)
         return (video_to_images(video),)
 
 

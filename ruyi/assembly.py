@@ -7,10 +7,11 @@ same three steps::
     plan = spec.validate()                      # every check that needs no weights, before any load
     pipe = build(plan, weights="checkpoint")    # or weights="random": the preset's shape, random numbers
 
-``validate`` builds the light objects (strategies, plugins, conditioning) and asks each of them to
-``check(plan)`` the whole combination; a component declares what it needs through class attributes
+``validate`` builds the light objects (extensions, conditioning) and asks each extension to
+``check(plan)`` the whole combination; an extension declares what it needs through class attributes
 and that method, so nothing here knows component names. ``build`` then loads (or creates) the
-weights and attaches everything in one fixed order (:data:`STAGES`).
+weights and attaches every extension in one loop (:func:`ruyi.extension.attach`, in
+:data:`ruyi.extension.STAGES` order).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import torch
 from ruyi.checks import plain
 from ruyi.components import Component, ModelSource
 from ruyi.errors import AcceleratorRequired, ConfigError, RuyiUserError
+from ruyi.extension import STAGES, attach, in_stage_order
+from ruyi.memory.tiles import VAETiles
+from ruyi.offload.skip_steps import LongSkipParking
 from ruyi.weights import load_models, random_models, resolve_checkpoint, scheduler_config
 
 log = logging.getLogger(__name__)
@@ -35,9 +39,6 @@ log = logging.getLogger(__name__)
 MODEL_KINDS = ("transformer", "vae", "image_encoder")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
-# The order strategies attach in. LoRA merges into the weights as loaded, FP8 storage comes before
-# anything moves the (then smaller) weights, sharding before placement, kernels choices last.
-STAGES = ("plugins", "precision", "parallel", "memory", "skip", "vae", "offload", "attention", "compile")
 
 
 @dataclass(frozen=True)
@@ -143,23 +144,21 @@ class PipelineSpec:
             control=self.control.create(),
             precision=self.precision.create(),
             offload=self.offload.create(),
-            strategies=tuple(sorted((c.create() for c in self.strategies), key=_stage_index)),
+            strategies=tuple(in_stage_order(c.create() for c in self.strategies)),
             plugins=tuple(p.create() for p in self.plugins),
         )
         _check_sampler_options(self.sampler)
         for strategy in plan.strategies:  # memory=auto settles offload, skip_steps and VAE tiles here
             if callable(getattr(strategy, "resolve", None)):
                 plan = strategy.resolve(plan)
-        for obj in plan.components():
-            check = getattr(obj, "check", None)
-            if callable(check):
-                check(plan)
+        for extension in plan.components():
+            extension.check(plan)
         return plan
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated spec with its light objects built: what ``build`` attaches, in ``STAGES`` order."""
+    """A validated spec with its light objects built: what ``build`` attaches, in stage order."""
 
     spec: PipelineSpec
     device: torch.device
@@ -173,7 +172,13 @@ class Plan:
     plugins: tuple[Any, ...]
 
     def components(self) -> list[Any]:
-        return [self.precision, self.offload, *self.strategies, *self.plugins]
+        """Every extension of this plan (``spec.skip_steps`` and ``spec.vae_tile_size`` included),
+        in stage order: what ``build`` attaches."""
+        spec = self.spec
+        options = [LongSkipParking(spec.skip_steps)] if spec.skip_steps else []
+        if spec.vae_tile_size:
+            options.append(VAETiles(spec.vae_tile_size, spec.vae_tile_overlap))
+        return in_stage_order([*self.plugins, self.precision, self.offload, *self.strategies, *options])
 
     def has(self, attribute: str) -> bool:
         """Whether any attached component declares ``attribute = True`` (e.g. ``hooks_block_forward``)."""
@@ -204,40 +209,11 @@ def build(spec: PipelineSpec | Plan, *, weights: str = "checkpoint"):
         raise ConfigError(f"weights={weights!r} must be 'checkpoint' or 'random'")
     pipe = RuyiPipeline(
         **models, sampler=sampler, image_conditioning=plan.image_conditioning, control=plan.control,
-        dtype=plan.dtype, model_path=path, defaults=(spec.model.arch or {}).get("run"),
+        dtype=plan.dtype, model_path=path, defaults=(spec.model.arch or {}).get("run"), execution_device=plan.device,
     )  # fmt: skip
-    log.info("pipeline: sampler %s, offload %s, precision %s, skip_steps %s, device %s, dtype %s%s",
-             sampler, plan.offload, plan.precision, spec.skip_steps, plan.device, plan.dtype,
-             "".join(f", {s}" for s in plan.strategies))  # fmt: skip
-    attach(plan, pipe)
+    log.info("pipeline: sampler %s on %s in %s", sampler, plan.device, plan.dtype)
+    attach(plan.components(), pipe)
     return pipe
-
-
-def attach(plan: Plan, pipe) -> None:
-    """Attach plugins and strategies in ``STAGES`` order (see the module docstring)."""
-    from ruyi.offload.skip_steps import apply_skip_offload
-
-    by_stage: dict[str, list[Any]] = {}
-    for strategy in plan.strategies:
-        by_stage.setdefault(strategy.stage, []).append(strategy)
-    for stage in STAGES:
-        if stage == "plugins":
-            for plugin in plan.plugins:
-                log.info("attaching %s", plugin)
-                plugin.attach(pipe)
-        elif stage == "precision":
-            converted = plan.precision.apply(pipe.transformer, plan.dtype)
-            if converted:
-                log.info("%s: %d transformer layers stored in FP8", plan.precision, converted)
-        elif stage == "skip":
-            apply_skip_offload(pipe.transformer, plan.spec.skip_steps)
-        elif stage == "vae" and plan.spec.vae_tile_size:
-            pipe.vae.enable_tiling(tile_sample_size=plan.spec.vae_tile_size, tile_overlap=plan.spec.vae_tile_overlap)
-        elif stage == "offload":
-            plan.offload.apply(pipe, plan.device)
-        for strategy in by_stage.get(stage, ()):
-            log.info("attaching %s", strategy)
-            strategy.apply(pipe)
 
 
 def load_pipeline(path: str | Path | None = None, *, weights: str = "checkpoint", **options: Any):
@@ -304,13 +280,6 @@ def _check_sampler_options(sampler: Component) -> None:
     for key, value in dict(sampler.options).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"sampler.{key}={value!r} must be finite")
-
-
-def _stage_index(strategy: Any) -> int:
-    stage = getattr(strategy, "stage", None)
-    if stage not in STAGES:
-        raise ConfigError(f"{strategy!r} declares stage={stage!r}; strategies must declare one of {', '.join(STAGES)}")
-    return STAGES.index(stage)
 
 
 def _plugin_component(plugin: Any) -> Component:

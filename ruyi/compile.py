@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from ruyi.errors import ConfigError
+from ruyi.extension import Extension
 from ruyi.models.attention import prepare_attention
 from ruyi.models.transformer.inputs import VAE_SPATIAL, LatentGrid
 from ruyi.registry import COMPILES
@@ -48,7 +49,7 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @COMPILES.register("none")
-class NoCompile:
+class NoCompile(Extension):
     """Eager execution (the default)."""
 
     stage: ClassVar[str] = "compile"
@@ -68,7 +69,7 @@ class NoCompile:
 
 
 @COMPILES.register("regional")
-class RegionalCompile:
+class RegionalCompile(Extension):
     """``torch.compile`` per transformer block: ``mode`` (None = torch's default, or one of
     ``MODES``), ``fullgraph`` (fail instead of breaking the graph), ``dynamic`` (None/True/False,
     see the module docstring), ``backend`` (``inductor``; ``aot_eager``/``eager`` for debugging).

@@ -142,6 +142,7 @@ class RuyiPipeline:
         dtype: torch.dtype = torch.float32,
         model_path: str | Path | None = None,
         defaults: dict[str, Any] | None = None,
+        execution_device: torch.device | str = "cpu",
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -151,8 +152,9 @@ class RuyiPipeline:
         self.control = control
         self.model_path = None if model_path is None else Path(model_path)  # None: random weights
         self.dtype = dtype  # compute dtype; weights may be stored lower (FP8) by a precision strategy
-        self.execution_device = torch.device("cpu")  # offload strategies set this
+        self.execution_device = torch.device(execution_device)  # where it computes; placement moves the weights there
         self.callbacks: list[object] = []  # denoising-loop callbacks that attached extensions add
+        self.extensions: list[object] = []  # what ruyi.extension.attach attached, in order
         # what a call uses for the arguments it leaves out: the preset's ``run`` block (the size and
         # steps a tiny model was trained for) over the 7B's
         self.defaults = {**CALL_DEFAULTS, **{k: v for k, v in (defaults or {}).items() if k in CALL_DEFAULTS}}

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE = '''
 from pathlib import Path
 
+from ruyi.extension import Extension
 from ruyi.offload.none import NoOffload
 from ruyi.registry import DATASETS, OFFLOADS, PLUGINS, SAMPLERS
 from ruyi.samplers.schedulers import DDIMSampler
@@ -43,16 +44,18 @@ class MyDDIM(DDIMSampler):
 
 
 @PLUGINS.register("my_marker")
-class MyMarker:
+class MyMarker(Extension):
     """A plugin that leaves a mark when attached."""
+
+    stage = "plugins"
 
     def __init__(self, *, marks: str):
         self.marks = marks
 
-    def attach(self, pipe):
+    def apply(self, pipe):
         mark(self.marks, "plugin")
 
-    def detach(self, pipe):
+    def remove(self, pipe):
         pass
 
 
@@ -64,8 +67,8 @@ class MyOffload(NoOffload):
         super().__init__()
         self.marks = marks
 
-    def apply(self, pipe, device):
-        super().apply(pipe, device)
+    def apply(self, pipe):
+        super().apply(pipe)
         mark(self.marks, "offload")
 
 

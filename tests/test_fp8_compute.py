@@ -129,7 +129,7 @@ def test_leaves_inductor_settings_of_the_process_alone(monkeypatch):
 
     monkeypatch.setattr(inductor, "coordinate_descent_tuning", False)
     made = _stand_in_torchao(monkeypatch)
-    FP8Compute(granularity="tensor").apply(tiny_transformer(), torch.bfloat16)
+    FP8Compute(granularity="tensor").convert(tiny_transformer(), torch.bfloat16)
     assert made == [{"granularity": "PerTensor", "set_inductor_config": False}]
     assert inductor.coordinate_descent_tuning is False
 
@@ -145,7 +145,7 @@ def test_real_torchao_leaves_inductor_settings_alone(monkeypatch):
     monkeypatch.setattr(inductor, "coordinate_descent_tuning", False)
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *a, **k: None)
     model = tiny_transformer(dtype=torch.bfloat16)
-    assert FP8Compute().apply(model, torch.bfloat16) > 0
+    assert FP8Compute().convert(model, torch.bfloat16) > 0
     assert type(model.blocks[0].attn1.to_q.weight).__name__ != "Parameter"  # a torchao float8 tensor
     assert inductor.coordinate_descent_tuning is False
 
@@ -168,7 +168,7 @@ def test_cuda_fp8_compute_stays_close_to_bf16():
     SDPAAttention().attach(model)  # the same attention kernel on both sides
     with torch.no_grad():
         expected = model(*args, **kwargs)
-        converted = FP8Compute().apply(model, torch.bfloat16)
+        converted = FP8Compute().convert(model, torch.bfloat16)
         torch._dynamo.reset()
         RegionalCompile().compile_blocks(model, device=torch.device("cuda"))
         got = model(*args, **kwargs)

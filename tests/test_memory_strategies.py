@@ -63,7 +63,7 @@ def test_group_stream_needs_a_gpu_and_says_so(fixture_dir):
         pytest.skip("a GPU is present")
     pipe = load_pipeline(fixture_dir)
     with pytest.raises(AcceleratorRequired, match="use_stream=false"):
-        OFFLOADS.get("group")().apply(pipe, torch.device("cpu"))
+        OFFLOADS.get("group")().apply(pipe)
 
 
 def _forward(model, golden):
@@ -84,7 +84,7 @@ def test_fp8_modes_stay_within_tolerance(fixture_dir, golden, fp8_dtype):
     shares = {}
     for mode in ("fp8_lite", "fp8_strong", "fp8_extreme"):
         model = load_model(RuyiTransformer3D, fixture_dir)
-        assert PRECISIONS.get(mode)(fp8_dtype=fp8_dtype).apply(model, torch.float32) > 0
+        assert PRECISIONS.get(mode)(fp8_dtype=fp8_dtype).convert(model, torch.float32) > 0
         shares[mode] = _fp8_share(model)
         out = _forward(model, golden)
         error = float((out - reference).norm() / reference.norm())
@@ -94,7 +94,7 @@ def test_fp8_modes_stay_within_tolerance(fixture_dir, golden, fp8_dtype):
 
 def test_bf16_precision_is_a_no_op(fixture_dir):
     model = load_model(RuyiTransformer3D, fixture_dir)
-    assert PRECISIONS.get("bf16")().apply(model, torch.float32) == 0 and _fp8_share(model) == 0
+    assert PRECISIONS.get("bf16")().convert(model, torch.float32) == 0 and _fp8_share(model) == 0
 
 
 def test_bad_fp8_dtype_and_skip_steps_are_clear_errors(fixture_dir):

@@ -98,7 +98,7 @@ def test_lora_merge_unmerge_round_trip_and_effect(pipe, image, plain, tmp_path, 
     factors = _factors(pipe)
     lora = LoRAWeights(path=_kohya_file(tmp_path / "k.safetensors", factors, alpha=1.0), strength=1.2)
     before = _weights(pipe)
-    lora.attach(pipe)
+    lora.apply(pipe)
     try:
         after = pipe.transformer.state_dict()
         for name, (down, up) in factors.items():  # alpha / rank = 0.5
@@ -108,7 +108,7 @@ def test_lora_merge_unmerge_round_trip_and_effect(pipe, image, plain, tmp_path, 
         assert all(torch.equal(before[k], after[k]) for k in untouched)
         assert not torch.allclose(pipe(image, **KW), plain, atol=1e-3)
     finally:
-        lora.detach(pipe)
+        lora.remove(pipe)
     for key, value in pipe.transformer.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6)
     torch.testing.assert_close(pipe(image, **KW), plain, rtol=0, atol=1e-4)  # fp32 rounding of W + d - d
@@ -118,9 +118,9 @@ def test_peft_lora_equals_a_manually_merged_weight(pipe, image, tmp_path, restor
     factors = _factors(pipe, seed=1)
     lora = LoRAWeights(path=_peft_file(tmp_path / "p.safetensors", factors), strength=0.7)
     before = _weights(pipe)
-    lora.attach(pipe)
+    lora.apply(pipe)
     with_lora = pipe(image, **KW)
-    lora.detach(pipe)
+    lora.remove(pipe)
     modules = dict(pipe.transformer.named_modules())
     with torch.no_grad():
         for name, (down, up) in factors.items():
@@ -133,12 +133,12 @@ def test_several_loras_stack_and_unmerge_in_any_order(pipe, tmp_path, restore):
     la = LoRAWeights(path=_kohya_file(tmp_path / "a.safetensors", a, alpha=2.0), strength=1.0)
     lb = LoRAWeights(path=_peft_file(tmp_path / "b.safetensors", b), strength=-0.5)
     before = _weights(pipe)
-    la.attach(pipe), lb.attach(pipe)
+    la.apply(pipe), lb.apply(pipe)
     name = TARGETS[0]
     merged = pipe.transformer.state_dict()[f"{name}.weight"]
     expected = before[f"{name}.weight"] + a[name][1] @ a[name][0] - 0.5 * b[name][1] @ b[name][0]
     torch.testing.assert_close(merged, expected, rtol=0, atol=1e-5)
-    la.detach(pipe), lb.detach(pipe)
+    la.remove(pipe), lb.remove(pipe)
     for key, value in pipe.transformer.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6)
 
@@ -149,21 +149,21 @@ def test_lora_keys_that_match_nothing_are_an_error(pipe, tmp_path):
               str(tmp_path / "x.safetensors"))  # fmt: skip
     before = _weights(pipe)
     with pytest.raises(ValueError, match="1 of 1 LoRA layers match no transformer weight"):
-        LoRAWeights(path=tmp_path / "x.safetensors").attach(pipe)
+        LoRAWeights(path=tmp_path / "x.safetensors").apply(pipe)
     save_file({"model.diffusion_model.foo": down}, str(tmp_path / "y.safetensors"))
     with pytest.raises(ValueError, match="neither the lora_down/lora_up nor the lora_A/lora_B"):
-        LoRAWeights(path=tmp_path / "y.safetensors").attach(pipe)
+        LoRAWeights(path=tmp_path / "y.safetensors").apply(pipe)
     assert all(torch.equal(v, before[k]) for k, v in pipe.transformer.state_dict().items())
 
 
 # -- TeaCache --------------------------------------------------------------------------------
 def test_teacache_threshold_zero_equals_the_plain_run(pipe, image, plain):
     cache = TeaCache(threshold=0.0)
-    cache.attach(pipe)
+    cache.apply(pipe)
     try:
         assert torch.equal(pipe(image, **KW), plain)
     finally:
-        cache.detach(pipe)
+        cache.remove(pipe)
     assert cache.skipped_steps == 0 and pipe.transformer.blocks_runner is None and not pipe.callbacks
 
 
@@ -172,11 +172,11 @@ def test_teacache_large_threshold_skips_the_predicted_steps(pipe, image, plain, 
     cache = TeaCache(threshold=1e9, skip_start_steps=start, skip_end_steps=end, offload_cpu=True)
     calls = []
     pipe.transformer.blocks[0].register_forward_hook(lambda *_: calls.append(1))
-    cache.attach(pipe)
+    cache.apply(pipe)
     try:
         video = pipe(image, **KW)
     finally:
-        cache.detach(pipe)
+        cache.remove(pipe)
         pipe.transformer.blocks[0]._forward_hooks.clear()
     assert cache.skipped == skipped and cache.skipped_steps == len(skipped)
     assert len(calls) == KW["steps"] - len(skipped)  # the block stack really did not run
@@ -190,11 +190,11 @@ def test_teacache_window_counts_model_calls_like_the_original(pndm_pipe, image, 
     cache = TeaCache(threshold=1e9, skip_start_steps=start, skip_end_steps=end)
     calls = []
     handle = pndm_pipe.transformer.blocks[0].register_forward_hook(lambda *_: calls.append(1))
-    cache.attach(pndm_pipe)
+    cache.apply(pndm_pipe)
     try:
         pndm_pipe(image, **PNDM_KW)
     finally:
-        cache.detach(pndm_pipe)
+        cache.remove(pndm_pipe)
         handle.remove()
     assert cache.skipped == skipped and len(calls) == 13 - len(skipped)
 
@@ -230,10 +230,10 @@ def test_enhance_factor_matches_the_written_out_formula(weight):
 
 def test_enhance_a_video_weight_zero_equals_the_plain_run(pipe, image, plain):
     eav = EnhanceAVideo(weight=0)
-    eav.attach(pipe)
+    eav.apply(pipe)
     assert all(b.attn1.processor.score_hook is None for b in pipe.transformer.blocks)
     assert torch.equal(pipe(image, **KW), plain)
-    eav.detach(pipe)
+    eav.remove(pipe)
 
 
 def test_enhance_a_video_scales_self_attention_only_on_its_steps(pipe, image, plain):
@@ -241,7 +241,7 @@ def test_enhance_a_video_scales_self_attention_only_on_its_steps(pipe, image, pl
     seen = []
     original = eav.__call__
     eav_calls = lambda q, k, f: seen.append(f) or original(q, k, f)  # noqa: E731
-    eav.attach(pipe)
+    eav.apply(pipe)
     for block in pipe.transformer.blocks:
         block.attn1.processor.score_hook = eav_calls
     try:
@@ -249,7 +249,7 @@ def test_enhance_a_video_scales_self_attention_only_on_its_steps(pipe, image, pl
     finally:
         for block in pipe.transformer.blocks:
             block.attn1.processor.score_hook = eav
-        eav.detach(pipe)
+        eav.remove(pipe)
     assert not torch.equal(video, plain)
     assert set(seen) == {2} and len(seen) == KW["steps"] * len(pipe.transformer.blocks)  # 8 frames -> 2 latent
     assert all(b.attn1.processor.score_hook is None and b.attn2.processor.score_hook is None for b in pipe.transformer.blocks)
@@ -269,7 +269,7 @@ def test_enhance_a_video_window_counts_model_calls_like_the_original(pndm_pipe, 
             seen.add(where.call)
         return factor
 
-    eav.attach(pndm_pipe)
+    eav.apply(pndm_pipe)
     for block in pndm_pipe.transformer.blocks:
         block.attn1.processor.score_hook = hook
     try:
@@ -277,7 +277,7 @@ def test_enhance_a_video_window_counts_model_calls_like_the_original(pndm_pipe, 
     finally:
         for block in pndm_pipe.transformer.blocks:
             block.attn1.processor.score_hook = eav
-        eav.detach(pndm_pipe)
+        eav.remove(pndm_pipe)
     assert sorted(seen) == enhanced
 
 

@@ -199,7 +199,7 @@ def test_lora_export_merges_to_peft_effective_weights(fixture_dir, tmp_path):
     import ruyi
 
     fresh = ruyi.load_pipeline(fixture_dir)
-    LoRAWeights(path=exported, strength=1.0).attach(fresh)
+    LoRAWeights(path=exported, strength=1.0).apply(fresh)
     merged = dict(fresh.transformer.named_modules())
     changed = 0
     for name, layer in peft_layers.items():

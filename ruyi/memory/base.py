@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 
+from ruyi.extension import Extension
+
 Forward = Callable[..., Any]
 Wrapper = Callable[..., Any]  # (original_forward, *args, **kwargs) -> output
 
 
-class MemoryOption:
+class MemoryOption(Extension):
     """Base: ``check(plan)`` before any weight loads, ``apply(pipe)`` / ``remove(pipe)`` after.
 
     Facts read by others through ``Plan.has``: ``splits_batch`` (the guidance halves run one after
@@ -28,18 +30,6 @@ class MemoryOption:
     stage = "memory"
     splits_batch = False
 
-    def check(self, plan) -> None:
-        """Raise a ConfigError for a combination that cannot work (none by default)."""
-
-    def apply(self, pipe) -> None:
-        raise NotImplementedError
-
-    def remove(self, pipe) -> None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({options})"
 
 
 class ForwardPatches:

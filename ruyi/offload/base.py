@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 
 from ruyi.errors import AcceleratorRequired
+from ruyi.extension import Extension
 
 
 class Offloadable(Protocol):
@@ -25,14 +26,16 @@ def offload_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [model.get_submodule(n) for n in names] if names else [model]
 
 
-class OffloadStrategy:
-    """Base: ``apply(pipe, device)`` places the models and sets ``pipe.execution_device``.
+class OffloadStrategy(Extension):
+    """Base: ``apply(pipe)`` places the models for ``pipe.execution_device`` (the device the
+    pipeline computes on, set by the assembly before anything attaches).
 
     Facts other components read (``Plan.has``): ``needs_accelerator`` (checked here),
     ``loads_per_block`` (a block's weights are on the device only inside its forward),
     ``keeps_weights_on_device`` (no streaming at all).
     """
 
+    stage = "offload"
     needs_accelerator = False
     loads_per_block = False
     keeps_weights_on_device = False
@@ -45,7 +48,7 @@ class OffloadStrategy:
     def accelerator_hint(self, device: torch.device) -> str:
         return f"offload={self.registry_name} needs a CUDA GPU, but the device is {device}; run on a GPU"
 
-    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+    def apply(self, pipe: Offloadable) -> None:
         raise NotImplementedError
 
     def remove(self, pipe: Offloadable) -> None:

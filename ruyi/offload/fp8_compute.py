@@ -86,7 +86,7 @@ class FP8Compute(WeightPrecision):
                 chosen.append(name)
         return chosen
 
-    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+    def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
             PerRow,

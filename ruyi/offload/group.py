@@ -39,14 +39,14 @@ class GroupOffload(OffloadStrategy):
             "run on a GPU or set offload.use_stream=false"
         )
 
-    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+    def apply(self, pipe: Offloadable) -> None:
+        device = pipe.execution_device
         if self.needs_accelerator and device.type != "cuda":
             raise AcceleratorRequired(self.accelerator_hint(device))
         for model in pipe.modules.values():
             model.to("cpu")
             for unit in offload_units(model):
                 self._attach(unit, device)
-        pipe.execution_device = device
 
     def _attach(self, unit: torch.nn.Module, device: torch.device) -> None:
         # block-level groups need a ModuleList/Sequential child to stream; a plain layer is one group

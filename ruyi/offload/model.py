@@ -14,10 +14,10 @@ from ruyi.registry import OFFLOADS
 
 @OFFLOADS.register("model")
 class ModelOffload(OffloadStrategy):
-    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+    def apply(self, pipe: Offloadable) -> None:
+        device = pipe.execution_device
         hook = None
         for model in pipe.modules.values():
             model.to("cpu")
             for unit in offload_units(model):
                 _, hook = cpu_offload_with_hook(unit, device, prev_module_hook=hook)
-        pipe.execution_device = device

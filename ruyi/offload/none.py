@@ -12,7 +12,7 @@ from ruyi.registry import OFFLOADS
 class NoOffload(OffloadStrategy):
     keeps_weights_on_device = True
 
-    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+    def apply(self, pipe: Offloadable) -> None:
+        device = pipe.execution_device
         for module in pipe.modules.values():
             module.to(device)
-        pipe.execution_device = device

@@ -9,13 +9,17 @@ Each selected layer is upcast right before its forward by diffusers' layerwise-c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
 from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
 
 from ruyi.errors import ConfigError
+from ruyi.extension import Extension
 from ruyi.registry import PRECISIONS
+
+log = logging.getLogger(__name__)
 
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 KEEP_CLASSES = (
@@ -24,10 +28,22 @@ KEEP_CLASSES = (
 )  # fmt: skip
 
 
-class WeightPrecision:
-    """Base: ``apply(transformer, compute_dtype)``; returns how many layers were converted."""
+class WeightPrecision(Extension):
+    """Base: ``apply(pipe)`` stores the transformer's chosen layers in FP8 (computed in the
+    pipeline's dtype); ``convert(model, compute_dtype)`` does it to one model and returns how many
+    layers it converted. Storage cannot be converted back: ``remove`` refuses."""
 
-    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+    stage = "precision"
+
+    def apply(self, pipe) -> None:
+        converted = self.convert(pipe.transformer, pipe.dtype)
+        if converted:
+            log.info("%s: %d transformer layers stored in FP8", self, converted)
+
+    def remove(self, pipe) -> None:
+        raise NotImplementedError(f"{self} converted weights in place; load the pipeline again to undo it")
+
+    def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -40,8 +56,11 @@ class PipelineDtype(WeightPrecision):
 
     plain_weights = True  # fact for strategies that reshape weights (parallel.shard_weights)
 
-    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+    def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         return 0
+
+    def remove(self, pipe) -> None:
+        pass
 
 
 class FP8Weights(WeightPrecision):
@@ -56,7 +75,7 @@ class FP8Weights(WeightPrecision):
     def select(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         raise NotImplementedError
 
-    def apply(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
+    def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         storage = FP8_DTYPES[self.fp8_dtype]
         chosen = list(self.select(model))
         for module in chosen:

@@ -14,9 +14,9 @@ from ruyi.registry import OFFLOADS
 
 @OFFLOADS.register("sequential")
 class SequentialOffload(OffloadStrategy):
-    def apply(self, pipe: Offloadable, device: torch.device) -> None:
+    def apply(self, pipe: Offloadable) -> None:
+        device = pipe.execution_device
         for module in pipe.modules.values():
             module.to("cpu")
             preload = getattr(module, "_preload_module_classes", None)
             cpu_offload(module, execution_device=device, preload_module_classes=preload)
-        pipe.execution_device = device

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ruyi.errors import ConfigError
+from ruyi.extension import Extension
 
 
 class CPUSkipStack:
@@ -119,3 +120,20 @@ def remove_skip_offload(transformer: torch.nn.Module) -> None:
     from ruyi.models.transformer import SkipStack
 
     transformer.skip_stack_factory = SkipStack
+
+
+class LongSkipParking(Extension):
+    """The ``skip_steps=N`` option as an extension: long skips parked in CPU RAM in groups of N."""
+
+    stage = "skip"
+
+    def __init__(self, group_size: int) -> None:
+        if group_size < 1:
+            raise ConfigError(f"skip_steps={group_size} must be >= 1 to park long skips (0 = off)")
+        self.group_size = group_size
+
+    def apply(self, pipe) -> None:
+        apply_skip_offload(pipe.transformer, self.group_size)
+
+    def remove(self, pipe) -> None:
+        remove_skip_offload(pipe.transformer)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ruyi.errors import AcceleratorRequired, ConfigError
+from ruyi.extension import Extension
 from ruyi.parallel.groups import Degrees, ParallelGroups, init_distributed, world_size
 from ruyi.registry import PARALLELS
 
@@ -28,7 +29,7 @@ CFG_DEGREES = (1, 2)  # the guidance batch has two halves
 MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
 
 
-class ParallelStrategy:
+class ParallelStrategy(Extension):
     """Base of the registered strategies; see the module docstring for the degrees.
 
     ``ulysses=None`` takes every rank that cfg and ring leave. ``attention_backend`` is a diffusers

@@ -15,6 +15,7 @@ import torch
 
 from ruyi.checks import check_int
 from ruyi.errors import ConfigError
+from ruyi.extension import Extension
 from ruyi.registry import PLUGINS
 
 MAX_WEIGHT = 10.0
@@ -44,7 +45,7 @@ def enhance_factor(
 
 
 @PLUGINS.register("enhance_a_video")
-class EnhanceAVideo:
+class EnhanceAVideo(Extension):
     """``weight`` in [0, 10): larger strengthens cross-frame consistency (keep it < 5 for short or
     low-resolution videos); ``weight=0`` attaches nothing. Single-frame inputs are left alone (no
     cross-frame attention to measure).
@@ -54,6 +55,8 @@ class EnhanceAVideo:
     with the user's steps: a sampler that evaluates once per step skips the first and last steps;
     PNDM (13 calls for 4 steps) enhances only calls below ``steps - skip_end_steps``.
     """
+
+    stage = "plugins"
 
     reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
 
@@ -71,7 +74,7 @@ class EnhanceAVideo:
         return (f"EnhanceAVideo(weight={self.weight}, skip_start_steps={self.skip_start_steps}, "
                 f"skip_end_steps={self.skip_end_steps})")  # fmt: skip
 
-    def attach(self, pipe) -> None:
+    def apply(self, pipe) -> None:
         if self.weight == 0:
             return  # disabled: no hook, no cost
         processors = [block.attn1.processor for block in pipe.transformer.blocks]
@@ -83,7 +86,7 @@ class EnhanceAVideo:
         self._processors = processors
         pipe.callbacks.append(self)
 
-    def detach(self, pipe) -> None:
+    def remove(self, pipe) -> None:
         for processor in self._processors:
             if processor.score_hook is self:
                 processor.score_hook = None

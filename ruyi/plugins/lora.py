@@ -44,6 +44,7 @@ from safetensors.torch import load_file
 
 from ruyi.checks import check_number
 from ruyi.errors import ConfigError, InputError
+from ruyi.extension import Extension
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -285,10 +286,12 @@ def check_base_model(meta: Mapping[str, str], *, name: str, transformer_folder: 
 
 
 @PLUGINS.register("lora")
-class LoRAWeights:
+class LoRAWeights(Extension):
     """One LoRA file merged at ``strength`` (the original suggests 1.0-1.4). Several LoRAs are
     several instances; unmerging in any order restores the weights (up to fp32 rounding of the
     weight dtype: exact round trips need float32 weights)."""
+
+    stage = "plugins"
 
     def __init__(self, *, path: str | Path, strength: float = 1.0) -> None:
         path = Path(path)
@@ -325,7 +328,7 @@ class LoRAWeights:
         self._base_checked = check_base_model(self._meta, name=model.name, transformer_folder=folder,
                                               where=f"lora file {self.path}")  # fmt: skip
 
-    def attach(self, pipe) -> None:
+    def apply(self, pipe) -> None:
         path = getattr(pipe, "model_path", None)
         if self._meta and not self._base_checked and path is not None:
             name = self._meta.get(MODEL_NAME_KEY, "")  # only the config identity can differ now
@@ -333,7 +336,7 @@ class LoRAWeights:
                              where=f"lora file {self.path}")  # fmt: skip
         self.merge(pipe.transformer)
 
-    def detach(self, pipe) -> None:
+    def remove(self, pipe) -> None:
         self.unmerge(pipe.transformer)
 
     def merge(self, model: torch.nn.Module) -> int:

@@ -22,6 +22,7 @@ import torch
 
 from ruyi.checks import check_int, check_number
 from ruyi.errors import ConfigError
+from ruyi.extension import Extension
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ COEFFICIENTS = (-7.51185620e03, 2.32931511e03, -2.25610663e02, 9.39902237e00, -7
 
 
 @PLUGINS.register("teacache")
-class TeaCache:
+class TeaCache(Extension):
     """Attach with ``attach(pipe)``; after a run ``skipped_steps`` says how many model calls reused
     the cache and ``skipped`` which ones.
 
@@ -42,6 +43,8 @@ class TeaCache:
     ``across_ranks`` (None, or set by ``ruyi.parallel``) averages the statistic's means over the
     processes that each hold part of the batch or tokens, so every rank takes the same branch.
     """
+
+    stage = "plugins"
 
     # called outside their block's forward: strategies that load or gather weights per block keep them ready
     modules_called_directly: ClassVar[tuple[str, ...]] = ("blocks.0.norm1",)
@@ -79,7 +82,7 @@ class TeaCache:
         if plan.has("loads_per_block"):
             raise ConfigError(f"teacache does not work with offload={plan.spec.offload.name} yet; use offload=model or offload=sequential")
 
-    def attach(self, pipe) -> None:
+    def apply(self, pipe) -> None:
         transformer = pipe.transformer
         if transformer.blocks_runner is not None:
             raise ValueError(f"the transformer already has a blocks_runner ({transformer.blocks_runner!r}); detach it first")
@@ -87,7 +90,7 @@ class TeaCache:
         self._transformer = transformer
         pipe.callbacks.append(self)
 
-    def detach(self, pipe) -> None:
+    def remove(self, pipe) -> None:
         if pipe.transformer.blocks_runner is self:
             pipe.transformer.blocks_runner = None
         if self in pipe.callbacks:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ruyi.errors import AcceleratorRequired, ConfigError
+from ruyi.extension import Extension
 from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention
 from ruyi.registry import ATTENTIONS
 
@@ -33,7 +34,7 @@ def device_key(device: torch.device) -> DeviceKey:
     return (device.type, device.index)
 
 
-class AttentionBackend:
+class AttentionBackend(Extension):
     """Base of the registered backends. ``pad_head_dim=N`` zero-pads the head dim up to a multiple
     of N before the kernel (96 or 128 for Ruyi's 88; the output is the same, see ``kernels.py``).
 

@@ -32,6 +32,31 @@ class Component:
             raise ConfigError(f"{kind} {obj!r} is not a registered component; register its class in ruyi.registry")
         return cls(kind, name, {}, obj)
 
+    @classmethod
+    def from_node(cls, kind: str, node: Any, where: str) -> Component:
+        """From a config node with ``_target_`` (Hydra imports the module, so a user's own class
+        registers itself); the class must be registered as ``kind``, the node's other keys are its
+        constructor options. The one way from config to object: pipeline components, plugins,
+        metrics, datasets and fine-tuning methods all come through here."""
+        from hydra.utils import get_class
+
+        options = container(node)
+        target = options.pop("_target_", None)
+        if not target:
+            raise ConfigError(f"{where} has no _target_; it must name a registered {kind} class")
+        try:
+            found = get_class(target)
+        except Exception as err:  # noqa: BLE001 - Hydra wraps import failures in several types
+            raise ConfigError(f"{where}: cannot import {target} ({err})") from None
+        name = getattr(found, "registry_name", None)
+        registry = ALL_REGISTRIES[kind]
+        if name is None or name not in registry or registry.get(name) is not found:
+            raise ConfigError(
+                f"{where}: {target} is not a registered {kind}; decorate it with @{kind.upper()}S.register(name) "
+                f"(registered: {', '.join(registry.names())})"
+            )
+        return cls(kind, name, options)
+
     @property
     def cls(self) -> type:
         if self.instance is not None:
@@ -54,6 +79,17 @@ class Component:
     def __str__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in dict(self.options).items())
         return f"{self.name}({opts})" if opts else self.name
+
+
+def container(node: Any) -> dict[str, Any]:
+    """A config node (OmegaConf or mapping) as a plain dict, interpolations resolved."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # a Python caller without Hydra passes plain mappings
+        return dict(node)
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-DEFAULT_LINE = re.compile(r"^\s+-\s+(?:override\s+)?([\w/]+):\s*([\w.\-]+|null)\s*(?:#\s*(.*))?$")
+DEFAULT_LINE = re.compile(r"^\s+-\s+(override\s+)?([\w/]+):\s*([\w.\-]+|null)\s*(?:#\s*(.*))?$")
+INCLUDE_LINE = re.compile(r"^\s+-\s+(\w+)\s*(?:#.*)?$")  # another config of configs/ (pipeline), not _self_
 KEY_LINE = re.compile(r"^([A-Za-z_]\w*):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 
 def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
-    """(group, default, options, comment) of the defaults list."""
-    rows = []
+    """(group, default, options, comment) of the defaults list, those of an included config
+    (``- pipeline``) in its place; ``override group: option`` changes the default, keeps the row."""
+    rows: dict[str, tuple[str, str, list[str], str]] = {}
     in_defaults = False
     for line in text.splitlines():
         if line.startswith("defaults:"):
@@ -24,12 +26,36 @@ def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
             continue
         if in_defaults and line and not line.startswith((" ", "#")):
             break
-        match = DEFAULT_LINE.match(line) if in_defaults else None
+        if not in_defaults:
+            continue
+        include = INCLUDE_LINE.match(line)
+        if include and include.group(1) != "_self_" and (configs / f"{include.group(1)}.yaml").is_file():
+            for row in _groups((configs / f"{include.group(1)}.yaml").read_text(), configs):
+                rows[row[0]] = row
+            continue
+        match = DEFAULT_LINE.match(line)
         if match:
-            group, default, comment = match.groups()
+            override, group, default, comment = match.groups()
             options = sorted(p.stem for p in (configs / group).glob("*.yaml"))
-            rows.append((group, default, options, comment or ""))
-    return rows
+            if override and group in rows:
+                comment = comment or rows[group][3]
+            rows[group] = (group, default, options, comment or "")
+    return list(rows.values())
+
+
+def _included(text: str, configs: Path) -> list[str]:
+    """The texts of the configs this one includes in its defaults list (``- pipeline``)."""
+    found, in_defaults = [], False
+    for line in text.splitlines():
+        if line.startswith("defaults:"):
+            in_defaults = True
+            continue
+        if in_defaults and line and not line.startswith((" ", "#")):
+            break
+        include = INCLUDE_LINE.match(line) if in_defaults else None
+        if include and include.group(1) != "_self_" and (configs / f"{include.group(1)}.yaml").is_file():
+            found.append((configs / f"{include.group(1)}.yaml").read_text())
+    return found
 
 
 def _keys(text: str) -> list[tuple[str, str, str]]:
@@ -58,7 +84,8 @@ def entry_help(config_dir: Path, config_name: str, script: str) -> str:
         shown = ", ".join(f"*{o}" if o == default else o for o in options) or "-"
         lines.append(f"  {group:<22} {shown}" + (f"\n  {'':<22} {comment}" if comment else ""))
     lines += ["", "keys (key=value):"]
-    for key, value, comment in _keys(text):
+    keys = {row[0]: row for part in [*_included(text, config_dir), text] for row in _keys(part)}
+    for key, value, comment in keys.values():
         lines.append(f"  {key:<22} {value:<24} {comment}".rstrip())
     lines += ["", "Hydra: -m runs a sweep over comma-separated values (seed=1,2,3); --cfg job prints the",
               "composed config; --hydra-help shows Hydra's own options."]  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ruyi.components import Component, ModelSource
+from ruyi.components import Component, ModelSource, container as _container
 from ruyi.errors import ConfigError
 from ruyi.registry import ALL_REGISTRIES, PLUGINS
 
@@ -22,36 +22,6 @@ GROUPS = {
     "offload": "offload", "precision": "precision",
 }  # fmt: skip
 EXTRA_GROUPS = ("attention", "compile", "parallel", "memory")
-
-
-def _container(node: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    return dict(node)
-
-
-def component_from_node(kind: str, node: Any, where: str):
-    """A ``Component`` from a config node with ``_target_``; the class must be registered as ``kind``."""
-    from hydra.utils import get_class
-
-    options = _container(node)
-    target = options.pop("_target_", None)
-    if not target:
-        raise ConfigError(f"{where} has no _target_; it must name a registered {kind} class")
-    try:
-        cls = get_class(target)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps import failures in several types
-        raise ConfigError(f"{where}: cannot import {target} ({err})") from None
-    name = getattr(cls, "registry_name", None)
-    registry = ALL_REGISTRIES[kind]
-    if name is None or name not in registry or registry.get(name) is not cls:
-        raise ConfigError(
-            f"{where}: {target} is not a registered {kind}; decorate it with @{kind.upper()}S.register(name) "
-            f"(registered: {', '.join(registry.names())})"
-        )
-    return Component(kind, name, options)
 
 
 def plugin_components(cfg: Any) -> tuple:
@@ -74,7 +44,7 @@ def plugin_components(cfg: Any) -> tuple:
     for name in [*PLUGINS.names(), *extra]:
         node = cfg.get(name) if name != "lora" else None
         if node is not None:
-            plugins.append(component_from_node("plugin", node, name))
+            plugins.append(Component.from_node("plugin", node, name))
     return tuple(plugins)
 
 
@@ -117,18 +87,19 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
     """The keyword arguments of ``PipelineSpec`` for a composed config."""
     preset = _container(cfg.model)
     model = model_source(preset, download=bool(cfg.get("download", False)))
-    components = {field: component_from_node(kind, cfg[field], field) for field, kind in GROUPS.items()}
+    # a group the entry point does not have (train.yaml: no offload) keeps the spec's default
+    components = {field: Component.from_node(kind, cfg[field], field) for field, kind in GROUPS.items() if cfg.get(field) is not None}
     components.update(preset_components(preset))
     strategies = tuple(
-        component_from_node(group, cfg[group], group)
+        Component.from_node(group, cfg[group], group)
         for group in EXTRA_GROUPS
         if group in ALL_REGISTRIES and cfg.get(group) is not None
     )
     return dict(
         model=model,
         **components,
-        image_conditioning=component_from_node("conditioning", cfg.conditioning.image, "conditioning/image"),
-        control=component_from_node("conditioning", cfg.conditioning.control, "conditioning/control"),
+        image_conditioning=Component.from_node("conditioning", cfg.conditioning.image, "conditioning/image"),
+        control=Component.from_node("conditioning", cfg.conditioning.control, "conditioning/control"),
         strategies=strategies,
         plugins=plugin_components(cfg),
         skip_steps=cfg.get("skip_steps", 0),

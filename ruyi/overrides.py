@@ -22,6 +22,8 @@ from typing import Any
 from ruyi.errors import EXIT_USAGE, ConfigError
 
 _ABSENT = object()
+# Keys that moved: an override of the old key (or of one below it) fails with one line naming the new one.
+RENAMED: dict[str, str] = {}
 _PLAIN_VALUE = re.compile(r"[\w./:@%~+\- ]*")  # anything else is quoted back (commas would start a sweep)
 
 
@@ -56,12 +58,21 @@ def compose_command_line(argv: Sequence[str], *, config_dir: str | Path, config_
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as err:
         raise ConfigError(f"cannot parse the command line ({_first_line(err)}); overrides are key=value") from None
+    _check_renamed(parsed)
     variants = _variants(parsed, args.overrides, multirun=args.multirun)
     if variants is None:
         return None
     composed = [_compose_checked(config_dir, config_name, overrides) for overrides in variants]
     _check_added_keys(config_dir, config_name, parsed, variants[0], composed[0])
     return composed[0]
+
+
+def _check_renamed(parsed: list) -> None:
+    for override in parsed:
+        key = override.key_or_group
+        for old, new in RENAMED.items():
+            if key == old or key.startswith(old + "."):
+                raise ConfigError(f"{key} is now {new}")
 
 
 def _hydra_args(argv: Sequence[str]) -> Any:

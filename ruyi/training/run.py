@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from ruyi.errors import ConfigError, RuyiUserError, exit_code_of
+from ruyi.errors import ConfigError, exit_code_of
 from ruyi.files import write_text_atomic
 from ruyi.training.outputs import OutputDirClaim, RunWatch, check_output_dir, register_resolvers
 
@@ -32,16 +32,12 @@ OOM_HINT = (
     "out of GPU memory; try gradient_checkpointing=true, cache_latents=true, a smaller batch_size or "
     "data.frames / data.base_resolution, finetune=lora, or trainer=fsdp on several GPUs"
 )
-def build_component(node: DictConfig) -> Any:
-    """``instantiate(node)``, with a user error in the constructor reported as itself (Hydra wraps it)."""
-    from hydra.errors import InstantiationException
+def build_component(kind: str, node: DictConfig, where: str) -> Any:
+    """The registered ``kind`` class that ``node``'s ``_target_`` names, built with the node's other
+    keys: the same path as the pipeline's components (``Component.from_node``)."""
+    from ruyi.components import Component
 
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, RuyiUserError):
-            raise err.__cause__ from None
-        raise
+    return Component.from_node(kind, node, where).create()
 
 
 def run(cfg: DictConfig) -> int:
@@ -110,8 +106,8 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint", watch: RunWatch |
         check_output_dir(output_dir)
     plan = PipelineSpec.from_config(cfg).validate()
     check_training(cfg)
-    finetune = build_component(cfg.finetune)
-    dataset = build_component(cfg.data)
+    finetune = build_component("finetune", cfg.finetune, "finetune")
+    dataset = build_component("data", cfg.data, "data")
     if len(dataset) < int(cfg.batch_size):
         raise ConfigError(f"the dataset holds {len(dataset)} clips, fewer than batch_size={cfg.batch_size}")
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]

@@ -167,7 +167,7 @@ def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, 
     from ruyi.training.data import ProceduralPans, collate_clips
     from ruyi.training.inputs import BatchEncoder, ConditionedClips
     from ruyi.training.objective import DiffusionObjective
-    from ruyi.weights import scheduler_config
+    from ruyi.checkpoints import scheduler_config
 
     data = ProceduralPans(frames=frames, height=height, width=width, split="heldout", seed=5, auto_prob=0.0,
                           pixels_per_frame=speeds, bank_size=8, length=clips)  # fmt: skip

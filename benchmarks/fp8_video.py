@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir
 from benchmarks.speed_setup import rel_l2
 from ruyi.assembly import PipelineSpec, build
 from ruyi.io import procedural_image
-from ruyi.offload.fp8_compute import FP8Compute
+from ruyi.precision.fp8_compute import FP8Compute
 
 DEFAULTS = ["compile=regional", "attention=fa3", "attention.pad_head_dim=96", "steps=25"]
 

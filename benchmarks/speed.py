@@ -275,7 +275,7 @@ def transformer_section(report, args, device, dtype, clock, peak: float, arch: d
                 continue
             try:
                 if option.fp8 and fp8_model is None:
-                    from ruyi.offload.fp8_compute import FP8Compute
+                    from ruyi.precision.fp8_compute import FP8Compute
 
                     before, began = clock.allocated(), time.perf_counter()
                     fp8_model = copy.deepcopy(base)

@@ -38,7 +38,7 @@ def precisions() -> list[str]:
 
 
 def fp8_types() -> list[str]:
-    from ruyi.offload.precision import FP8_DTYPES
+    from ruyi.precision.fp8 import FP8_DTYPES
 
     return list(FP8_DTYPES)
 

@@ -32,7 +32,7 @@ from ruyi.errors import AcceleratorRequired, ConfigError, RuyiUserError
 from ruyi.extension import STAGES, attach, in_stage_order
 from ruyi.memory.tiles import VAETiles
 from ruyi.offload.skip_steps import LongSkipParking
-from ruyi.weights import load_models, random_models, resolve_checkpoint, scheduler_config
+from ruyi.checkpoints import load_models, random_models, resolve_checkpoint, scheduler_config
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from ruyi.io import check_fps, check_output_path, write_video
 from ruyi.multirun import is_multirun, named_by, refuse_replacing, swept_values
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
-from ruyi.weights import resolve_checkpoint
+from ruyi.checkpoints import resolve_checkpoint
 
 log = logging.getLogger("ruyi")
 

@@ -1,4 +1,4 @@
-"""Imports point down (entry points -> assembly -> pipeline -> conditioning/offload -> models/samplers/plugins
+"""Imports point down (entry points -> assembly -> pipeline -> conditioning/placement/precision/memory -> models/samplers/plugins
 -> registry/io/errors) and form no cycle: checked from the source's import statements, lazy ones included."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ruyi"
 
 # lower number = lower layer; a module may import its own layer or lower ones only
 LAYERS = {
-    "ruyi.errors": 0, "ruyi.checks": 0, "ruyi.registry": 0, "ruyi.files": 0, "ruyi.io": 0,
+    "ruyi.errors": 0, "ruyi.checks": 0, "ruyi.extension": 0, "ruyi.registry": 0, "ruyi.files": 0, "ruyi.io": 0,
     "ruyi.models": 1, "ruyi.samplers": 1, "ruyi.plugins": 1, "ruyi.attention": 1,
-    "ruyi.conditioning": 2, "ruyi.offload": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
+    "ruyi.conditioning": 2, "ruyi.placement": 2, "ruyi.precision": 2, "ruyi.offload": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
     "ruyi.pipeline": 3,
-    "ruyi.weights": 4, "ruyi.components": 4, "ruyi.hydra_config": 4, "ruyi.assembly": 4,
+    "ruyi.checkpoints": 4, "ruyi.components": 4, "ruyi.hydra_config": 4, "ruyi.assembly": 4,
     "ruyi.cli": 5, "ruyi.overrides": 5, "ruyi.help": 5, "ruyi.multirun": 5, "ruyi.eval": 5, "ruyi.training": 5,
     "ruyi": 6,  # the package's lazy public entry (ruyi.load_pipeline)
 }  # fmt: skip

@@ -194,7 +194,7 @@ def _png(width: int, height: int, depth: int, color: int, rows: bytes, *, trunca
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from ruyi.models.tiny import create_tiny_checkpoint
+    from ruyi.checkpoints.tiny import create_tiny_checkpoint
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="infer", overrides=["model=ruyi_tiny"])

@@ -60,7 +60,7 @@ def test_label_table_bolds_each_rows_smallest_loss():
 
 
 def test_label_loss_gives_each_true_camera_a_row_of_every_label(tmp_path):
-    from ruyi.models.tiny import create_tiny_checkpoint
+    from ruyi.checkpoints.tiny import create_tiny_checkpoint
 
     preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / "ruyi_tiny_pans.yaml"))
     path = create_tiny_checkpoint(tmp_path / "ckpt", preset)

@@ -23,7 +23,7 @@ SMALL = ["video_size=[64,64]", "frames=8", "steps=2"]
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory) -> Path:
     """The tiny checkpoint, created once through the same code path as a first run."""
-    from ruyi.models.tiny import create_tiny_checkpoint
+    from ruyi.checkpoints.tiny import create_tiny_checkpoint
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(config_name="infer")

@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from ruyi.compile import CompileAuto, NoCompile, RegionalCompile, repeated_blocks
 from ruyi.errors import ConfigError
 from ruyi.models.attention import SDPAAttention
-from ruyi.offload import fp8_compute
+from ruyi.precision import fp8_compute
 from ruyi.registry import ATTENTIONS, COMPILES
 from tests.tiny_models import block_inputs, forward_inputs, pretend_hopper, tiny_transformer, validate
 

@@ -18,7 +18,7 @@ MODULE = '''
 from pathlib import Path
 
 from ruyi.extension import Extension
-from ruyi.offload.none import NoOffload
+from ruyi.placement.none import NoOffload
 from ruyi.registry import DATASETS, OFFLOADS, PLUGINS, SAMPLERS
 from ruyi.samplers.schedulers import DDIMSampler
 from ruyi.training.data.procedural import ProceduralPans

@@ -13,8 +13,8 @@ from ruyi.compile import RegionalCompile
 from ruyi.errors import AcceleratorRequired, ConfigError
 from ruyi.models.attention import SDPAAttention
 from ruyi.models.transformer import RuyiTransformer3D
-from ruyi.offload import fp8_compute
-from ruyi.offload.fp8_compute import FP8Compute
+from ruyi.precision import fp8_compute
+from ruyi.precision.fp8_compute import FP8Compute
 from ruyi.registry import PRECISIONS
 from tests.tiny_models import forward_inputs, pretend_hopper, tiny_transformer, validate
 

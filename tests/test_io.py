@@ -171,7 +171,7 @@ def test_tiny_checkpoint_goes_into_an_empty_folder_with_plain_file_modes(tmp_pat
     from omegaconf import OmegaConf
 
     from ruyi.components import ModelSource
-    from ruyi.weights import is_checkpoint, resolve_checkpoint
+    from ruyi.checkpoints import is_checkpoint, resolve_checkpoint
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         preset = OmegaConf.to_container(compose(config_name="infer").model, resolve=True)

@@ -9,7 +9,7 @@ from ruyi.assembly import load_pipeline
 from ruyi.io import procedural_image
 from ruyi.models.loading import load_model
 from ruyi.models.transformer import RuyiTransformer3D
-from ruyi.offload.base import AcceleratorRequired
+from ruyi.placement.base import AcceleratorRequired
 from ruyi.registry import OFFLOADS, PRECISIONS
 
 # 16 frames = two decoder mini-batches: the second reads the causal cache the first left behind,

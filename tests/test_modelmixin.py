@@ -142,7 +142,7 @@ def test_peft_lora_adapter(fixture_dir, inputs, reference):
 def test_tiny_checkpoint_is_written_by_save_pretrained(tmp_path):
     from omegaconf import OmegaConf
 
-    from ruyi.models.tiny import create_tiny_checkpoint
+    from ruyi.checkpoints.tiny import create_tiny_checkpoint
     from tests.conftest import REPO
 
     preset = OmegaConf.to_container(

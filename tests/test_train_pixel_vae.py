@@ -58,7 +58,7 @@ def test_a_checkpoint_on_it_loads_strictly_and_generates(tmp_path):
 
     from ruyi.assembly import PipelineSpec, build
     from ruyi.io import procedural_image
-    from ruyi.models.tiny import create_tiny_checkpoint
+    from ruyi.checkpoints.tiny import create_tiny_checkpoint
 
     preset = OmegaConf.to_container(OmegaConf.load(PRESET))
     path = create_tiny_checkpoint(tmp_path / "ckpt", preset)

@@ -135,7 +135,7 @@ def _assemble(cfg: DictConfig, plan, *, weights: str, finetune, dataset, trainer
     from ruyi.training.inputs import BatchEncoder, ConditionedClips, LatentCache
     from ruyi.training.module import RuyiTrainingModule, seconds
     from ruyi.training.objective import DiffusionObjective
-    from ruyi.weights import scheduler_config
+    from ruyi.checkpoints import scheduler_config
 
     pipe = build(plan, weights=weights)
     path = pipe.model_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.placement.base import Offloadable, OffloadStrategy
 from ruyi.registry import OFFLOADS
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from accelerate import cpu_offload_with_hook
 
-from ruyi.offload.base import Offloadable, OffloadStrategy, offload_units
+from ruyi.placement.base import Offloadable, OffloadStrategy, offload_units
 from ruyi.registry import OFFLOADS
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from accelerate import cpu_offload
 
-from ruyi.offload.base import Offloadable, OffloadStrategy
+from ruyi.placement.base import Offloadable, OffloadStrategy
 from ruyi.registry import OFFLOADS
 
 

@@ -11,7 +11,7 @@ import torch
 from diffusers.hooks import apply_group_offloading
 
 from ruyi.errors import ConfigError
-from ruyi.offload.base import AcceleratorRequired, Offloadable, OffloadStrategy, offload_units
+from ruyi.placement.base import AcceleratorRequired, Offloadable, OffloadStrategy, offload_units
 from ruyi.registry import OFFLOADS
 
 

@@ -51,7 +51,7 @@ def resolve_checkpoint(source: ModelSource) -> Path:
             "point model.path at the checkpoint folder, or at a new or empty folder for the tiny model"
         )
     if source.create_if_missing and not partial_download:
-        from ruyi.models.tiny import create_tiny_checkpoint
+        from ruyi.checkpoints.tiny import create_tiny_checkpoint
 
         if source.arch is None:
             raise CheckpointError(f"cannot create a checkpoint at {path}: the preset has no architecture")
@@ -104,7 +104,7 @@ def random_models(
     """Models of ``arch``'s real shape with random weights, made on ``device`` and left on ``home``,
     plus a random control-embedding table with every key the real one has."""
     from ruyi.models.image_encoder import random_image_encoder
-    from ruyi.models.tiny import random_control_embeddings
+    from ruyi.checkpoints.tiny import random_control_embeddings
 
     transformer = random_model(classes["transformer"], arch["transformer_arch"], dtype=dtype, device=device)
     vae = random_model(classes["vae"], arch.get("vae_arch") or {}, dtype=dtype, device=device, seed=1)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ruyi.errors import AcceleratorRequired, ConfigError
-from ruyi.offload.precision import WeightPrecision
+from ruyi.precision.fp8 import WeightPrecision
 from ruyi.registry import PRECISIONS
 
 GRANULARITIES = ("row", "tensor")

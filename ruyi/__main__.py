@@ -1,15 +1,16 @@
 """``python -m ruyi`` (also the ``ruyi`` command): ``list`` shows every registered component by
-kind; ``eval`` judges a video (``python -m ruyi eval --help``)."""
+kind; ``eval`` judges a video (``python -m ruyi eval --help``); ``cache`` shows or clears the compile cache."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m ruyi {list,eval} ...
+USAGE = """usage: python -m ruyi {list,eval,cache} ...
 
   list                 every registered component by kind (what the config groups can select)
   eval VIDEO [...]     judge a video: fidelity to a reference, camera, motion, keyframes, flicker
                        (python -m ruyi eval --help)
+  cache [clear]        where compiled kernels are kept (compile=regional|auto) and their size; clear removes them
 """
 
 
@@ -34,6 +35,10 @@ def main(argv: list[str]) -> int:
     if command == "list" and not rest:
         print(describe())
         return 0
+    if command == "cache":
+        from ruyi.compile_cache import cache_command
+
+        return cache_command(rest)
     if command == "eval":
         from ruyi.eval.cli import main as eval_main
 

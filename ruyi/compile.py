@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ruyi.compile_cache import enable_compile_cache
 from ruyi.errors import ConfigError
 from ruyi.extension import Extension
 from ruyi.models.attention import prepare_attention
@@ -150,6 +151,8 @@ class RegionalCompile(Extension):
         }
         if self.mode is not None:
             options["mode"] = self.mode
+        if self.backend == "inductor":
+            enable_compile_cache()  # before the first compile: the kernels go to ruyi's folder on disk
         module.compile(**options)
         self._compiled.append(module)
 

@@ -368,3 +368,17 @@ def test_cuda_auto_does_not_slice_when_only_cudnn_is_enabled(monkeypatch):
         backend = AutoAttention(max_score_bytes=1, use_fa3=False)
         out = attention(q, k, v, backend=backend)
     assert calls == [] and rel_l2(out, naive(q.float(), k.float(), v.float())) < 1e-2
+
+
+def test_auto_pads_the_head_dim_only_for_the_kernels_where_it_was_measured_to_pay():
+    from ruyi.errors import ConfigError
+
+    q = k = v = torch.randn(1, 2, 5, 88)
+    padded = {kernel: AutoAttention()._padded(kernel, q, k, v) for kernel in ("fa3", "cudnn")}
+    assert padded["fa3"][0].shape[-1] == 96 and padded["cudnn"][0].shape[-1] == 128
+    assert all(width == 88 for *_, width in padded.values())
+    assert torch.equal(padded["fa3"][0][..., :88], q) and not padded["fa3"][0][..., 88:].any()
+    assert AutoAttention(pad_head_dim=0)._padded("fa3", q, k, v)[0].shape[-1] == 88  # 0 = off
+    assert AutoAttention()._padded("fa3", *(torch.randn(1, 2, 5, 64),) * 3)[0].shape[-1] == 64  # aligned already
+    with pytest.raises(ConfigError, match="must be auto or an integer"):
+        AutoAttention(pad_head_dim="fast")

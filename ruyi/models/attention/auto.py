@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
+from ruyi.errors import ConfigError
 from ruyi.models.attention.backends import (
     HALF,
     AttentionBackend,
@@ -31,7 +32,7 @@ from ruyi.models.attention.backends import (
     positive,
 )
 from ruyi.models.attention.fa3 import FlashAttention3
-from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention, score_bytes
+from ruyi.models.attention.kernels import DEFAULT_MAX_SCORE_BYTES, chunked_attention, pad_head_dim, score_bytes
 from ruyi.registry import ATTENTIONS
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,14 @@ class AutoAttention(AttentionBackend):
     """The fastest kernel measured for the device, with the sliced fallback (module docstring)."""
 
     def __init__(
-        self, *, pad_head_dim: int = 0, max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES, use_fa3: bool = True
+        self, *, pad_head_dim: int | str = "auto", max_score_bytes: int = DEFAULT_MAX_SCORE_BYTES, use_fa3: bool = True
     ) -> None:
-        super().__init__(pad_head_dim=pad_head_dim)
+        # "auto": each kernel pads the head dim where padding was measured to pay (AUTO_PAD);
+        # a number pads every call up to a multiple of it (dispatch), 0 never pads
+        if isinstance(pad_head_dim, str) and pad_head_dim != "auto":
+            raise ConfigError(f"attention.pad_head_dim={pad_head_dim!r} must be auto or an integer >= 0 (0 = off)")
+        self.auto_pad = pad_head_dim == "auto"
+        super().__init__(pad_head_dim=0 if self.auto_pad else pad_head_dim)
         self.max_score_bytes = positive("max_score_bytes", max_score_bytes)
         self.use_fa3 = bool(use_fa3)
         self._plans: dict[DeviceKey, DevicePlan] = {}
@@ -106,21 +112,41 @@ class AutoAttention(AttentionBackend):
             fused=tuple(sorted(fused, key=str)), fused_masked=tuple(sorted(fused_masked, key=str)),
         )  # fmt: skip
 
+    def __repr__(self) -> str:
+        return f"AutoAttention(pad_head_dim={'auto' if self.auto_pad else self.pad_head_dim})"
+
     def compute(self, query, key, value, *, mask, scale, self_attention):
         plan = self.plan(query.device)
         if plan.fa3 is not None and plan.fa3.serves(query, key, value, mask, self_attention):
-            return plan.fa3.run(query, key, value, scale=scale)
+            query, key, value, width = self._padded("fa3", query, key, value)
+            return plan.fa3.run(query, key, value, scale=scale)[..., :width]
         aligned = query.shape[-1] % 8 == 0 and value.shape[-1] == query.shape[-1]
         fused = aligned and query.dtype in (plan.fused if mask is None else plan.fused_masked)
         if fused and plan.cudnn and mask is None and query.dtype in HALF:
-            return CUDNN_FIRST.compute(
-                query, key, value, mask=None, scale=scale, self_attention=self_attention
-            )
+            query, key, value, width = self._padded("cudnn", query, key, value)
+            out = CUDNN_FIRST.compute(query, key, value, mask=None, scale=scale, self_attention=self_attention)
+            return out[..., :width]
         if fused or score_bytes(query, key) <= self.max_score_bytes:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
         return chunked_attention(
             query, key, value, mask=mask, scale=scale, max_score_bytes=self.max_score_bytes
         )
+
+
+    def _padded(self, kernel: str, query, key, value):
+        """The inputs zero-padded as ``AUTO_PAD`` says for ``kernel`` (exact: ``kernels.pad_head_dim``),
+        and the value width to cut the output back to."""
+        width = value.shape[-1]
+        multiple = AUTO_PAD[kernel] if self.auto_pad else 0
+        if multiple and query.shape[-1] % multiple:
+            query, key, value = (pad_head_dim(t, multiple) for t in (query, key, value))
+        return query, key, value, width
+
+
+# Head-dim padding where it was measured to pay, per kernel (benchmarks/RESULTS.md, H100, Ruyi's
+# head dim 88 at (2, 32, 69 120, 88) bf16): FlashAttention-3 200.7 -> 193.8 ms padded to 96, cuDNN
+# 252.7 -> 243.5 ms padded to 128. The padded result is exact; only these two kernels pad.
+AUTO_PAD = {"fa3": 32, "cudnn": 64}
 
 
 class CuDNNFirst(SDPAAttention):

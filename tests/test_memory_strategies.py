@@ -38,14 +38,29 @@ def test_registries_list_the_strategies():
         dict(skip_steps=1),
         dict(skip_steps=2, offload="model"),
         dict(offload="sequential"),
+        dict(offload="group", offload_kwargs=dict(use_stream=False, low_cpu_mem_usage=True)),
     ],
-    ids=["group", "group3", "skip1", "skip2+model", "sequential"],
+    ids=["group", "group3", "skip1", "skip2+model", "sequential", "group_one_host_copy"],
 )
 def test_lossless_strategies_equal_none(fixture_dir, reference, kwargs):
     kwargs = dict(kwargs)
     offload_kwargs = kwargs.pop("offload_kwargs", {})
     pipe = load_pipeline(fixture_dir, **kwargs, offload_kwargs=offload_kwargs)
     assert torch.equal(pipe(procedural_image(96, 64), seed=5, **KW), reference)
+
+
+def test_group_offload_to_disk_equals_none_and_leaves_nothing_behind(fixture_dir, reference, tmp_path):
+    pipe = load_pipeline(fixture_dir, offload="group", offload_kwargs=dict(use_stream=False, disk=True, disk_dir=str(tmp_path)))
+    (folder,) = list(tmp_path.iterdir())  # the run's own folder, inside the one given
+    assert torch.equal(pipe(procedural_image(96, 64), seed=5, **KW), reference)
+    written = list(folder.rglob("*.safetensors"))
+    assert written, "the streamed weights were not written to disk"
+    (placement,) = [e for e in pipe.extensions if type(e).__name__ == "GroupOffload"]
+    placement.remove(pipe)  # the weights come back from disk, then this run's folder goes
+    assert not folder.exists() and tmp_path.is_dir()
+    again = load_pipeline(fixture_dir)
+    for (name, mine), theirs in zip(pipe.transformer.state_dict().items(), again.transformer.state_dict().values()):
+        assert torch.equal(mine, theirs), name
 
 
 def test_the_decoder_cache_passes_offload_hooks_by_reference():

@@ -478,3 +478,29 @@ def test_every_option_under_group_offload_and_skip_parking_equals_the_plain_path
               strategies={"memory": ("combo", {"options": options})})  # fmt: skip
     error = ((got - expected).norm() / expected.norm()).item()
     assert error <= 1e-5, f"relative error {error:.2e}"
+
+
+def test_host_plan_of_the_7b_agrees_with_the_measured_row_and_ranks_the_placements():
+    """group_lean at 768 x 120 measured 39.7 GiB of host RAM on an H100 (2 host copies of the
+    weights + parked skips); one copy and disk need less, and the loading peak bounds them below."""
+    from ruyi.memory.host import ModelBytes, host_peak_gib
+
+    model = ModelBytes.of(None)
+    kw = dict(model=model, dtype_bytes=2, side=768, frames=120, skip_steps=1, cfg_split=True, vae_stream=True)
+    pinned, one, disk = (host_peak_gib(host_copies=c, **kw) for c in (2.0, 1.0, 0.0))
+    assert abs(pinned - 39.7) / 39.7 < 0.1
+    assert pinned > one > disk
+    load = 3.0 + 7.19e9 * 2 / 1024**3  # the checkpoint passes through RAM once
+    assert disk == pytest.approx(load + model.other_params * 2 / 1024**3)
+
+
+def test_auto_takes_the_fastest_rule_that_fits_gpu_and_host_ram():
+    gpu = {(768, 120): 5.5}
+    rules = [Rule("pinned", "group", peak_gib=gpu, step_ratio={(768, 120): 1.02}),
+             Rule("one_copy", "group", peak_gib=gpu, step_ratio={(768, 120): 1.06}),
+             Rule("disk", "group", peak_gib=gpu, step_ratio={(768, 120): 1.15})]  # fmt: skip
+    host = {"pinned": (39.7, True), "one_copy": (24.4, False), "disk": (17.1, False)}
+    pick = lambda ram: auto_module.choose(rules, side=768, frames=120, budget_gib=7.2, host_gib=host, host_budget_gib=ram)[0]  # noqa: E731
+    assert pick(64).rule.name == "pinned" and pick(28).rule.name == "one_copy" and pick(20).rule.name == "disk"
+    smallest = pick(12)  # nothing fits 12 GiB of RAM: the least RAM, flagged as not fitting
+    assert smallest.rule.name == "disk" and not smallest.fits

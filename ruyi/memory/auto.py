@@ -20,16 +20,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from ruyi.errors import ConfigError, RuyiUserError
 from ruyi.memory.base import MemoryOption
 from ruyi.memory.combo import build_options
+from ruyi.memory.host import ModelBytes, host_peak_gib, host_ram_gib
 from ruyi.memory.rules import RULES, Rule
 from ruyi.models.transformer.inputs import VAE_SPATIAL, VAE_TEMPORAL
-from ruyi.registry import MEMORIES, OFFLOADS
+from ruyi.registry import MEMORIES
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -48,23 +49,31 @@ class Choice:
     step_ratio: float
     measured_at: tuple[int, int]
     fits: bool
+    host_gib: float = 0.0
+    host_measured: bool = False
 
 
 def choose(
-    rules: Sequence[Rule], *, side: float, frames: int, budget_gib: float
-) -> tuple[Choice, list[Choice]]:
-    """The fastest rule whose predicted peak fits ``budget_gib`` (ties: the smaller peak), or the
-    smallest predicted peak when none fits; and every candidate, as predicted."""
+    rules: Sequence[Rule], *, side: float, frames: int, budget_gib: float,
+    host_gib: Mapping[str, tuple[float, bool]] | None = None, host_budget_gib: float = math.inf,
+) -> tuple[Choice, list[Choice]]:  # fmt: skip
+    """The fastest rule whose predicted GPU peak fits ``budget_gib`` and whose host peak
+    (``host_gib[name]``: GiB, measured?) fits ``host_budget_gib`` (ties: the smaller GPU peak), or
+    the smallest predicted GPU peak among those that fit the host (else overall) when none fits;
+    and every candidate, as predicted."""
     if not rules:
         raise ConfigError("memory=auto has no candidate combination for this plan")
+    host_gib = host_gib or {}
     predicted = []
     for rule in rules:
         peak, ratio, ref = rule.predict(side, frames)
-        predicted.append(Choice(rule, peak, ratio, ref, peak <= budget_gib))
+        host, measured = host_gib.get(rule.name, (0.0, False))
+        predicted.append(Choice(rule, peak, ratio, ref, peak <= budget_gib and host <= host_budget_gib, host, measured))
     fitting = [c for c in predicted if c.fits]
     if fitting:
         return min(fitting, key=lambda c: (c.step_ratio, c.peak_gib)), predicted
-    return min(predicted, key=lambda c: c.peak_gib), predicted
+    in_ram = [c for c in predicted if c.host_gib <= host_budget_gib] or predicted
+    return min(in_ram, key=lambda c: (c.peak_gib, c.host_gib)), predicted
 
 
 @MEMORIES.register("auto")
@@ -82,9 +91,13 @@ class MemoryAuto(MemoryOption):
         video_size: Sequence[int] | None = None,
         budget_gib: float | None = None,
         headroom: float = 0.1,
+        host_budget_gib: float | None = None,
     ) -> None:
         if budget_gib is not None and not budget_gib > 0:
             raise ConfigError(f"memory.budget_gib={budget_gib!r} must be a positive number of GiB (or null)")
+        if host_budget_gib is not None and not host_budget_gib > 0:
+            raise ConfigError(f"memory.host_budget_gib={host_budget_gib!r} must be a positive number of GiB (or null)")
+        self.host_budget_gib = host_budget_gib
         if not 0 <= headroom < 1:
             raise ConfigError(f"memory.headroom={headroom!r} must lie in [0, 1)")
         self.frames, self.base_resolution = int(frames), int(base_resolution)
@@ -127,20 +140,36 @@ class MemoryAuto(MemoryOption):
             return plan
         free = self.budget_gib if self.budget_gib is not None else free_gpu_gib(plan.device)
         budget = free * (1.0 - self.headroom)
+        ram = self.host_budget_gib if self.host_budget_gib is not None else host_ram_gib()
+        host_budget = ram * (1.0 - self.headroom)
         candidates = {r.name: p for r in RULES if (p := self._candidate(plan, r)) is not None}
-        choice, predicted = choose([r for r in RULES if r.name in candidates], side=self.side, frames=self.frames,
-                                   budget_gib=budget)  # fmt: skip
+        rules = [r for r in RULES if r.name in candidates]
+        host = {r.name: self._host_peak(candidates[r.name], r) for r in rules}
+        choice, predicted = choose(rules, side=self.side, frames=self.frames, budget_gib=budget,
+                                   host_gib=host, host_budget_gib=host_budget)  # fmt: skip
         self.choice = choice
         self._options = build_options(choice.rule.memory, choice.rule.memory_options)
-        self._log(free, budget, choice, predicted)
+        self._log(free, budget, choice, predicted, host_budget)
         return candidates[choice.rule.name]
+
+    def _host_peak(self, candidate, rule: Rule) -> tuple[float, bool]:
+        """(GiB, measured) of the process's peak host memory under ``rule`` for the planned shape."""
+        shape = (round(self.side), self.frames)
+        if shape in rule.host_gib:
+            return rule.host_gib[shape], True
+        model = ModelBytes.of(candidate.spec.model.arch, candidate.spec.model.path)
+        return host_peak_gib(
+            model=model, dtype_bytes=candidate.dtype.itemsize, side=self.side, frames=self.frames,
+            host_copies=getattr(candidate.offload, "host_copies", 0.0), skip_steps=rule.skip_steps,
+            cfg_split="cfg_split" in rule.memory, vae_stream="vae_stream" in rule.memory,
+        ), False  # fmt: skip
 
     def _candidate(self, plan, rule: Rule):
         """The plan this rule makes, if every component accepts it; None otherwise."""
         spec = plan.spec
-        offload = dataclasses.replace(spec.offload, name=rule.offload, options={})
+        offload = dataclasses.replace(spec.offload, name=rule.offload, options=dict(rule.offload_options))
         spec = spec.replace(offload=offload, skip_steps=rule.skip_steps, vae_tile_size=rule.vae_tile_size)
-        candidate = dataclasses.replace(plan, spec=spec, offload=OFFLOADS.get(rule.offload)())
+        candidate = dataclasses.replace(plan, spec=spec, offload=offload.create())
         try:
             for option in build_options(rule.memory, rule.memory_options):
                 option.check(candidate)
@@ -152,21 +181,23 @@ class MemoryAuto(MemoryOption):
             return None
         return candidate
 
-    def _log(self, free: float, budget: float, choice: Choice, predicted: list[Choice]) -> None:
+    def _log(self, free: float, budget: float, choice: Choice, predicted: list[Choice], host_budget: float) -> None:
         rule = choice.rule
         settings = f"offload={rule.offload} skip_steps={rule.skip_steps} vae_tile_size={rule.vae_tile_size}"
+        settings += "".join(f" offload.{k}={v}" for k, v in rule.offload_options.items())
         if rule.memory:
             settings += f" memory=[{','.join(rule.memory)}]"
         faster = [c for c in predicted if c.step_ratio < choice.step_ratio and not c.fits]
         why = (
-            "; faster but too large: " + ", ".join(f"{c.rule.name} {c.peak_gib:.1f} GiB" for c in faster)
+            "; faster but too large: " + ", ".join(f"{c.rule.name} {c.peak_gib:.1f} GiB GPU / {c.host_gib:.1f} GiB RAM" for c in faster)
             if faster
             else ""
         )
+        host = f"host RAM peak {choice.host_gib:.1f} GiB ({'measured' if choice.host_measured else 'predicted'}; budget {host_budget:.1f})"
         shape = f"{self.frames} frames at {self.side:.0f}x{self.side:.0f}"
         message = (
             f"memory=auto: {free:.1f} GiB free, {budget:.1f} GiB after {self.headroom:.0%} headroom, for {shape}: "
-            f"{rule.name} ({settings}), predicted peak {choice.peak_gib:.1f} GiB at {choice.step_ratio:.2f}x the "
+            f"{rule.name} ({settings}), predicted peak {choice.peak_gib:.1f} GiB, {host}, at {choice.step_ratio:.2f}x the "
             f"offload=none step (from {choice.measured_at[0]}px x {choice.measured_at[1]} frames; {rule.source}){why}"
         )
         if choice.fits:

@@ -28,9 +28,11 @@ class Rule:
     vae_tile_size: int = 0
     memory: tuple[str, ...] = ()  # memory options, applied as memory=combo
     memory_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    offload_options: Mapping[str, Any] = field(default_factory=dict)
     peak_gib: Mapping[Shape, float] = field(default_factory=dict)
     step_ratio: Mapping[Shape, float] = field(default_factory=dict)  # s/step over offload=none's
     source: str = ""
+    host_gib: Mapping[Shape, float] = field(default_factory=dict)  # measured peak RSS (else predicted)
 
     def predict(self, side: float, frames: int) -> tuple[float, float, Shape]:
         """(peak GiB, step ratio, the measured shape used) for a video of ``side``^2 pixels x ``frames``."""
@@ -82,5 +84,20 @@ RULES: tuple[Rule, ...] = (
         peak_gib={(512, 120): 3.46, (768, 120): 5.58},
         step_ratio={(512, 120): 1.066, (768, 120): 1.024},
         source=H200,
+    ),
+    # the same GPU plan with less host RAM: one host copy of the streamed weights, or none (disk)
+    Rule(
+        "group_lean_one_copy", "group", skip_steps=1, vae_tile_size=256, memory=LEAN,
+        memory_options=TRANSFORMER_SPLIT, offload_options={"low_cpu_mem_usage": True},
+        peak_gib={(512, 120): 3.46, (768, 120): 5.58},
+        step_ratio={(512, 120): 1.1, (768, 120): 1.06},
+        source=ESTIMATE,
+    ),
+    Rule(
+        "group_lean_disk", "group", skip_steps=1, vae_tile_size=256, memory=LEAN,
+        memory_options=TRANSFORMER_SPLIT, offload_options={"disk": True},
+        peak_gib={(512, 120): 3.46, (768, 120): 5.58},
+        step_ratio={(512, 120): 1.3, (768, 120): 1.15},
+        source=ESTIMATE,
     ),
 )  # fmt: skip

@@ -1,0 +1,87 @@
+"""Host RAM of a plan: what a PC with 16-32 GB of RAM must hold beside the GPU's share.
+
+``memory=auto`` predicts the process's peak resident memory for each candidate from the parts that
+scale (GiB, the 7B at its real shape unless the preset says otherwise):
+
+- the process itself: torch, the CUDA context and the libraries (``BASE_GIB``, measured once);
+- the weights while loading: the checkpoint passes through host memory once, whatever the
+  placement (``load_gib``: transformer + VAE + image encoder at the pipeline's dtype);
+- the weights the placement keeps in host memory while running: none for ``offload=none``,
+  the streamed transformer twice for ``offload=group`` (the loaded copy and its pinned copy),
+  once with ``low_cpu_mem_usage``, not at all with ``disk`` (``GroupOffload.host_copies``);
+- the long skips parked by ``skip_steps`` (half the layers' outputs at every token, in the
+  pipeline's dtype; one guidance half at a time under ``cfg_split``);
+- the decoded video assembled on the host by ``vae_stream`` (float32).
+
+The peak is the larger of the loading peak and the running one. Rows measured on a GPU replace the
+prediction where they exist (``Rule.host_gib``); the prediction is labelled as such in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+BASE_GIB = 3.0  # torch + CUDA context + libraries of one inference process (benchmarks/RESULTS.md)
+
+
+@dataclass(frozen=True)
+class ModelBytes:
+    """The sizes the host plan needs, from the preset's architecture."""
+
+    transformer_params: float
+    other_params: float  # VAE + image encoder
+    hidden: int
+    layers: int
+    patch: int
+
+    @classmethod
+    def of(cls, arch: Mapping[str, Any] | None, checkpoint: str | os.PathLike | None = None) -> ModelBytes:
+        """From the preset's ``transformer_arch``, else the checkpoint's ``transformer/config.json``,
+        else the 7B's sizes."""
+        t = dict((arch or {}).get("transformer_arch") or {})
+        config = None if checkpoint is None else Path(checkpoint) / "transformer" / "config.json"
+        if not t and config is not None and config.is_file():
+            t = json.loads(config.read_text())
+        hidden = int(t.get("hidden_size", 2816))
+        layers = int(t.get("num_layers", 40))
+        mlp = float(t.get("mlp_ratio", 4.3637))
+        # per block: attention (4 h^2, self + cross share the shape) x2, MLP 2 * mlp * h^2, norms/ada ~6 h^2
+        per_block = (8 + 2 * mlp + 6) * hidden * hidden
+        params = per_block * layers
+        if not t:  # the 7B: its counted size
+            params = 7.19e9
+        image = dict((arch or {}).get("image_encoder_arch") or {})
+        other = 0.4e9 if not image else 12 * int(image.get("hidden_size", 1024)) ** 2 * int(image.get("num_hidden_layers", 24)) + 0.1e9
+        return cls(params, other, hidden, layers, int(t.get("patch_size", 2)))
+
+
+def host_peak_gib(
+    *, model: ModelBytes, dtype_bytes: int, side: float, frames: int, host_copies: float,
+    skip_steps: int, cfg_split: bool, vae_stream: bool,
+) -> float:  # fmt: skip
+    """The predicted peak resident host memory (GiB) of one run (module docstring)."""
+    transformer = model.transformer_params * dtype_bytes / GIB
+    load = BASE_GIB + transformer + model.other_params * dtype_bytes / GIB
+    latent_frames = 1 if frames == 1 else frames // 4
+    tokens = latent_frames * (side / 8 / model.patch) ** 2
+    skips = 0.0
+    if skip_steps:
+        halves = 1 if cfg_split else 2
+        skips = (model.layers // 2) * tokens * model.hidden * dtype_bytes * halves / GIB
+    video = frames * side * side * 3 * 4 / GIB if vae_stream else 0.0
+    running = BASE_GIB + host_copies * transformer + model.other_params * dtype_bytes / GIB + skips + video
+    return max(load, running)
+
+
+def host_ram_gib() -> float:
+    """Physical memory of this machine (GiB)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no host plan
+        return float("inf")

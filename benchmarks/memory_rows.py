@@ -33,6 +33,7 @@ def rule_overrides(rule: Rule) -> list[str]:
         f"offload={rule.offload}",
         f"skip_steps={rule.skip_steps}",
         f"vae_tile_size={rule.vae_tile_size}",
+        *(f"offload.{key}={str(value).lower()}" for key, value in rule.offload_options.items()),
     ]
     if rule.memory:
         overrides += ["memory=combo", f"memory.use=[{','.join(rule.memory)}]"]
@@ -55,10 +56,12 @@ def rules_literal(rows: list[dict], device: str) -> str:
             continue
         peaks = ", ".join(f"({r['size']}, {r['frames']}): {r['peak_gib']:.2f}" for r in measured)
         ratios = ", ".join(f"({r['size']}, {r['frames']}): {r['ratio']:.3f}" for r in measured)
+        hosts = ", ".join(f"({r['size']}, {r['frames']}): {r['host_peak_gib']:.2f}" for r in measured)
         lines.append(
             f"    Rule(\n        {rule.name!r}, {rule.offload!r}, skip_steps={rule.skip_steps}, "
             f"vae_tile_size={rule.vae_tile_size}, memory={rule.memory!r}, memory_options={dict(rule.memory_options)!r},\n"
-            f"        peak_gib={{{peaks}}},\n        step_ratio={{{ratios}}},\n"
+            f"        offload_options={dict(rule.offload_options)!r},\n"
+            f"        peak_gib={{{peaks}}},\n        step_ratio={{{ratios}}},\n        host_gib={{{hosts}}},\n"
             f"        source={device + ', benchmarks/memory_rows.py ' + date.today().isoformat()!r},\n    ),"
         )
     return "\n".join(lines)

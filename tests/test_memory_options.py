@@ -403,6 +403,8 @@ def test_memory_rows_select_what_each_rule_describes():
             rule.skip_steps,
             rule.vae_tile_size,
         )
+        placement = spec.offload.create()
+        assert {k: getattr(placement, k) for k in rule.offload_options} == dict(rule.offload_options)
         memory = [c.create() for c in spec.strategies if c.kind == "memory"]
         if not rule.memory:
             assert memory == []

@@ -14,7 +14,6 @@ from ruyi.assembly import PipelineSpec, build
 from ruyi.conditioning.image import StartEndFrames
 from ruyi.errors import AcceleratorRequired, ConfigError, UnknownComponentError
 from ruyi.io import procedural_image
-from ruyi.plugins import TeaCache
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NOWHERE = Path("/nonexistent/checkpoint")  # a check that ran after loading would fail on this path instead
@@ -30,7 +29,6 @@ def _compose(*overrides: str):
     [
         (dict(sampler="nope"), UnknownComponentError, "unknown sampler 'nope'; valid names: ddim, dpmpp, euler"),
         (dict(offload="group"), AcceleratorRequired, "use_stream=false"),
-        (dict(offload="group", offload_kwargs={"use_stream": False}, plugins=[TeaCache()]), ConfigError, "teacache does not work with offload=group"),
         (dict(device="tpu"), ConfigError, "device='tpu' is not supported"),
         (dict(dtype="float8"), ConfigError, "dtype='float8' is not one of"),
         (dict(skip_steps=-1), ConfigError, "skip_steps=-1 must be an integer >= 0"),

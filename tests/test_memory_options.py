@@ -273,7 +273,7 @@ def test_auto_logs_when_nothing_fits_and_takes_the_smallest(fixture_dir, monkeyp
 
 
 def test_auto_skips_rules_the_plugins_refuse(fixture_dir, monkeypatch, caplog):
-    """TeaCache cannot run with streamed blocks nor with a split batch: only 'fast' remains."""
+    """TeaCache cannot run with a split batch (both smaller rules use cfg_split): only 'fast' remains."""
     caplog.set_level(logging.INFO, logger="ruyi.memory.auto")
     plan = _auto_plan(fixture_dir, monkeypatch, 8.0, plugins=[TeaCache()])
     assert _memory(plan).choice.rule.name == "fast"

@@ -104,14 +104,15 @@ def record(pipe, cache, enhance) -> dict[str, list]:
         seen["distances"].append(distance(modulated))
         return seen["distances"][-1]
 
+    factor = enhance.factor
+
     def recorded_factor(query, key, num_frames):
-        factor = enhance(query, key, num_frames)
-        seen["factors"].append(None if factor is None else float(factor))
-        return factor
+        value = factor(query, key, num_frames)
+        seen["factors"].append(float(value))
+        return value
 
     cache.rescaled_distance = recorded_distance
-    for block in pipe.transformer.blocks:
-        block.attn1.processor.score_hook = recorded_factor
+    enhance.factor = recorded_factor
     return seen
 
 

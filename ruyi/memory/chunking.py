@@ -13,7 +13,6 @@ Self-attention is not per token and is left whole; ``memory=inplace`` trims its 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -73,14 +72,11 @@ class TokenChunks(MemoryOption):
     def apply(self, pipe) -> None:
         for block in pipe.transformer.blocks:
             for module in per_token_modules(block):
-                self._patches.wrap(module, partial(self._tokenwise, module))
+                self._patches.wrap(module, self._tokenwise)
 
-    def _tokenwise(self, module, forward, hidden_states=None, *args, **kwargs):
+    def _tokenwise(self, forward, hidden_states=None, *args, **kwargs):
         if hidden_states is None:
             hidden_states = kwargs.pop("hidden_states")
-        # a score hook (Enhance-A-Video) measures the whole layer: such a layer stays whole
-        if getattr(getattr(module, "processor", None), "score_hook", None) is not None:
-            return forward(hidden_states, *args, **kwargs)
         return over_tokens(forward, self.chunk_tokens, hidden_states, *args, **kwargs)
 
     def remove(self, pipe) -> None:

@@ -21,22 +21,13 @@ class SequenceParallelAttnProcessor:
 
     hidden_states (B, L_local, D) -> (B, L_local, D). The layer math is the wrapped processor's
     (per-head LayerNorm on q and k, 2D rotary on both, output projection); the rotary table handed
-    in must already be this rank's slice. ``score_hook`` reads and writes the wrapped processor's,
-    so a plugin attached before or after sharding (Enhance-A-Video) finds it in either place.
+    in must already be this rank's slice.
     """
 
     def __init__(self, inner: RuyiAttnProcessor, *, parallel_config, backend: str = "native") -> None:
         self.inner = inner
         self.parallel_config = parallel_config
         self.backend = backend
-
-    @property
-    def score_hook(self):
-        return self.inner.score_hook
-
-    @score_hook.setter
-    def score_hook(self, hook) -> None:
-        self.inner.score_hook = hook
 
     def __call__(
         self,
@@ -52,18 +43,16 @@ class SequenceParallelAttnProcessor:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, num_frames)
         # diffusers' dispatch works on (B, L, heads, head_dim): split heads without transposing
         q, k, v = (proj(hidden_states).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        # the per-head norms see (B, heads, L, head_dim), as in RuyiAttnProcessor, for hooks that read them
         if attn.norm_q is not None:
-            q = attn.norm_q(q)
+            q = attn.norm_q(q.transpose(1, 2)).transpose(1, 2)
         if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        hook = self.inner.score_hook
-        factor = None if hook is None else hook(q.transpose(1, 2), k.transpose(1, 2), num_frames)
+            k = attn.norm_k(k.transpose(1, 2)).transpose(1, 2)
         if image_rotary_emb is not None:
             q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
             k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
         out = dispatch_attention_fn(q, k, v, backend=self.backend, parallel_config=self.parallel_config)
-        out = attn.to_out[1](attn.to_out[0](out.flatten(2).to(q.dtype)))
-        return out if factor is None else out * factor
+        return attn.to_out[1](attn.to_out[0](out.flatten(2).to(q.dtype)))
 
 
 def context_parallel_config(mesh, *, ring: int, ulysses: int, device: torch.device):

@@ -9,7 +9,6 @@ The small layers around the stack (embedders, output projection) stay whole on e
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import torch
 from torch.distributed.device_mesh import init_device_mesh
@@ -17,23 +16,19 @@ from torch.distributed.device_mesh import init_device_mesh
 log = logging.getLogger(__name__)
 
 
-def shard_blocks(transformer: torch.nn.Module, *, device_type: str, world: int, keep_whole: Iterable[str] = ()) -> int:
+def shard_blocks(transformer: torch.nn.Module, *, device_type: str, world: int) -> int:
     """``fully_shard`` every module of ``transformer.blocks``; returns the number of sharded parameters.
 
-    ``keep_whole``: module paths inside the transformer that someone calls outside their block's
-    forward (plugins declare them); their parameters stay whole so those calls find real tensors.
     Blocks on the CPU move to the mesh's device one at a time while they are sharded, so a model
     larger than one GPU can be sharded straight from host memory.
     """
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("shard",))
-    kept = {p for name in keep_whole for p in transformer.get_submodule(name).parameters()}
     sharded, blocks = 0, list(transformer.blocks)
     for block in blocks:
-        own = set(block.parameters())
-        fully_shard(block, mesh=mesh, reshard_after_forward=True, ignored_params=(own & kept) or None)
-        sharded += sum(p.numel() for p in own - kept)
+        sharded += sum(p.numel() for p in block.parameters())
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
     # the transformer becomes the root that owns the blocks' shared communication state; its own
     # small layers stay whole (not sharded, not moved)
     outside = set(transformer.parameters()) - {p for block in blocks for p in block.parameters()}
@@ -41,5 +36,5 @@ def shard_blocks(transformer: torch.nn.Module, *, device_type: str, world: int, 
     # gather block i+1 while block i computes: the transfer hides behind compute, two blocks held whole
     for block, following in zip(blocks, blocks[1:]):
         block.set_modules_to_forward_prefetch([following])
-    log.info("sharded %d transformer block parameters over %d ranks (%d kept whole)", sharded, world, len(kept))
+    log.info("sharded %d transformer block parameters over %d ranks", sharded, world)
     return sharded

@@ -167,8 +167,7 @@ class ParallelStrategy(Extension):
         for plugin in applied["plugins"]:
             plugin.across_ranks = groups.mean
         if self.shard_weights:
-            keep = {name for p in pipe.callbacks for name in getattr(p, "modules_called_directly", ())}
-            shard_blocks(transformer, device_type=device.type, world=degrees.total, keep_whole=sorted(keep))
+            shard_blocks(transformer, device_type=device.type, world=degrees.total)
             applied["sharded"] = True
         self._applied = applied
         log.info("parallel %s%s on %s", degrees, " + sharded weights" if self.shard_weights else "", device)

@@ -1,6 +1,7 @@
 """Plugins that change how the transformer runs without editing it: LoRA weights, TeaCache,
-Enhance-A-Video. Each has ``attach(pipe)`` / ``detach(pipe)`` and keeps its own state; those that
-act per step add themselves to ``pipe.callbacks`` (the denoising loop's callbacks).
+Enhance-A-Video. Each has ``apply(pipe)`` / ``remove(pipe)`` and keeps its own state; TeaCache and
+Enhance-A-Video change forwards through diffusers' ``HookRegistry`` hooks on the transformer's
+submodules, and add themselves to ``pipe.callbacks`` (the denoising loop's callbacks) to follow the steps.
 
 From Hydra (``configs/infer.yaml``): ``lora`` is a list of ``{path, strength}``; ``teacache`` and
 ``enhance_a_video`` are groups, null (off) by default, ``on`` to enable. ``ruyi.assembly`` builds

@@ -2,16 +2,24 @@
 
 For every spatial position the layer's (q, k) give a frames x frames attention map with the
 temperature 1/sqrt(head_dim); the mean of its off-diagonal entries, times ``num_frames + weight``
-and clamped to at least 1, multiplies the layer's output. It hooks only the blocks' ``attn1``
-(the original applies it there only) through ``RuyiAttnProcessor.score_hook``.
+and clamped to at least 1, multiplies the layer's output. Only the blocks' ``attn1`` are enhanced
+(the original applies it there only).
+
+It attaches through diffusers' ``HookRegistry``, per ``attn1``: a hook on the layer reads
+``num_frames`` from its call; hooks on its per-head norms ``norm_q`` / ``norm_k`` read the
+normalised query and key, (B, heads, L, head_dim), before the rotary, and compute the factor; a
+hook after the output projection and its dropout (``to_out[1]``) multiplies the output by it.
+Every attention processor of ``attn1`` calls those modules in that order and layout.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.checks import check_int
 from ruyi.errors import ConfigError
@@ -19,6 +27,7 @@ from ruyi.extension import Extension
 from ruyi.registry import PLUGINS
 
 MAX_WEIGHT = 10.0
+HOOK = "ruyi.enhance_a_video"
 
 
 def enhance_factor(
@@ -42,6 +51,74 @@ def enhance_factor(
     mean_cross_frame = off_diagonal.sum(dim=(1, 2)) / (num_frames * num_frames - num_frames)
     mean = mean_cross_frame.mean() if across_ranks is None else across_ranks(mean_cross_frame.mean())
     return (mean * (num_frames + weight)).clamp(min=1)
+
+
+class _LayerState:
+    """One ``attn1`` call as its hooks see it: frames, then query, then the factor."""
+
+    def __init__(self) -> None:
+        self.num_frames = 1
+        self.query: torch.Tensor | None = None
+        self.factor: torch.Tensor | None = None
+        self.measuring = False
+
+
+class _Call(ModelHook):
+    """On ``attn1``: whether this call is enhanced; clears the layer's state after it."""
+
+    def __init__(self, plugin: EnhanceAVideo, state: _LayerState) -> None:
+        super().__init__()
+        self.plugin, self.state = plugin, state
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        num_frames = kwargs.get("num_frames", 1)
+        self.state.num_frames = num_frames
+        self.state.measuring = self.plugin.active and num_frames >= 2
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.state.query, self.state.factor, self.state.measuring = None, None, False
+        return output
+
+
+class _Query(ModelHook):
+    """On ``attn1.norm_q``: keeps the normalised query (B, heads, L, head_dim) for the key's hook."""
+
+    def __init__(self, state: _LayerState) -> None:
+        super().__init__()
+        self.state = state
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        if self.state.measuring:
+            self.state.query = output
+        return output
+
+
+class _Key(ModelHook):
+    """On ``attn1.norm_k``: the factor from the kept query and this normalised key."""
+
+    def __init__(self, plugin: EnhanceAVideo, state: _LayerState) -> None:
+        super().__init__()
+        self.plugin, self.state = plugin, state
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state.measuring and state.query is not None:
+            state.factor = self.plugin.factor(state.query, output, state.num_frames)
+            state.query = None
+        return output
+
+
+class _Scale(ModelHook):
+    """On ``attn1.to_out[1]`` (the dropout after the output projection): output x factor."""
+
+    def __init__(self, state: _LayerState) -> None:
+        super().__init__()
+        self.state = state
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
+        factor, self.state.factor = self.state.factor, None
+        return output if factor is None else output * factor
 
 
 @PLUGINS.register("enhance_a_video")
@@ -68,7 +145,7 @@ class EnhanceAVideo(Extension):
         self.skip_end_steps = check_int("enhance_a_video.skip_end_steps", skip_end_steps, low=0)
         self.active = True  # outside a denoising loop every forward is enhanced
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by ruyi.parallel
-        self._processors: list = []
+        self._hooked: list[torch.nn.Module] = []
 
     def __repr__(self) -> str:
         return (f"EnhanceAVideo(weight={self.weight}, skip_start_steps={self.skip_start_steps}, "
@@ -77,20 +154,24 @@ class EnhanceAVideo(Extension):
     def apply(self, pipe) -> None:
         if self.weight == 0:
             return  # disabled: no hook, no cost
-        processors = [block.attn1.processor for block in pipe.transformer.blocks]
-        taken = [p for p in processors if p.score_hook is not None]
-        if taken:
-            raise ValueError(f"{len(taken)} self-attention layers already have a score_hook; detach it first")
-        for processor in processors:
-            processor.score_hook = self
-        self._processors = processors
+        layers = [block.attn1 for block in pipe.transformer.blocks]
+        if any(HookRegistry.check_if_exists_or_initialize(attn).get_hook(HOOK) is not None for attn in layers):
+            raise ValueError("the transformer already has Enhance-A-Video attached; remove it first")
+        for attn in layers:
+            state = _LayerState()
+            hooks = ((attn, _Call(self, state)), (attn.norm_q, _Query(state)), (attn.norm_k, _Key(self, state)),
+                     (attn.to_out[1], _Scale(state)))  # fmt: skip
+            for module, hook in hooks:
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
+                self._hooked.append(module)
         pipe.callbacks.append(self)
 
     def remove(self, pipe) -> None:
-        for processor in self._processors:
-            if processor.score_hook is self:
-                processor.score_hook = None
-        self._processors = []
+        for module in reversed(self._hooked):
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:
+                registry.remove_hook(HOOK, recurse=False)
+        self._hooked = []
         if self in pipe.callbacks:
             pipe.callbacks.remove(self)
 
@@ -100,8 +181,6 @@ class EnhanceAVideo(Extension):
     def on_loop_end(self, state) -> None:
         self.active = True
 
-    def __call__(self, query: torch.Tensor, key: torch.Tensor, num_frames: int) -> torch.Tensor | None:
-        """The score hook: a factor for the layer's output, or None to leave it unchanged."""
-        if not self.active or num_frames < 2:
-            return None
+    def factor(self, query: torch.Tensor, key: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """query, key (B, heads, F*S, head_dim) -> the factor for the layer's output (0-dim, >= 1)."""
         return enhance_factor(query, key, num_frames, self.weight, self.across_ranks)

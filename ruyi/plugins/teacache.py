@@ -9,16 +9,31 @@ Its window counts as the original's counter does: transformer calls, starting ov
 ``steps`` calls (the user's steps). Samplers that evaluate once per step see one window; PNDM's
 warm-up evaluates more often than it steps (13 calls for 4 steps), so its window starts over
 within the run (calls 0-3, 4-7, 8-11, 12) and each window seeds the cache again.
+
+It attaches through diffusers' ``HookRegistry``, in the shape of diffusers' FirstBlockCache:
+
+- the first block always runs; a hook on its ``attn1`` reads the modulated input as the block
+  itself computed it, so whatever loads that block's weights (group, sequential or model offload,
+  sharded weights) has loaded them, whichever order the hooks were registered in;
+- after the first block, the decision; on a cached call every later block returns its input
+  unchanged, so the U-ViT long skips still push and pop one tensor per block;
+- a hook on ``norm_out``, the stack's last layer, returns the stack's input plus the cached
+  residual on a cached call, and records that residual on a computed one.
+
+Running the first block on cached calls costs 1/num_layers of a step (1/40 at 7B). Under
+``compile=regional`` the hooks run inside the blocks' graphs and the decision eagerly between two
+pieces of the first block's graph, which is why ``compile.fullgraph=true`` is refused.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.checks import check_int, check_number
 from ruyi.errors import ConfigError
@@ -30,10 +45,79 @@ log = logging.getLogger(__name__)
 # fitted by the original for Ruyi-Mini-7B: rescaled distance = polyval(COEFFICIENTS, rel_l1)
 COEFFICIENTS = (-7.51185620e03, 2.32931511e03, -2.25610663e02, 9.39902237e00, -7.43067848e-02)
 
+HOOK = "ruyi.teacache"
+# diffusers' remove_hook re-points the hook registered right above the removed one at the chain
+# below, which drops a ``new_forward`` hook sitting there (group offloading removes its layer
+# tracers after the first call, under hooks registered later). A plain hook directly below each
+# of ours takes that re-pointing instead.
+GUARD = "ruyi.teacache.guard"
+
+
+def _tokens(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class _Guard(ModelHook):
+    """Passes through; see ``GUARD``."""
+
+
+class _FirstBlock(ModelHook):
+    """On ``blocks[0]``: note the stack's input, run the block, then decide for the other blocks."""
+
+    def __init__(self, cache: TeaCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        measure = self.cache._begin_call(_tokens(args, kwargs))
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if measure:
+            self.cache._decide()
+        return output
+
+
+class _ModulatedInput(ModelHook):
+    """On ``blocks[0].attn1``: its input is ``norm1(tokens, temb)``, the statistic's source."""
+
+    def __init__(self, cache: TeaCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        if self.cache._measuring:
+            self.cache._modulated = _tokens(args, kwargs)
+        return args, kwargs
+
+
+class _LaterBlock(ModelHook):
+    """On ``blocks[1:]``: the block's input unchanged while the cache is reused."""
+
+    def __init__(self, cache: TeaCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.cache._skipping:
+            return _tokens(args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class _StackOutput(ModelHook):
+    """On ``norm_out``: the stack's input plus the cached residual, or the computed output."""
+
+    def __init__(self, cache: TeaCache) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.cache._skipping:
+            return self.cache._reuse()
+        return self.cache._finish(self.fn_ref.original_forward(*args, **kwargs))
+
 
 @PLUGINS.register("teacache")
 class TeaCache(Extension):
-    """Attach with ``attach(pipe)``; after a run ``skipped_steps`` says how many model calls reused
+    """Attach with ``apply(pipe)``; after a run ``skipped_steps`` says how many model calls reused
     the cache and ``skipped`` which ones.
 
     Window positions ``< skip_start_steps`` and the last ``skip_end_steps`` always run the blocks.
@@ -46,8 +130,6 @@ class TeaCache(Extension):
 
     stage = "plugins"
 
-    # called outside their block's forward: strategies that load or gather weights per block keep them ready
-    modules_called_directly: ClassVar[tuple[str, ...]] = ("blocks.0.norm1",)
     reads_whole_batch = True  # its statistic averages the whole CFG batch (memory=cfg_split refuses it)
 
     def __init__(
@@ -59,8 +141,8 @@ class TeaCache(Extension):
         self.offload_cpu = bool(offload_cpu)
         self.skipped_steps = 0
         self.skipped: list[int] = []  # model-call indices of the last run that reused the cache
-        self._transformer: torch.nn.Module | None = None
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._hooked: list[tuple[torch.nn.Module, str]] = []  # (module, hook name), in registration order
         self._reset(num_steps=0)
 
     def __repr__(self) -> str:
@@ -74,28 +156,49 @@ class TeaCache(Extension):
         self._accumulated = 0.0
         self._previous_modulated: torch.Tensor | None = None
         self._residual: torch.Tensor | None = None
+        self._end_call()
+
+    def _end_call(self) -> None:
+        self._stack_input: torch.Tensor | None = None
+        self._modulated: torch.Tensor | None = None
+        self._measuring = False  # the first block's attn1 hook records its input
+        self._skipping = False  # the later blocks pass through, norm_out returns input + residual
+        self._keep_residual = False  # this call seeds the cache: norm_out records the residual
 
     # -- attachment --------------------------------------------------------------------------
     def check(self, plan) -> None:
-        """TeaCache runs the first block's norm outside that block's forward: a strategy that
-        loads a block's weights only inside its forward (``loads_per_block``) cannot serve it."""
-        if plan.has("loads_per_block"):
-            raise ConfigError(f"teacache does not work with offload={plan.spec.offload.name} yet; use offload=model or offload=sequential")
+        """The decision reads the statistic back to the host inside the first block's forward, a
+        break in that block's compiled graph (``compile.fullgraph=true`` forbids breaks)."""
+        if plan.has("fullgraph"):
+            raise ConfigError(
+                "teacache decides inside the first block, whose graph compile.fullgraph=true may not break; "
+                "use compile.fullgraph=false"
+            )
 
     def apply(self, pipe) -> None:
         transformer = pipe.transformer
-        if transformer.blocks_runner is not None:
-            raise ValueError(f"the transformer already has a blocks_runner ({transformer.blocks_runner!r}); detach it first")
-        transformer.blocks_runner = self
-        self._transformer = transformer
+        first, *later = transformer.blocks
+        hooks = [(first, _FirstBlock(self)), (first.attn1, _ModulatedInput(self))]
+        hooks += [(block, _LaterBlock(self)) for block in later] + [(transformer.norm_out, _StackOutput(self))]
+        if HookRegistry.check_if_exists_or_initialize(first).get_hook(HOOK) is not None:
+            raise ValueError("the transformer already has a TeaCache attached; remove it first")
+        for module, hook in hooks:
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            if hasattr(hook, "new_forward"):
+                registry.register_hook(_Guard(), GUARD)
+                self._hooked.append((module, GUARD))
+            registry.register_hook(hook, HOOK)
+            self._hooked.append((module, HOOK))
         pipe.callbacks.append(self)
 
     def remove(self, pipe) -> None:
-        if pipe.transformer.blocks_runner is self:
-            pipe.transformer.blocks_runner = None
+        for module, name in reversed(self._hooked):
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:  # an offload strategy removed before us may have cleared it
+                registry.remove_hook(name, recurse=False)
+        self._hooked = []
         if self in pipe.callbacks:
             pipe.callbacks.remove(self)
-        self._transformer = None
         self._reset(num_steps=0)
 
     # -- loop callbacks ----------------------------------------------------------------------
@@ -111,36 +214,51 @@ class TeaCache(Extension):
         log.info("TeaCache skipped %d of %d model calls %s", self.skipped_steps, state.num_calls, self.skipped)
         self._reset(num_steps=0)  # drop the cached tensors between runs
 
-    # -- the blocks runner -------------------------------------------------------------------
-    def __call__(self, run_blocks: Callable[..., torch.Tensor], hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """hidden_states (B, F*h*w, D) -> run_blocks' output (B, F*h*w, D), computed or reused."""
+    # -- one model call, driven by the hooks ----------------------------------------------------
+    # compiled blocks (compile=regional) run these eagerly: they read per-call Python state and
+    # synchronise on the statistic, which would otherwise recompile or break the block's graph
+    @torch.compiler.disable
+    def _begin_call(self, hidden_states: torch.Tensor) -> bool:
+        """hidden_states (B, F*h*w, D): the stack's input. Whether this call measures the statistic."""
+        self._end_call()
         step = self.step
-        first = self.skip_start_steps - 1  # the step that seeds the cache
-        if step is None or step < first or step >= self.num_steps - self.skip_end_steps:
-            return run_blocks(hidden_states, **kwargs)
-        modulated = self.modulated_input(hidden_states, kwargs["temb"], kwargs["num_frames"])
-        if step == first:
+        if step is None or step < self.skip_start_steps - 1 or step >= self.num_steps - self.skip_end_steps:
+            return False
+        self._stack_input, self._measuring = hidden_states, True
+        return True
+
+    @torch.compiler.disable
+    def _decide(self) -> None:
+        modulated, self._modulated, self._measuring = self._modulated, None, False
+        if modulated is None:
+            raise RuntimeError("TeaCache: the first block ran but its attn1 hook saw no input; was attn1's hook removed?")
+        if self.step == self.skip_start_steps - 1:  # the step that seeds the cache
             self._accumulated = 0.0
         else:
             self._accumulated += self.rescaled_distance(modulated)
             if self.threshold > 0 and self._accumulated < self.threshold:
+                self._skipping = True
                 self.skipped_steps += 1
                 self.skipped.append(self.call)
-                return hidden_states + self._residual.to(hidden_states.device)
+                return
             self._accumulated = 0.0
         self._previous_modulated = self._store(modulated)
-        out = run_blocks(hidden_states, **kwargs)
-        self._residual = self._store(out - hidden_states)
-        return out
+        self._keep_residual = True
 
-    def modulated_input(self, hidden_states: torch.Tensor, temb: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """What the first block's self-attention would see: (B, F*h*w, D)."""
-        block = self._transformer.blocks[0]
-        if block.t_embed is not None and num_frames != 1:
-            hidden_states = block.t_embed(hidden_states, num_frames)
-        return block.norm1(hidden_states, temb)
+    def _reuse(self) -> torch.Tensor:
+        """The stack's output on a cached call: its input plus the residual (B, F*h*w, D)."""
+        hidden_states = self._stack_input
+        self._end_call()
+        return hidden_states + self._residual.to(hidden_states.device)
+
+    def _finish(self, output: torch.Tensor) -> torch.Tensor:
+        if self._keep_residual:
+            self._residual = self._store(output - self._stack_input)
+        self._end_call()
+        return output
 
     def rescaled_distance(self, modulated: torch.Tensor) -> float:
+        """modulated (B, F*h*w, D) against the last computed call's -> the rescaled relative L1 distance."""
         previous = self._previous_modulated.to(modulated.device)
         means = torch.stack([(modulated - previous).abs().mean(), previous.abs().mean()])
         if self.across_ranks is not None:

@@ -10,23 +10,20 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from ruyi.models.attention import AttentionBackend, attention
 
-# (query, key, num_frames) -> factor the layer's output is multiplied by; both (B, heads, L, head_dim)
-ScoreHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor | float]
-
 
 class RuyiAttnProcessor:
     """For diffusers' ``Attention``: per-head LayerNorm on q and k, 2D rotary on q (and on k in
     self-attention, where keys are image tokens too), then :func:`ruyi.models.attention.attention`.
 
-    hidden_states (B, L, D), encoder_hidden_states (B, Lk, Dc) or None -> (B, L, D).
+    hidden_states (B, L, D), encoder_hidden_states (B, Lk, Dc) or None -> (B, L, D). ``num_frames``
+    is accepted, not used: the blocks pass it to ``attn1`` for hooks on that layer to read.
 
-    ``score_hook`` (None by default) is where plugins such as Enhance-A-Video attach: it sees the
-    normalised q and k before rotary and returns a factor for the output. ``attention_backend``
-    (None = ``auto``) is where attention strategies attach (``configs/attention/``).
+    Plugins hook its submodules from outside (Enhance-A-Video: the per-head norms ``norm_q`` /
+    ``norm_k``, which see (B, heads, L, head_dim) before rotary, and ``to_out``).
+    ``attention_backend`` (None = ``auto``) is where attention strategies attach (``configs/attention/``).
     """
 
     def __init__(self) -> None:
-        self.score_hook: ScoreHook | None = None
         self.attention_backend: AttentionBackend | None = None
         self.rotary: Callable[..., torch.Tensor] = apply_rotary_emb  # memory options swap in a leaner one
 
@@ -52,7 +49,6 @@ class RuyiAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        factor = None if self.score_hook is None else self.score_hook(query, key, num_frames)
         if image_rotary_emb is not None:
             query = self.rotary(query, image_rotary_emb)
             if self_attention:
@@ -62,5 +58,4 @@ class RuyiAttnProcessor:
             query, key, value, mask=attention_mask, backend=self.attention_backend, self_attention=self_attention
         )
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * value.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
-        return out if factor is None else out * factor
+        return attn.to_out[1](attn.to_out[0](out))  # projection, dropout

@@ -35,9 +35,9 @@ LEVERS = {
     "defaults": ["sampler=ddim", "steps=10"],
     "precision": ["precision=fp8_lite,fp8_strong,fp8_extreme"],
     "dtype": ["dtype=bfloat16"],
-    "teacache": ["teacache=on", "teacache.threshold=0.05,0.1,0.15,0.25"],
-    "teacache_readme": ["teacache=on", "teacache.threshold=0.15", "teacache.skip_start_steps=3"],
-    "enhance_a_video": ["enhance_a_video=on", "enhance_a_video.weight=1,2,4"],
+    "teacache": ["plugin=[teacache]", "plugin.teacache.threshold=0.05,0.1,0.15,0.25"],
+    "teacache_readme": ["plugin=[teacache]", "plugin.teacache.threshold=0.15", "plugin.teacache.skip_start_steps=3"],
+    "enhance_a_video": ["plugin=[enhance_a_video]", "plugin.enhance_a_video.weight=1,2,4"],
     "sampler": ["sampler=ddim,euler,euler_a,dpmpp,pndm", "steps=5,10,25"],
     "memory": ["memory=cfg_split,token_chunks,inplace,vae_stream,combo"],
     # at 64x64 x 8 frames (128 tokens) the default slices of 16384 tokens never cut: these do. (One

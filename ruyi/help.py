@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-DEFAULT_LINE = re.compile(r"^\s+-\s+(override\s+)?([\w/]+):\s*([\w.\-]+|null)\s*(?:#\s*(.*))?$")
+DEFAULT_LINE = re.compile(r"^\s+-\s+(override\s+)?([\w/]+):\s*([\w.\-]+|null|\[\])\s*(?:#\s*(.*))?$")
 INCLUDE_LINE = re.compile(r"^\s+-\s+(\w+)\s*(?:#.*)?$")  # another config of configs/ (pipeline), not _self_
 KEY_LINE = re.compile(r"^([A-Za-z_]\w*):\s*(.*?)\s*(?:#\s*(.*))?$")
 

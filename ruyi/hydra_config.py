@@ -3,8 +3,8 @@ request (its arguments and start/end images).
 
 Each component group's node names its class by ``_target_`` (which Hydra resolves and imports, so a
 user's own module registers itself); the class must be registered under that group's kind, and the
-node's other keys are its constructor options. Plugins are the registered ``PLUGINS`` whose group
-is selected (``teacache=on``), plus the ``lora`` list.
+node's other keys are its constructor options. Plugins are the ``plugin`` list
+(``plugin=[teacache,enhance_a_video]``), plus the ``lora`` list.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from ruyi.components import Component, ModelSource, container as _container
 from ruyi.errors import ConfigError
-from ruyi.registry import ALL_REGISTRIES, PLUGINS
+from ruyi.registry import ALL_REGISTRIES
 
 # config group -> registry kind, for the spec's single components
 GROUPS = {
@@ -25,7 +25,9 @@ EXTRA_GROUPS = ("attention", "compile", "parallel", "memory")
 
 
 def plugin_components(cfg: Any) -> tuple:
-    """The ``lora`` list entries, then every selected plugin group in registry order."""
+    """The ``lora`` list entries, then the ``plugin`` list in the order chosen
+    (``plugin=[teacache,enhance_a_video]``: each a ``configs/plugin/<name>.yaml`` whose node names
+    its registered class; a user's own from ``hydra.searchpath`` registers itself when imported)."""
     from collections.abc import Iterable, Mapping
 
     plugins = []
@@ -37,32 +39,13 @@ def plugin_components(cfg: Any) -> tuple:
         if not isinstance(entry, Mapping) or "path" not in entry or set(entry) - {"path", "strength"}:
             raise ConfigError(f"lora entry {entry!r} must be {{path: file.safetensors, strength: 1.2}}")
         plugins.append(Component("plugin", "lora", {"path": _absolute(entry["path"]), "strength": entry.get("strength", 1.0)}))
-    # registered plugins by name, then any other top-level node that names a class: a plugin from
-    # the user's own module (hydra.searchpath) registers itself when Hydra imports it here
-    known = set(GROUPS) | set(EXTRA_GROUPS) | {"model", "conditioning", "lora"}
-    extra = [k for k in cfg if k not in known and k not in PLUGINS.names() and _names_a_plugin(cfg.get(k))]
-    for name in [*PLUGINS.names(), *extra]:
-        node = cfg.get(name) if name != "lora" else None
-        if node is not None:
-            plugins.append(Component.from_node("plugin", node, name))
+    chosen = cfg.get("plugin") or {}
+    for name in chosen:
+        component = Component.from_node("plugin", chosen[name], f"plugin.{name}")
+        if component.name == "lora" and isinstance(component.options.get("path"), str):
+            component = Component("plugin", "lora", {**component.options, "path": _absolute(component.options["path"])})
+        plugins.append(component)
     return tuple(plugins)
-
-
-def _names_a_plugin(node: Any) -> bool:
-    """Whether a config node's ``_target_`` is a registered plugin class (importing it registers it)."""
-    from collections.abc import Mapping
-
-    from hydra.utils import get_class
-    from omegaconf import DictConfig
-
-    if not isinstance(node, (Mapping, DictConfig)) or "_target_" not in node:
-        return False
-    try:
-        cls = get_class(str(node["_target_"]))
-    except Exception:  # noqa: BLE001 - not importable: not a plugin (its own group reports it)
-        return False
-    name = getattr(cls, "registry_name", None)
-    return name in PLUGINS and PLUGINS.get(name) is cls
 
 
 def preset_components(preset: dict[str, Any]) -> dict[str, Component]:

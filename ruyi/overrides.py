@@ -23,7 +23,10 @@ from ruyi.errors import EXIT_USAGE, ConfigError
 
 _ABSENT = object()
 # Keys that moved: an override of the old key (or of one below it) fails with one line naming the new one.
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    "teacache": "a plugin chosen in a list: plugin=[teacache] (options: plugin.teacache.threshold=0.15)",
+    "enhance_a_video": "a plugin chosen in a list: plugin=[enhance_a_video] (options: plugin.enhance_a_video.weight=2)",
+}
 _PLAIN_VALUE = re.compile(r"[\w./:@%~+\- ]*")  # anything else is quoted back (commas would start a sweep)
 
 
@@ -154,7 +157,12 @@ def _composition_error(err: Exception, overrides: list[str], config_dir: str | P
 def _missing_option(err: Any, config_dir: str | Path, config_name: str) -> str:
     """``sampler=foo``: name the group and list its options (= the registry's names)."""
     missing = getattr(err, "missing_cfg_file", None) or ""
+    if not missing:  # an option of a list (plugin=[a,b]): Hydra names the file only in its text
+        found = re.search(r"Could not load '([\w/]+)'", str(err))
+        missing = found.group(1) if found else ""
     options = list(getattr(err, "options", None) or [])
+    if "/" in missing and not options:
+        options = sorted(p.stem for p in (Path(config_dir) / missing.rpartition("/")[0]).glob("*.yaml"))
     if "/" not in missing or not options:
         return f"cannot compose the config: {_first_line(err)}"
     group, _, name = missing.rpartition("/")
@@ -174,6 +182,10 @@ def _choices(config_dir: str | Path, config_name: str) -> dict[str, Any]:
 def _unknown_key(key: str, overrides: list[str], config_dir: str | Path, config_name: str) -> str:
     """``frame=16``: the key is not in the config; list the keys that are (of its parent node)."""
     others = [o for o in overrides if not o.lstrip("+~").startswith(key + "=") and not o.startswith(key + "@")]
+    group, _, option = key.partition(".")
+    chosen = option.partition(".")[0]
+    if group == "plugin" and chosen and (Path(config_dir) / group / f"{chosen}.yaml").is_file():
+        return f"{key} belongs to a plugin that is not chosen; add it to the list: plugin=[{chosen}] {key}=..."
     keys = _keys_beside(key, others, config_dir, config_name)
     return f"{key} is not a config key{_suggest(key, keys)}; {_key_list(key, keys)}"
 

@@ -106,12 +106,12 @@ def _cfg(*overrides: str):
 
 def test_the_reference_keeps_the_request_and_resets_every_lever(tmp_path):
     job = _cfg("eval=on", f"eval.out={tmp_path}/e.jsonl", f"eval.cache={tmp_path}/c", "sampler=euler", "steps=5",
-               "teacache=on", "memory=inplace", "cfg=2", "seed=3", "camera=up", "motion=2", "frames=16", "dtype=bfloat16")  # fmt: skip
+               "plugin=[teacache]", "memory=inplace", "cfg=2", "seed=3", "camera=up", "motion=2", "frames=16", "dtype=bfloat16")  # fmt: skip
     judge = SweepEval.from_config(job)
     ref = judge.reference_config(job)
     # the preset's defaults (configs/model/ruyi_tiny_pans.yaml, configs/infer.yaml), written out here
     assert ref.sampler._target_.endswith("DDIMSampler") and ref.steps == 10 and ref.cfg == 4.0
-    assert ref.get("teacache") is None and ref.get("memory") is None and ref.dtype == "float32" and ref.eval is None
+    assert not ref.get("plugin") and ref.get("memory") is None and ref.dtype == "float32" and ref.eval is None
     assert (ref.seed, ref.camera, ref.motion, ref.frames) == (3, "up", 2, 16)
     other = _cfg("eval=on", f"eval.out={tmp_path}/e.jsonl", f"eval.cache={tmp_path}/c", "seed=4", "camera=up")
     assert judge.reference_key(ref) != judge.reference_key(judge.reference_config(other))
@@ -207,7 +207,7 @@ def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
         _line(["eval=on", "sampler=euler", "seed=1", "camera=left"], 30.0, True, seconds=1.0),
         _line(["eval=on", "sampler=euler", "seed=2", "camera=left"], 34.0, False, seconds=3.0),
         _line(["eval=on", "memory=inplace", "seed=1"], 100.0, None, cpu_seconds=0.75),
-        _line(["eval=on", "teacache=on", "seed=1"], 25.0, True, notes={"TeaCache": {"skipped_steps": 6}}, steps=10),
+        _line(["eval=on", "plugin=[teacache]", "seed=1"], 25.0, True, notes={"TeaCache": {"skipped_steps": 6}}, steps=10),
         {"status": "ok", "overrides": ["offload=group", "frames=24"], "frames": 24, "resolution": 512, "weights": "random",
          "peak_gib": 2.5, "step_s": 0.5, "total_s_extrapolated": 20.0, "seconds": 9.0,
          "quality": {"psnr": 11.0, "ssim": 0.1, "camera_correct": False, "motion_px_per_frame": 3.0, "flicker": 40.0}},
@@ -225,7 +225,7 @@ def test_report_shows_quality_beside_time_and_marks_random_weights(tmp_path):
     assert "31.6 (30.0)" in euler and "50 % (1/2)" in euler and "| 2.00 |" in euler and "| 2 |" in euler
     assert "| identical |" in rows_by_setting["`memory=inplace`"] and "| 0.75 |" in rows_by_setting["`memory=inplace`"]
     assert "CPU s/video" in table
-    assert "skips 6.0 of 10 steps" in rows_by_setting["`teacache=on`"]
+    assert "skips 6.0 of 10 steps" in rows_by_setting["`plugin=[teacache]`"]
     group = rows_by_setting["`offload=group`"]
     assert group.count("random weights") == 5 and "11.0" not in group and "2.50" in group
     assert "24x512x512" in group  # two shapes in the file: the shape column appears

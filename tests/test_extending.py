@@ -88,7 +88,7 @@ class MyPans(ProceduralPans):
 CONFIGS = {
     "sampler/my_ddim.yaml": "_target_: my_extension.MyDDIM\neta: 0.0\nmarks: ???\n",
     "offload/my_offload.yaml": "_target_: my_extension.MyOffload\nmarks: ???\n",
-    "my_marker/on.yaml": "_target_: my_extension.MyMarker\nmarks: ???\n",
+    "plugin/my_marker.yaml": "my_marker:\n  _target_: my_extension.MyMarker\n  marks: ???\n",
     "data/my_pans.yaml": textwrap.dedent("""\
         _target_: my_extension.MyPans
         marks: ???
@@ -128,7 +128,7 @@ def _run(script: str, args: list[str], env: dict, cwd: Path) -> subprocess.Compl
 def test_infer_runs_a_sampler_plugin_and_offload_from_outside(extension, tmp_path):
     env, searchpath, marks = extension
     proc = _run("infer.py", [searchpath, "sampler=my_ddim", f"sampler.marks={marks}", "offload=my_offload",
-                             f"offload.marks={marks}", "+my_marker=on", f"my_marker.marks={marks}", "steps=2",
+                             f"offload.marks={marks}", "plugin=[teacache,my_marker]", f"plugin.my_marker.marks={marks}", "steps=2",
                              "device=cpu", "progress=false", f"output={tmp_path / 'out.mp4'}"], env, tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p.name for p in marks.iterdir()} == {"sampler", "plugin", "offload"}

@@ -19,8 +19,8 @@ def test_infer_help_lists_its_groups_only_and_explains_keys():
     text = _help("infer.py")
     groups = {line.split()[0] for line in text.split("groups")[1].split("keys")[0].splitlines()[1:]
               if line.startswith("  ") and not line.startswith("   ")}  # fmt: skip
-    assert {"model", "sampler", "offload", "precision", "attention", "memory", "teacache"} <= groups
-    assert not groups & {"finetune", "trainer", "data", "metric", "experiment", "plugin"}
+    assert {"model", "sampler", "offload", "precision", "attention", "memory", "plugin"} <= groups
+    assert not groups & {"finetune", "trainer", "data", "metric", "experiment"}
     assert "*ruyi_tiny_pans" in text  # the default marked
     camera = next(line for line in text.splitlines() if line.startswith("  camera "))
     assert "static | left | right | up | down | auto" in camera

@@ -289,21 +289,24 @@ def _plugins(*overrides: str) -> list:
 
 def test_config_groups_build_the_plugins(tmp_path):
     lora = _peft_file(tmp_path / "l.safetensors", {"x": (torch.ones(1, 2), torch.ones(2, 1))})
-    plugins = _plugins("teacache=on", "teacache.threshold=0.15", "enhance_a_video=on", "enhance_a_video.weight=2",
+    plugins = _plugins("plugin=[teacache,enhance_a_video]", "plugin.teacache.threshold=0.15", "plugin.enhance_a_video.weight=2",
                        f"lora=[{{path: {lora}, strength: 1.2}}]")  # fmt: skip
     assert _plugins() == []
-    assert [type(p) for p in plugins] == [LoRAWeights, EnhanceAVideo, TeaCache]
-    assert plugins[0].strength == 1.2 and plugins[2].threshold == 0.15 and plugins[1].weight == 2.0
+    assert [type(p) for p in plugins] == [LoRAWeights, TeaCache, EnhanceAVideo]  # the lora list, then the plugin list in order
+    assert plugins[0].strength == 1.2 and plugins[1].threshold == 0.15 and plugins[2].weight == 2.0
+    assert [type(p) for p in _plugins("plugin=[enhance_a_video,teacache]")] == [EnhanceAVideo, TeaCache]
+    single = _plugins("plugin=[lora]", f"plugin.lora.path={lora}", "plugin.lora.strength=0.5")
+    assert [type(p) for p in single] == [LoRAWeights] and single[0].strength == 0.5
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["teacache=on", "teacache.threshold=-0.1"], r"teacache.threshold=-0.1 must be a number >= 0"),
-        (["teacache=on", "teacache.skip_start_steps=0"], r"teacache.skip_start_steps=0 must be an integer >= 1"),
-        (["enhance_a_video=on", "enhance_a_video.weight=10"], r"enhance_a_video.weight=10 must be a number in \[0, 10\)"),
+        (["plugin=[teacache]", "plugin.teacache.threshold=-0.1"], r"plugin.teacache.threshold=-0.1 must be a number >= 0"),
+        (["plugin=[teacache]", "plugin.teacache.skip_start_steps=0"], r"plugin.teacache.skip_start_steps=0 must be an integer >= 1"),
+        (["plugin=[enhance_a_video]", "plugin.enhance_a_video.weight=10"], r"plugin.enhance_a_video.weight=10 must be a number in \[0, 10\)"),
         (["lora=[{path: a.bin}]"], r"must be a .safetensors file"),
-        (["teacache=on", "compile=regional", "compile.fullgraph=true"], r"teacache .* use compile.fullgraph=false"),
+        (["plugin=[teacache]", "compile=regional", "compile.fullgraph=true"], r"teacache .* use compile.fullgraph=false"),
         (["lora=[{path: missing.safetensors}]"], r"does not exist"),
     ],
 )

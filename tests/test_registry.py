@@ -15,12 +15,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLUGIN_CONFIGS = Path(__file__).resolve().parent / "dummy_plugin" / "configs"
 KIND_DIRS = {kind: CONFIGS / kind for kind in ALL_REGISTRIES}
 TRAIN_GROUPS = ("finetune", "data")  # registry kinds that only configs/train.yaml selects
-# plugins are not one group: configs/plugin/<name>.yaml holds each one's defaults and the groups
-# teacache/ and enhance_a_video/ (null by default) select them; lora is a plain list key. Metrics
-# are chosen as a list of names too (ruyi eval --metrics), each with its configs/metric/<name>.yaml
-GROUP_DIRS = {kind: d for kind, d in KIND_DIRS.items() if kind not in ("plugin", "metric")} | {
-    group: CONFIGS / group for group in ("teacache", "enhance_a_video")
-}
+# plugins are chosen as a list (plugin=[teacache,enhance_a_video]): configs/plugin/<name>.yaml holds
+# each one's node under its name; lora is also a plain list key. Metrics are chosen as a list of names
+# too (ruyi eval --metrics), each with its configs/metric/<name>.yaml
+GROUP_DIRS = {kind: d for kind, d in KIND_DIRS.items() if kind not in ("metric",)}
+NESTED = ("plugin",)  # groups whose YAML nests its node under the option's name
 
 
 def test_register_get_and_names():
@@ -51,7 +50,8 @@ def test_unknown_name_lists_valid_ones():
 def _yaml_targets() -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for kind, folder in KIND_DIRS.items():
-        out[kind] = {p.stem: yaml.safe_load(p.read_text())["_target_"] for p in sorted(folder.rglob("*.yaml"))}
+        nodes = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(folder.rglob("*.yaml"))}
+        out[kind] = {stem: (node[stem] if kind in NESTED else node)["_target_"] for stem, node in nodes.items()}
     return out
 
 
@@ -93,11 +93,13 @@ def test_configs_compose_for_every_group_choice():
             for path in folder.rglob("*.yaml"):
                 group = str(path.parent.relative_to(CONFIGS))
                 main, extra = ("train", ["output_dir=unused"]) if group in TRAIN_GROUPS else ("infer", [])
-                cfg = compose(config_name=main, overrides=[f"{group}={path.stem}", *extra])
+                choice = f"{group}=[{path.stem}]" if group in NESTED else f"{group}={path.stem}"
+                cfg = compose(config_name=main, overrides=[choice, *extra])
                 node = cfg
                 for part in group.split("/"):
                     node = node[part]
-                assert node["_target_"], f"{group}={path.stem}"
+                node = node[path.stem] if group in NESTED else node
+                assert node["_target_"], choice
         for preset in (CONFIGS / "model").glob("*.yaml"):
             cfg = compose(config_name="infer", overrides=[f"model={preset.stem}"])
             assert cfg.frames == cfg.model.run.frames and cfg.model.path

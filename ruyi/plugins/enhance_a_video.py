@@ -139,10 +139,10 @@ class EnhanceAVideo(Extension):
 
     def __init__(self, *, weight: float = 1.0, skip_start_steps: int = 0, skip_end_steps: int = 0) -> None:
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < MAX_WEIGHT:
-            raise ConfigError(f"enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
+            raise ConfigError(f"plugin.enhance_a_video.weight={weight!r} must be a number in [0, {MAX_WEIGHT:g}) (try 1-4)")
         self.weight = float(weight)
-        self.skip_start_steps = check_int("enhance_a_video.skip_start_steps", skip_start_steps, low=0)
-        self.skip_end_steps = check_int("enhance_a_video.skip_end_steps", skip_end_steps, low=0)
+        self.skip_start_steps = check_int("plugin.enhance_a_video.skip_start_steps", skip_start_steps, low=0)
+        self.skip_end_steps = check_int("plugin.enhance_a_video.skip_end_steps", skip_end_steps, low=0)
         self.active = True  # outside a denoising loop every forward is enhanced
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by ruyi.parallel
         self._hooked: list[torch.nn.Module] = []

@@ -135,9 +135,9 @@ class TeaCache(Extension):
     def __init__(
         self, *, threshold: float = 0.10, skip_start_steps: int = 1, skip_end_steps: int = 1, offload_cpu: bool = False
     ) -> None:
-        self.threshold = check_number("teacache.threshold", threshold, low=0, hint="0.10 caches ~6-8 of 25 steps")
-        self.skip_start_steps = check_int("teacache.skip_start_steps", skip_start_steps, low=1)
-        self.skip_end_steps = check_int("teacache.skip_end_steps", skip_end_steps, low=1)
+        self.threshold = check_number("plugin.teacache.threshold", threshold, low=0, hint="0.10 caches ~6-8 of 25 steps")
+        self.skip_start_steps = check_int("plugin.teacache.skip_start_steps", skip_start_steps, low=1)
+        self.skip_end_steps = check_int("plugin.teacache.skip_end_steps", skip_end_steps, low=1)
         self.offload_cpu = bool(offload_cpu)
         self.skipped_steps = 0
         self.skipped: list[int] = []  # model-call indices of the last run that reused the cache

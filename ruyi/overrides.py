@@ -23,7 +23,10 @@ from ruyi.errors import EXIT_USAGE, ConfigError
 
 _ABSENT = object()
 # Keys that moved: an override of the old key (or of one below it) fails with one line naming the new one.
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    "parallel.attention_backend": "attention=<name> (e.g. attention=sdpa): one kernel choice for every attention, "
+    "the sequence-parallel self-attention included",
+}
 _PLAIN_VALUE = re.compile(r"[\w./:@%~+\- ]*")  # anything else is quoted back (commas would start a sweep)
 
 

@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> int:
 
 def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     # 1. pre-flight: every check that needs no weights (options, device, numbers, images, output)
-    quiet_other_ranks()  # under torchrun rank 0 alone logs; each rank joins the group on its own GPU
+    quiet_other_ranks()  # under torchrun rank 0 alone logs
+    # the one place the process group is joined, each rank on its own GPU; validation reads WORLD_SIZE only
     init_distributed(resolve_device(cfg.device))
     plan = PipelineSpec.from_config(cfg).validate()
     start, end = request_images(cfg)

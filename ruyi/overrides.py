@@ -26,6 +26,8 @@ _ABSENT = object()
 RENAMED: dict[str, str] = {
     "teacache": "a plugin chosen in a list: plugin=[teacache] (options: plugin.teacache.threshold=0.15)",
     "enhance_a_video": "a plugin chosen in a list: plugin=[enhance_a_video] (options: plugin.enhance_a_video.weight=2)",
+    "parallel.attention_backend": "attention=<name> (e.g. attention=sdpa): one kernel choice for every attention, "
+    "the sequence-parallel self-attention included",
 }
 _PLAIN_VALUE = re.compile(r"[\w./:@%~+\- ]*")  # anything else is quoted back (commas would start a sweep)
 

@@ -1,5 +1,5 @@
 """Several processes on CPU (gloo): Ulysses, CFG parallel and sharded weights reproduce the
-single-process results of the tiny model in float32.
+single-process results of the tiny model in float32, and Ulysses runs the ``attention=`` kernel.
 
 Each scenario starts N worker processes (``worker`` below), one per rank, that join a gloo process
 group; every rank runs one self-attention call, one transformer forward and 3-step generations, and
@@ -23,9 +23,10 @@ import torch
 from ruyi.registry import BUILTIN_MODULES
 
 GEN = dict(frames=8, video_size=[64, 64], steps=3, seed=5, progress=False, output_latents=True)
-# every scenario's strategy; ``plugins`` adds TeaCache + Enhance-A-Video (+ LoRA when sharding)
+# every scenario's strategy (and attention kernel); ``plugins`` adds TeaCache + Enhance-A-Video
+# (+ LoRA when sharding)
 SCENARIOS = {
-    "ulysses2": dict(nproc=2, parallel=dict(name="ulysses", ulysses=2)),
+    "ulysses2": dict(nproc=2, parallel=dict(name="ulysses", ulysses=2), attention="math"),
     "cfg2_then_sharded": dict(nproc=2, parallel=dict(name="cfg", cfg=2)),
     "cfg2_ulysses2": dict(nproc=4, parallel=dict(name="ulysses", cfg=2, ulysses=2)),
 }
@@ -72,13 +73,15 @@ def lora_file(path: Path, transformer) -> Path:
     return path
 
 
-def make(fixture: Path, device, *, parallel: tuple | None = None, **options):
+def make(fixture: Path, device, *, parallel: tuple | None = None, attention: str | None = None, **options):
     """``(pipeline, its parallel strategy or None)`` through the assembly, whose build order is:
-    plugins (LoRA merges into whole weights), parallel, skip parking, then placement on ``device``."""
+    plugins (LoRA merges into whole weights), parallel, skip parking, placement on ``device``, then
+    the attention kernel."""
     from ruyi.assembly import PipelineSpec, build
     from ruyi.parallel import ParallelStrategy
 
-    strategies = {"parallel": parallel} if parallel else None
+    chosen = {"parallel": parallel, "attention": attention}
+    strategies = {kind: choice for kind, choice in chosen.items() if choice} or None
     plan = PipelineSpec.from_names(fixture, device=str(device), strategies=strategies, **options).validate()
     pipe = build(plan)
     return pipe, next((s for s in plan.strategies if isinstance(s, ParallelStrategy)), None)
@@ -116,6 +119,26 @@ def record(pipe, cache, enhance) -> dict[str, list]:
     return seen
 
 
+def record_kernel(pipe) -> tuple[list, list]:
+    """Every call the ``attention=`` kernel computes, as [*query shape, self_attention], from now on;
+    and what the first block's self-attention is made of: [processor, its backend, the backend inside
+    that, whether the inside one is the kernel the cross-attention uses]."""
+    kernel = pipe.transformer.blocks[0].attn2.processor.attention_backend  # the cross-attention's: never wrapped
+    processor = pipe.transformer.blocks[0].attn1.processor
+    outer = processor.attention_backend
+    inner = getattr(outer, "attention_backend", None)
+    layout = [type(processor).__name__, type(outer).__name__, type(inner).__name__, inner is kernel]
+    calls: list = []
+    compute = kernel.compute
+
+    def recorded(query, key, value, **kwargs):
+        calls.append([*query.shape, int(kwargs["self_attention"])])
+        return compute(query, key, value, **kwargs)
+
+    kernel.compute = recorded
+    return calls, layout
+
+
 def to_cpu(value):
     if isinstance(value, torch.Tensor):
         return value.cpu()
@@ -140,10 +163,13 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=nproc)
     options = dict(SCENARIOS[name]["parallel"])
-    kind = options.pop("name")
+    kind, attention = options.pop("name"), SCENARIOS[name].get("attention")
     image, result = procedural_image(64, 64), {}
     with torch.no_grad():
-        pipe, strategy = make(fixture, device_type, parallel=(kind, options))  # "cuda": this rank's GPU
+        # "cuda": this rank's GPU
+        pipe, strategy = make(fixture, device_type, parallel=(kind, options), attention=attention)
+        if attention:
+            calls, result["kernel_layout"] = record_kernel(pipe)
         groups = strategy.groups
         if groups.degrees.sequence > 1:
             hidden, rotary, frames = attention_inputs(fixture, pipe.transformer.hidden_size, device)
@@ -154,6 +180,8 @@ def worker(rank: int, name: str, nproc: int, out: Path, fixture: Path, lora: Pat
             )  # fmt: skip
             result["attention"] = gather_tokens(local, frames, groups.sequence_group)
         result["forward"] = forward(pipe.transformer, fixture, device)
+        if attention:
+            result["kernel_calls"] = list(calls)
         result["latents"] = pipe(image, **GEN)
         if name == "cfg2_then_sharded":
             strategy.remove(pipe)
@@ -257,6 +285,24 @@ def test_forward_and_generation_match_one_process(runs, reference, name):
     same_on_every_rank(runs[name], "latents")
 
 
+def test_ulysses_runs_the_chosen_kernel_on_every_token(runs, fixture_dir):
+    """``attention=math`` under Ulysses: the block keeps the model's own processor, whose backend is
+    the exchange around the very kernel the cross-attentions use; that kernel computes each
+    self-attention over all 4 x 16 tokens with half of the 2 heads (the direct call, then the
+    forward's 4 blocks at batch 2), and the cross-attentions over this rank's 32 query tokens."""
+    import json
+
+    config = json.loads((fixture_dir / "transformer" / "config.json").read_text())
+    heads, head_dim, layers = config["num_attention_heads"], config["attention_head_dim"], config["num_layers"]
+    assert (heads, head_dim, layers) == (2, 16, 4)
+    for result in results(runs, "ulysses2"):
+        assert result["kernel_layout"] == ["RuyiAttnProcessor", "SequenceParallelAttention", "MathAttention", True]
+        calls = result["kernel_calls"]
+        assert [c for c in calls if c[-1]] == [[1, 1, 64, 16, 1]] + [[2, 1, 64, 16, 1]] * layers
+        cross = [c for c in calls if not c[-1]]
+        assert len(cross) == 2 * layers and all(c[:3] == [2, 2, 32] for c in cross)
+
+
 def test_remove_restores_single_process_work(runs, reference):
     for result in results(runs, "cfg2_then_sharded"):
         close(result["removed"], reference[0]["latents"], 1e-4)
@@ -282,4 +328,3 @@ def test_lora_changes_the_reference(reference):
     """Guards the sharded-LoRA test above: without the merge its latents would differ."""
     ref = reference[0]
     assert not torch.allclose(ref["plugins_lora"]["latents"], ref["plugins"]["latents"], rtol=1e-3, atol=1e-4)
-

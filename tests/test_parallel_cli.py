@@ -1,5 +1,6 @@
-"""The ``parallel`` group from the outside: checks that fail before any weight loads, and a real
-``torchrun`` launch of scripts/infer.py on two CPU processes (gloo)."""
+"""The ``parallel`` group from the outside: checks that fail before any weight loads (and join
+nothing), the presets of the one strategy class, and real ``torchrun`` launches of scripts/infer.py
+on two CPU processes (gloo)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from PIL import Image
 from ruyi.assembly import PipelineSpec
 from ruyi.cli import run
 from ruyi.errors import AcceleratorRequired, ConfigError
-from ruyi.parallel import UlyssesParallel
+from ruyi.overrides import check_overrides
+from ruyi.parallel import ParallelStrategy
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["video_size=[64,64]", "frames=8", "steps=2", "progress=false", "seed=3"]
@@ -49,15 +51,15 @@ def test_world_size_must_equal_the_product_and_the_error_names_layouts(world):
     assert "4 process(es)" in message and "uses 2" in message
     assert "parallel.ulysses=4" in message and "parallel.cfg=2 parallel.ulysses=2" in message
     world(1)
-    assert "torchrun" in refused(ConfigError, "cfg")
+    assert "torchrun" in refused(ConfigError, "cfg", {"cfg": 2})
     world(2)
-    assert "parallel.cfg=2" in refused(ConfigError, "none")  # two processes would do the same work
+    assert "parallel.cfg=2" in refused(ConfigError, "none", {"ulysses": 1})  # two processes would do the same work
 
 
 def test_ulysses_takes_every_rank_cfg_leaves(world):
     world(4)
-    assert UlyssesParallel(cfg=2).degrees(4).ulysses == 2
-    assert UlyssesParallel().degrees(4).ulysses == 4  # a valid layout validates in the torchrun tests
+    assert ParallelStrategy(cfg=2).degrees(4).ulysses == 2
+    assert ParallelStrategy().degrees(4).ulysses == 4  # a valid layout validates in the torchrun tests
 
 
 def test_heads_must_divide(world, fixture_dir):
@@ -69,8 +71,8 @@ def test_heads_must_divide(world, fixture_dir):
 def test_tokens_per_frame_must_divide(world):
     world(2)
     with pytest.raises(ConfigError, match="9 tokens per frame.*valid: 1, 3"):
-        UlyssesParallel().check_request(SimpleNamespace(height=48, width=48))
-    UlyssesParallel().check_request(SimpleNamespace(height=64, width=64))
+        ParallelStrategy().check_request(SimpleNamespace(height=48, width=48))
+    ParallelStrategy().check_request(SimpleNamespace(height=64, width=64))
 
 
 def test_offload_that_streams_weights_is_refused(world):
@@ -91,12 +93,61 @@ def test_ring_needs_cuda(world):
     refused(AcceleratorRequired, "ulysses", {"ulysses": 1, "ring": 2})
 
 
-def test_bad_degrees_and_backend(world):
+def test_bad_degrees(world):
     world(2)
     assert "valid: 1 or 2" in refused(ConfigError, "cfg", {"cfg": 4})
     assert ">= 1" in refused(ConfigError, "ulysses", {"ulysses": 0})
-    message = refused(ConfigError, "ulysses", {"attention_backend": "nope"})
-    assert "valid:" in message and "native" in message
+
+
+def test_the_old_attention_backend_key_names_attention():
+    """The kernel of the sequence-parallel self-attention is ``attention=``'s, like every other one."""
+    for argv in (["parallel=ulysses", "parallel.attention_backend=flash"], ["+parallel.attention_backend=native"]):
+        message = check_overrides(argv, config_dir=REPO / "configs", config_name="infer")
+        assert message.startswith("parallel.attention_backend is now attention=<name>"), message
+        assert "\n" not in message
+    message = refused(ConfigError, "ulysses", {"attention_backend": "native"})  # the Python API
+    assert "attention_backend" in message and "cfg, ulysses, ring, shard_weights" in message
+
+
+def test_presets_are_degrees_of_one_class():
+    """``parallel=none|ulysses|cfg`` select one registered class with different degrees; degrees
+    set on top combine (``parallel=cfg parallel.ulysses=2`` = ``parallel=ulysses parallel.cfg=2``)."""
+    from ruyi.hydra_config import spec_fields
+    from ruyi.registry import PARALLELS
+
+    assert {PARALLELS.get(name) for name in ("none", "ulysses", "cfg")} == {ParallelStrategy}
+    found = {}
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        for overrides in (["parallel=none"], ["parallel=ulysses"], ["parallel=cfg"], ["parallel=cfg", "parallel.ulysses=2"],
+                          ["parallel=ulysses", "parallel.cfg=2"], ["parallel.cfg=2"]):  # fmt: skip
+            (component,) = [c for c in spec_fields(compose(config_name="infer", overrides=overrides))["strategies"]
+                            if c.kind == "parallel"]  # fmt: skip
+            strategy = component.create()
+            assert type(strategy) is ParallelStrategy
+            found[" ".join(overrides)] = (strategy.cfg, strategy.ulysses, strategy.ring, strategy.shard_weights)
+    assert found == {
+        "parallel=none": (1, 1, 1, False), "parallel=ulysses": (1, None, 1, False), "parallel=cfg": (2, 1, 1, False),
+        "parallel=cfg parallel.ulysses=2": (2, 2, 1, False), "parallel=ulysses parallel.cfg=2": (2, None, 1, False),
+        "parallel.cfg=2": (2, 1, 1, False),
+    }  # fmt: skip
+
+
+def test_validation_joins_no_process_group(world, fixture_dir):
+    """``check`` reads WORLD_SIZE only: a valid 2-process layout validates in one process without a
+    group, and leaves the environment as it was; building needs the group the entry point joins."""
+    import torch.distributed as dist
+
+    import ruyi
+
+    world(2)
+    before = dict(os.environ)
+    plan = PipelineSpec.from_names(fixture_dir, strategies={"parallel": ("ulysses", {})}, device="cpu").validate()
+    assert not dist.is_initialized() and dict(os.environ) == before
+    (strategy,) = [s for s in plan.strategies if isinstance(s, ParallelStrategy)]
+    assert strategy.degrees(2).ulysses == 2 and strategy.groups is None
+    with pytest.raises(ConfigError, match="init_distributed"):
+        ruyi.load_pipeline(fixture_dir, strategies={"parallel": ("ulysses", {})}, device="cpu")
+    assert not dist.is_initialized()
 
 
 def test_cli_refuses_a_layout_without_its_processes(fixture_dir, tmp_path, capsys, monkeypatch):
@@ -116,20 +167,19 @@ def test_python_api_checks_before_loading(tmp_path, monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match="1 process"):  # the folder is empty: no weights were read
-        ruyi.load_pipeline(tmp_path, strategies={"parallel": "cfg"})
+        ruyi.load_pipeline(tmp_path, strategies={"parallel": ("cfg", {"cfg": 2})})
 
 
-def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_dir, tmp_path, capsys):
-    """``torchrun --nproc-per-node 2 scripts/infer.py parallel=ulysses parallel.ulysses=2``: rank 0
-    alone prints and writes; its frames equal a single-process run's (PNG frames, +-1 level)."""
+def torchrun_matches_one_process(common: list[str], parallel: list[str], tmp_path: Path, capsys) -> None:
+    """``torchrun --nproc-per-node 2 scripts/infer.py *parallel *common``: rank 0 alone prints and
+    writes; its frames equal a single-process run's of ``common`` (PNG frames, +-1 level)."""
     single, double = tmp_path / "single", tmp_path / "double"
-    common = ["model=ruyi_tiny", f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}", "device=cpu", *SMALL]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         assert run(compose(config_name="infer", overrides=[*common, f"output={single}"])) == 0
     capsys.readouterr()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(REPO / "scripts" / "infer.py"), "parallel=ulysses", "parallel.ulysses=2", *common,
+           str(REPO / "scripts" / "infer.py"), *parallel, *common,
            f"output={double}", f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -141,6 +191,18 @@ def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_di
     for name in names:
         a, b = (np.asarray(Image.open(folder / name), dtype=np.int16) for folder in (single, double))
         assert np.abs(a - b).max() <= 1, name
+
+
+def test_torchrun_two_processes_write_one_output_equal_to_one_process(fixture_dir, tmp_path, capsys):
+    common = ["model=ruyi_tiny", f"model.path={fixture_dir}", f"image={fixture_dir / 'start.png'}", "device=cpu", *SMALL]
+    torchrun_matches_one_process(common, ["parallel=ulysses", "parallel.ulysses=2"], tmp_path, capsys)
+
+
+def test_torchrun_shipped_default_at_80px_equals_one_process(tmp_path, capsys):
+    """The shipped default (ruyi_tiny_pans: 1x1 patches, 4 heads) at 80x80 px: 10x10 tokens a frame,
+    5 patch rows per rank under ``parallel.ulysses=2``; the video equals one process's."""
+    common = ["device=cpu", "video_size=[80,80]", "frames=8", "steps=2", "progress=false", "seed=3"]
+    torchrun_matches_one_process(common, ["parallel.ulysses=2"], tmp_path, capsys)
 
 
 def test_paper_projection_starts_from_the_measured_step():
@@ -162,17 +224,15 @@ def test_paper_projection_starts_from_the_measured_step():
     assert pcie > nvlink > one["step_s"] / 2
 
 
-def test_tokens_per_frame_follow_the_checkpoints_patch_size(world, monkeypatch):
+def test_tokens_per_frame_follow_the_checkpoints_patch_size(world):
     """The shipped default has 1x1 patches: 80x80 px is 10x10 latents, 100 tokens a frame, which
     split over 2 ranks (at the 7B's 2x2 patches it would be 25 and refused)."""
     import ruyi
-    import ruyi.parallel.strategy
 
     world(2)
-    monkeypatch.setattr(ruyi.parallel.strategy, "init_distributed", lambda device: None)  # no group to join
     shipped = Path(ruyi.__file__).parent / "assets" / "ruyi-tiny-pans"
     plan = PipelineSpec.from_names(shipped, strategies={"parallel": ("ulysses", {})}, device="cpu").validate()
-    (strategy,) = [s for s in plan.strategies if isinstance(s, UlyssesParallel)]
+    (strategy,) = [s for s in plan.strategies if isinstance(s, ParallelStrategy)]
     strategy.check_request(SimpleNamespace(height=80, width=80))
     with pytest.raises(ConfigError, match="25 tokens per frame"):
-        UlyssesParallel().check_request(SimpleNamespace(height=80, width=80))
+        ParallelStrategy().check_request(SimpleNamespace(height=80, width=80))

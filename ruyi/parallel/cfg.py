@@ -1,6 +1,6 @@
 """CFG parallelism: the negative and positive halves of the guidance batch on different ranks.
 
-Forward hooks on the transformer take this rank's half of every batched input and gather the
+A diffusers hook on the transformer takes this rank's half of every batched input and gathers the
 halves of the output afterwards, so the denoising loop still sees the whole [negative; positive]
 prediction and every rank computes the same guided step.
 """
@@ -12,13 +12,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.parallel.groups import ParallelGroups
 
 log = logging.getLogger(__name__)
 
+HOOK = "ruyi_parallel_cfg"  # the hook's name in the transformer's HookRegistry
 
-class CfgSplit:
+
+class CfgSplit(ModelHook):
     """Attach with ``attach(transformer)``, take off with ``detach()``.
 
     A batch that does not split evenly (guidance off: batch 1) runs whole on every rank, so the
@@ -26,24 +29,26 @@ class CfgSplit:
     """
 
     def __init__(self, groups: ParallelGroups) -> None:
+        super().__init__()
         self.groups = groups
-        self._handles: list[Any] = []
+        self._module: torch.nn.Module | None = None
         self._split = False
         self._warned = False
 
+    def __repr__(self) -> str:
+        return f"CfgSplit({self.groups.degrees})"
+
     def attach(self, transformer: torch.nn.Module) -> CfgSplit:
-        self._handles = [
-            transformer.register_forward_pre_hook(self._take_half, with_kwargs=True),
-            transformer.register_forward_hook(self._gather_halves),
-        ]
+        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(self, HOOK)
+        self._module = transformer
         return self
 
     def detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._module is not None:
+            HookRegistry.check_if_exists_or_initialize(self._module).remove_hook(HOOK, recurse=False)
+            self._module = None
 
-    def _take_half(self, module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def pre_forward(self, module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         batch = (args[0] if args else kwargs["hidden_states"]).shape[0]
         parts = self.groups.degrees.cfg
         self._split = batch % parts == 0
@@ -62,7 +67,7 @@ class CfgSplit:
 
         return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
 
-    def _gather_halves(self, module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def post_forward(self, module, output: torch.Tensor) -> torch.Tensor:
         if not self._split:
             return output
         output = output.contiguous()

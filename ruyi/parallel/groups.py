@@ -29,6 +29,13 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     _adopt_submitit_ranks()
+    return launched_world_size()
+
+
+def launched_world_size() -> int:
+    """The processes the launcher started (torchrun's ``WORLD_SIZE``; 1 without one), read from the
+    environment only: validation needs no joined group and changes nothing. A submitit job's ranks
+    are exported by :func:`init_distributed`, which the entry point calls first."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -59,9 +66,11 @@ def is_main_process() -> bool:
 
 
 def init_distributed(device: torch.device) -> torch.device:
-    """Join the process group torchrun (or Slurm via submitit) described, once; returns this rank's device.
+    """Join the process group torchrun (or Slurm via submitit) described; returns this rank's device.
 
-    A single-process run is left alone. Under CUDA each rank takes GPU ``LOCAL_RANK`` (before any
+    Called once, by the entry point (``ruyi.cli`` for scripts/infer.py; a Python caller under
+    torchrun calls it before building a pipeline): validation and the ``parallel`` strategy only
+    read the group. A single-process run is left alone. Under CUDA each rank takes GPU ``LOCAL_RANK`` (before any
     weight loads, so "cuda" means that GPU everywhere later); the default backend pairs NCCL for
     CUDA tensors with gloo for CPU ones.
     """

@@ -1,12 +1,18 @@
-"""The ``parallel`` strategies: how the processes of one ``torchrun`` share a generation.
+"""The ``parallel`` strategy: how the processes of one ``torchrun`` share a generation.
 
-Degrees combine: ``cfg`` (1 or 2) x ``ring`` x ``ulysses`` must equal the number of processes;
-``shard_weights`` adds FSDP2 over the transformer blocks. The three registered names differ only in
-their defaults, so ``parallel=ulysses parallel.cfg=2`` and ``parallel=cfg parallel.ulysses=2`` mean
-the same thing.
+One class carries the degrees, as diffusers' ``ContextParallelConfig`` or torchtitan's parallel
+dims do: ``cfg`` (1 or 2) x ``ring`` x ``ulysses`` must equal the number of processes, and
+``shard_weights`` adds FSDP2 over the transformer blocks. ``configs/parallel/{none,ulysses,cfg}.yaml``
+are presets of its degrees (registered names of the same class), so ``parallel=ulysses
+parallel.cfg=2`` and ``parallel=cfg parallel.ulysses=2`` mean the same thing. From Python the
+degrees are the options: ``strategies={"parallel": ("ulysses", {"cfg": 2})}``.
+
+``check`` reads the world size from the launcher's environment and joins nothing; the entry point
+joins the process group once (:func:`ruyi.parallel.init_distributed`) and ``apply`` uses it.
 
 Build order: plugins (LoRA merges into whole weights) -> precision -> **parallel** -> skip stack ->
-VAE tiling -> offload (``none`` only) -> attention backend -> compile.
+VAE tiling -> offload (``none`` only) -> attention backend (which goes inside the sequence-parallel
+exchange) -> compile.
 """
 
 from __future__ import annotations
@@ -16,38 +22,34 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
+import torch.distributed as dist
 
 from ruyi.errors import AcceleratorRequired, ConfigError
 from ruyi.extension import Extension
-from ruyi.parallel.groups import Degrees, ParallelGroups, init_distributed, world_size
+from ruyi.parallel.groups import Degrees, ParallelGroups, launched_world_size
 from ruyi.registry import PARALLELS
 
 log = logging.getLogger(__name__)
 
 CFG_DEGREES = (1, 2)  # the guidance batch has two halves
-MIN_DIFFUSERS = (0, 36)  # ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
+MIN_DIFFUSERS = (0, 36)  # ring attention: ContextParallelConfig + dispatch_attention_fn(parallel_config=...)
 
 
+@PARALLELS.register("ulysses")
+@PARALLELS.register("cfg")
+@PARALLELS.register("none")
 class ParallelStrategy(Extension):
-    """Base of the registered strategies; see the module docstring for the degrees.
+    """cfg x ring x ulysses processes share one generation (+ ``shard_weights``); none/ulysses/cfg are presets.
 
-    ``ulysses=None`` takes every rank that cfg and ring leave. ``attention_backend`` is a diffusers
-    attention backend with context-parallel support (``native`` = torch SDPA, which picks flash
-    attention on a GPU). Ring attention needs CUDA kernels.
+    ``ulysses=None`` takes every rank that cfg and ring leave (the default, so ``ParallelStrategy()``
+    is one process alone and Ulysses under torchrun). Under Ulysses the self-attention runs the
+    model's own processor with ``attention=``'s kernel, between two all-to-alls; ring attention
+    (``ring > 1``) is diffusers' and needs CUDA.
     """
 
-    stage: ClassVar[str] = "parallel"  # where the assembly attaches it (ruyi.assembly.STAGES)
+    stage: ClassVar[str] = "parallel"  # where the assembly attaches it (ruyi.extension.STAGES)
 
-    def __init__(
-        self,
-        *,
-        cfg: int = 1,
-        ulysses: int | None = 1,
-        ring: int = 1,
-        shard_weights: bool = False,
-        attention_backend: str = "native",
-    ) -> None:
+    def __init__(self, *, cfg: int = 1, ulysses: int | None = None, ring: int = 1, shard_weights: bool = False) -> None:
         for name, value in (("cfg", cfg), ("ring", ring), ("ulysses", 1 if ulysses is None else ulysses)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"parallel.{name}={value!r} must be an integer >= 1")
@@ -57,8 +59,6 @@ class ParallelStrategy(Extension):
             raise ConfigError(f"parallel.shard_weights={shard_weights!r} must be true or false")
         self.cfg, self.ulysses, self.ring = cfg, ulysses, ring
         self.shard_weights = shard_weights
-        self.attention_backend = attention_backend
-        self._device: torch.device | None = None
         self._patch_size = 2  # the real model's; check() reads the checkpoint's or the preset's
         self._applied: dict[str, Any] = {}
 
@@ -87,9 +87,9 @@ class ParallelStrategy(Extension):
 
     def check(self, plan: Any) -> None:
         """Every check that needs no weights, on the assembly's plan (``plan.device``, ``.offload``,
-        ``.precision``, ``.spec.model``); the world size comes from torchrun's environment."""
-        degrees = self.degrees(world_size())
-        self._device = plan.device
+        ``.precision``, ``.spec.model``). The world size is the launcher's (``WORLD_SIZE``); nothing
+        is joined or moved. It notes the model's patch size for :meth:`check_request`."""
+        degrees = self.degrees(launched_world_size())
         self._patch_size = _transformer_value(plan.spec.model, "patch_size") or 2
         if degrees.total == 1:
             if self.shard_weights:
@@ -104,21 +104,20 @@ class ParallelStrategy(Extension):
         if self.shard_weights and not getattr(plan.precision, "plain_weights", False):
             raise ConfigError(f"parallel.shard_weights=true shards weights stored in the pipeline dtype; "
                               f"precision={plan.spec.precision.name} is not supported with it, use precision=bf16")  # fmt: skip
-        if degrees.ring > 1 and plan.device.type != "cuda":
-            raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {plan.device}")
+        if degrees.ring > 1:
+            if plan.device.type != "cuda":
+                raise AcceleratorRequired(f"parallel.ring={degrees.ring} needs CUDA attention kernels; use parallel.ulysses on {plan.device}")
+            _check_diffusers()
         if degrees.sequence > 1:
-            _check_diffusers(self.attention_backend)
             heads = _transformer_value(plan.spec.model, "num_attention_heads")
             if heads is not None:
                 self.check_heads(heads, degrees)
         if plan.device.type == "cuda" and plan.device.index is not None:
             raise ConfigError(f"device={plan.device} pins every rank to one GPU; use device=cuda (rank r takes GPU LOCAL_RANK)")
-        # join now, before any weight is made: "cuda" then means this rank's GPU for every caller
-        init_distributed(plan.device)
 
     def check_request(self, request: Any) -> None:
         """The video size of one call (``request.height`` / ``.width`` in pixels) against ring x ulysses."""
-        degrees = self.degrees(world_size())
+        degrees = self.degrees(launched_world_size())
         if degrees.sequence > 1:
             self.check_tokens(request.height, request.width, degrees)
 
@@ -141,25 +140,31 @@ class ParallelStrategy(Extension):
 
     # -- attachment ----------------------------------------------------------------------------
     def apply(self, pipe: Any) -> None:
-        """Join the process group (if not yet) and attach every selected degree to ``pipe``."""
-        from ruyi.parallel.attention import attach_sequence_parallel_attention, context_parallel_config
+        """Attach every selected degree to ``pipe``, over the process group the entry point joined."""
+        from ruyi.parallel.attention import context_parallel_config, wrap_self_attention
         from ruyi.parallel.cfg import CfgSplit
         from ruyi.parallel.sharding import shard_blocks
-        from ruyi.parallel.tokens import SpatialShard
+        from ruyi.parallel.tokens import TokenShard
 
-        degrees = self.degrees(world_size())
+        degrees = self.degrees(launched_world_size())
         if degrees.total == 1:
             return
-        device = init_distributed(self._device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        transformer = pipe.transformer
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != degrees.total:
+            raise ConfigError(
+                f"parallel {degrees} needs the process group of its {degrees.total} processes: call "
+                "ruyi.parallel.init_distributed(device) under torchrun before building (scripts/infer.py does)"
+            )
+        device, transformer = pipe.execution_device, pipe.transformer
         groups = ParallelGroups.build(degrees, device.type)
         applied: dict[str, Any] = {"groups": groups}
         if degrees.sequence > 1:
             self.check_heads(transformer.num_heads, degrees)
-            config = context_parallel_config(groups.mesh, ring=degrees.ring, ulysses=degrees.ulysses, device=device)
-            applied["processors"] = attach_sequence_parallel_attention(transformer.blocks, config, backend=self.attention_backend)
-            applied["runner"] = transformer.blocks_runner
-            transformer.blocks_runner = SpatialShard(groups, inner=transformer.blocks_runner)
+            ring = None
+            if degrees.ring > 1:
+                ring = context_parallel_config(groups.mesh, ring=degrees.ring, ulysses=degrees.ulysses, device=device)
+            applied["attention"] = wrap_self_attention(transformer.blocks, group=groups.sequence_group,
+                                                       parts=degrees.sequence, ring_config=ring)  # fmt: skip
+            applied["tokens"] = TokenShard(groups).attach(transformer)
         if degrees.cfg > 1:
             applied["cfg"] = CfgSplit(groups).attach(transformer)
         # plugins whose statistics are means over the batch and tokens must see the global mean
@@ -174,42 +179,19 @@ class ParallelStrategy(Extension):
 
     def remove(self, pipe: Any) -> None:
         """Take every hook off again. Sharded weights cannot be gathered back in place."""
-        from ruyi.parallel.attention import detach_sequence_parallel_attention
+        from ruyi.parallel.attention import unwrap_self_attention
 
-        applied, transformer = self._applied, pipe.transformer
+        applied = self._applied
         if applied.get("sharded"):
             raise NotImplementedError("parallel.shard_weights: sharded weights stay sharded; build a new pipeline instead")
         for plugin in applied.get("plugins", ()):
             plugin.across_ranks = None
         if "cfg" in applied:
             applied["cfg"].detach()
-        if "processors" in applied:
-            detach_sequence_parallel_attention(transformer.blocks, applied["processors"])
-            transformer.blocks_runner = applied["runner"]
+        if "tokens" in applied:
+            applied["tokens"].detach()
+            unwrap_self_attention(applied["attention"])
         self._applied = {}
-
-
-@PARALLELS.register("none")
-class NoParallel(ParallelStrategy):
-    """One process (the default). Degrees given on top (``parallel.cfg=2``) still apply."""
-
-
-@PARALLELS.register("ulysses")
-class UlyssesParallel(ParallelStrategy):
-    """Ulysses sequence parallelism over every process that cfg leaves (``parallel.ulysses=N`` to fix N)."""
-
-    def __init__(self, *, cfg: int = 1, ulysses: int | None = None, ring: int = 1, shard_weights: bool = False,
-                 attention_backend: str = "native") -> None:  # fmt: skip
-        super().__init__(cfg=cfg, ulysses=ulysses, ring=ring, shard_weights=shard_weights, attention_backend=attention_backend)
-
-
-@PARALLELS.register("cfg")
-class CfgParallel(ParallelStrategy):
-    """CFG parallelism: the negative and positive guidance halves on two processes."""
-
-    def __init__(self, *, cfg: int = 2, ulysses: int | None = 1, ring: int = 1, shard_weights: bool = False,
-                 attention_backend: str = "native") -> None:  # fmt: skip
-        super().__init__(cfg=cfg, ulysses=ulysses, ring=ring, shard_weights=shard_weights, attention_backend=attention_backend)
 
 
 def _valid_layouts(world: int, ring: int) -> str:
@@ -236,19 +218,10 @@ def _transformer_value(model: Any, key: str) -> int | None:
     return arch.get(key)
 
 
-def _check_diffusers(backend: str) -> None:
+def _check_diffusers() -> None:
     import diffusers
 
     version = tuple(int(p) for p in diffusers.__version__.split(".")[:2] if p.isdigit())
     if version < MIN_DIFFUSERS:
-        raise ConfigError(f"parallel ring/ulysses needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
+        raise ConfigError(f"parallel.ring needs diffusers >= {'.'.join(map(str, MIN_DIFFUSERS))} "
                           f"(installed {diffusers.__version__}); pip install -U diffusers")  # fmt: skip
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
-    names = sorted(_AttentionBackendRegistry._supports_context_parallel)
-    try:
-        ok = AttentionBackendName(backend).value in names
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"parallel.attention_backend={backend!r} has no context-parallel support; valid: {', '.join(names)}")

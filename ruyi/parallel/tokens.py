@@ -4,32 +4,30 @@ Tokens are frame-major, (B, F*S, D) with S = h*w patches per frame. Every rank k
 and 1/n of each frame's patches (a band of patch rows when n divides h), so the frame table, the
 per-frame Enhance-A-Video maps and every token-wise layer run unchanged on the slice; only the
 self-attention exchanges data (``ruyi.parallel.attention``).
+
+:class:`TokenShard` does it with diffusers hooks on three modules of the transformer, nothing in the
+model file: the patch embedding's output (B*F, S, D) is cut along S, the one-frame rotary table
+(S, head_dim) going into ``forward`` is cut the same way, and the output projection's tokens are
+gathered back, so the final unpatchify sees every token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.distributed as dist
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.errors import ConfigError
 from ruyi.parallel.groups import ParallelGroups
+
+HOOK = "ruyi_parallel_tokens"  # the hooks' name in each module's HookRegistry
 
 
 def shard_tokens(tokens: torch.Tensor, num_frames: int, parts: int, index: int) -> torch.Tensor:
     """(..., F*S, D) -> (..., F*S/parts, D): slice ``index`` of every frame's S tokens."""
     per_frame = tokens.shape[-2] // num_frames
-    if per_frame % parts:
-        valid = [n for n in range(1, min(per_frame, 8) + 1) if per_frame % n == 0]
-        raise ConfigError(
-            f"the video's {per_frame} tokens per frame do not split over {parts} sequence-parallel ranks; "
-            f"pick a video size whose token count (height/16 x width/16) is divisible by {parts}, "
-            f"or ring x ulysses in {valid}"
-        )
     frames = tokens.unflatten(-2, (num_frames, per_frame))
-    return frames.chunk(parts, dim=-2)[index].flatten(-3, -2)
+    return _slice(frames, -2, parts, index).flatten(-3, -2)
 
 
 def gather_tokens(tokens: torch.Tensor, num_frames: int, group: dist.ProcessGroup) -> torch.Tensor:
@@ -40,28 +38,80 @@ def gather_tokens(tokens: torch.Tensor, num_frames: int, group: dist.ProcessGrou
     return torch.cat([p.unflatten(1, (num_frames, -1)) for p in pieces], dim=2).flatten(1, 2)
 
 
-class SpatialShard:
-    """A transformer ``blocks_runner`` that runs the block stack on this rank's token slice.
+def _slice(tensor: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tensor:
+    per_frame = tensor.shape[dim]
+    if per_frame % parts:
+        valid = [n for n in range(1, min(per_frame, 8) + 1) if per_frame % n == 0]
+        raise ConfigError(
+            f"the video's {per_frame} tokens per frame do not split over {parts} sequence-parallel ranks; "
+            f"pick a video size whose tokens per frame divide by {parts}, or ring x ulysses in {valid}"
+        )
+    return tensor.chunk(parts, dim=dim)[index]
 
-    It wraps the runner that was there (TeaCache, or none), which therefore sees the slice too and
-    reduces its statistic over the ranks (``across_ranks``). The rotary table is sliced the same way
-    as the tokens; the output is gathered so the layers after the stack see every token.
+
+class _Call(ModelHook):
+    """On the transformer: notes the call's frame count, cuts the rotary table (S, head_dim)."""
+
+    def __init__(self, shard: TokenShard) -> None:
+        super().__init__()
+        self.shard = shard
+
+    def pre_forward(self, module, *args, **kwargs):
+        latents = args[0] if args else kwargs["hidden_states"]  # (B, C, F, H, W)
+        self.shard.frames = latents.shape[2]
+        kwargs["image_rotary_emb"] = tuple(self.shard.take(t, 0) for t in kwargs["image_rotary_emb"])
+        return args, kwargs
+
+
+class _Split(ModelHook):
+    """On the patch embedding: (B*F, S, D) -> (B*F, S/n, D)."""
+
+    def __init__(self, shard: TokenShard) -> None:
+        super().__init__()
+        self.shard = shard
+
+    def post_forward(self, module, output):
+        return self.shard.take(output, 1)
+
+
+class _Gather(ModelHook):
+    """On the output projection: (B, F*S/n, C) on each rank -> (B, F*S, C) on every rank."""
+
+    def __init__(self, shard: TokenShard) -> None:
+        super().__init__()
+        self.shard = shard
+
+    def post_forward(self, module, output):
+        return gather_tokens(output, self.shard.frames, self.shard.groups.sequence_group)
+
+
+class TokenShard:
+    """Runs the transformer's token-wise layers and blocks on this rank's slice of every frame.
+
+    ``attach(transformer)`` / ``detach()``. Whatever runs the block stack (TeaCache's runner
+    included) sees the slice, so statistics over tokens must be reduced over the ranks
+    (``across_ranks``).
     """
 
-    def __init__(self, groups: ParallelGroups, inner: Callable[..., torch.Tensor] | None = None) -> None:
+    def __init__(self, groups: ParallelGroups) -> None:
         self.groups = groups
-        self.inner = inner
+        self.frames = 0  # of the forward in progress, for the gather
+        self._modules: list[torch.nn.Module] = []
 
     def __repr__(self) -> str:
-        return f"SpatialShard({self.groups.degrees}, inner={self.inner!r})"
+        return f"TokenShard({self.groups.degrees})"
 
-    def __call__(self, run_blocks: Callable[..., torch.Tensor], hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        frames = kwargs["num_frames"]
-        parts, index = self.groups.degrees.sequence, self.groups.sequence_rank
-        hidden_states = shard_tokens(hidden_states, frames, parts, index)
-        kwargs["image_rotary_emb"] = tuple(shard_tokens(t, frames, parts, index) for t in kwargs["image_rotary_emb"])
-        if self.inner is None:
-            out = run_blocks(hidden_states, **kwargs)
-        else:
-            out = self.inner(run_blocks, hidden_states, **kwargs)
-        return gather_tokens(out, frames, self.groups.sequence_group)
+    def take(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        return _slice(tensor, dim, self.groups.degrees.sequence, self.groups.sequence_rank)
+
+    def attach(self, transformer: torch.nn.Module) -> TokenShard:
+        hooks = ((transformer, _Call(self)), (transformer.pos_embed, _Split(self)), (transformer.proj_out, _Gather(self)))
+        for module, hook in hooks:
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
+            self._modules.append(module)
+        return self
+
+    def detach(self) -> None:
+        for module in reversed(self._modules):
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK, recurse=False)
+        self._modules = []

@@ -118,14 +118,19 @@ def set_attention_backend(
 ) -> list[tuple[Any, AttentionBackend | None]]:
     """Give every processor of ``model`` with an ``attention_backend`` slot ``backend`` (None = auto).
 
-    Returns (processor, previous backend) pairs, in order, so that a caller can restore them.
+    A backend that declares ``wraps_attention_backend`` (sequence parallelism's exchange around the
+    kernel) keeps its place: ``backend`` goes inside it. Returns (holder, previous backend) pairs,
+    in order, so that a caller can restore them.
     """
     replaced = []
     for module in model.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "attention_backend"):
-            replaced.append((processor, processor.attention_backend))
-            processor.attention_backend = backend
+        holder = getattr(module, "processor", None)
+        if holder is None or not hasattr(holder, "attention_backend"):
+            continue
+        while getattr(holder.attention_backend, "wraps_attention_backend", False):
+            holder = holder.attention_backend
+        replaced.append((holder, holder.attention_backend))
+        holder.attention_backend = backend
     return replaced
 
 

@@ -15,24 +15,36 @@ INCLUDE_LINE = re.compile(r"^\s+-\s+(\w+)\s*(?:#.*)?$")  # another config of con
 KEY_LINE = re.compile(r"^([A-Za-z_]\w*):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 
-def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
-    """(group, default, options, comment) of the defaults list, those of an included config
-    (``- pipeline``) in its place; ``override group: option`` changes the default, keeps the row."""
-    rows: dict[str, tuple[str, str, list[str], str]] = {}
+def _defaults(text: str):
+    """The lines of the config's defaults list."""
     in_defaults = False
     for line in text.splitlines():
         if line.startswith("defaults:"):
             in_defaults = True
             continue
         if in_defaults and line and not line.startswith((" ", "#")):
-            break
-        if not in_defaults:
-            continue
+            return
+        if in_defaults:
+            yield line
+
+
+def _included(text: str, configs: Path) -> list[str]:
+    """The texts of the configs this one includes in its defaults list (``- pipeline``), in order."""
+    found = []
+    for line in _defaults(text):
         include = INCLUDE_LINE.match(line)
         if include and include.group(1) != "_self_" and (configs / f"{include.group(1)}.yaml").is_file():
-            for row in _groups((configs / f"{include.group(1)}.yaml").read_text(), configs):
-                rows[row[0]] = row
-            continue
+            found.append((configs / f"{include.group(1)}.yaml").read_text())
+    return found
+
+
+def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
+    """(group, default, options, comment) of the defaults list, those of an included config
+    (``- pipeline``) first; ``override group: option`` changes the default, keeps the row."""
+    rows: dict[str, tuple[str, str, list[str], str]] = {}
+    for included in _included(text, configs):
+        rows.update((row[0], row) for row in _groups(included, configs))
+    for line in _defaults(text):
         match = DEFAULT_LINE.match(line)
         if match:
             override, group, default, comment = match.groups()
@@ -41,21 +53,6 @@ def _groups(text: str, configs: Path) -> list[tuple[str, str, list[str], str]]:
                 comment = comment or rows[group][3]
             rows[group] = (group, default, options, comment or "")
     return list(rows.values())
-
-
-def _included(text: str, configs: Path) -> list[str]:
-    """The texts of the configs this one includes in its defaults list (``- pipeline``)."""
-    found, in_defaults = [], False
-    for line in text.splitlines():
-        if line.startswith("defaults:"):
-            in_defaults = True
-            continue
-        if in_defaults and line and not line.startswith((" ", "#")):
-            break
-        include = INCLUDE_LINE.match(line) if in_defaults else None
-        if include and include.group(1) != "_self_" and (configs / f"{include.group(1)}.yaml").is_file():
-            found.append((configs / f"{include.group(1)}.yaml").read_text())
-    return found
 
 
 def _keys(text: str) -> list[tuple[str, str, str]]:

@@ -1,23 +1,19 @@
-"""What every memory option shares: the ``memory`` stage, and forwards wrapped per instance.
+"""What every memory option shares: the ``memory`` stage, and diffusers hooks on the forwards it changes.
 
-A memory option changes how much activation memory the models hold, never what they compute:
-it replaces the ``forward`` of chosen module instances by a wrapper (the model files stay as they
-are) and restores it on ``remove``. Offload hooks attach later (``STAGES``: memory before offload)
-and wrap the wrapper in turn; if ours is taken off while such a hook still sits on top of it, it
-stays in the chain as a pass-through instead of cutting the hook out.
+A memory option changes how much activation memory the models hold, never what they compute. It
+registers a diffusers ``ModelHook`` on chosen module instances (the model files stay as they are)
+under its own name and takes them off again on ``remove``. Offload hooks attach later (``STAGES``:
+memory before offload), so in each module's ``HookRegistry`` they sit outside ours: an offload
+hook places the weights once, then ours may call the forward several times (slice by slice, item
+by item) before the offload hook takes them away again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.extension import Extension
-
-Forward = Callable[..., Any]
-Wrapper = Callable[..., Any]  # (original_forward, *args, **kwargs) -> output
 
 
 class MemoryOption(Extension):
@@ -31,40 +27,27 @@ class MemoryOption(Extension):
     splits_batch = False
 
 
+class ModuleHooks:
+    """The hooks one option registered, all under one ``name``, so ``remove()`` takes each one off.
 
-class ForwardPatches:
-    """The forwards one option replaced, so that ``undo()`` puts every one of them back."""
+    Removing one leaves the hooks registered around it in place: diffusers relinks the chain. (An
+    outer hook that defines ``new_forward`` would lose it in that relinking, in diffusers 0.42; the
+    offload hooks outside ours define only ``pre_forward`` / ``post_forward``, and ``detach`` takes
+    extensions off in the reverse order anyway.)
+    """
 
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._modules: list[torch.nn.Module] = []
 
-    def wrap(self, module: torch.nn.Module, wrapper: Wrapper, method: str = "forward") -> None:
-        """``module.<method>(...)`` (``module(...)`` for forward) now runs ``wrapper(original, ...)``."""
-        original: Forward = getattr(module, method)
-        had_own = method in module.__dict__  # an instance attribute (another hook) to restore
-        state = {"active": True}
+    def register(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, self.name)
+        self._modules.append(module)
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if not state["active"]:
-                return original(*args, **kwargs)
-            return wrapper(original, *args, **kwargs)
-
-        forward.__wrapped__ = original  # type: ignore[attr-defined]
-        setattr(module, method, forward)
-
-        def undo() -> None:
-            if module.__dict__.get(method) is not forward:
-                state["active"] = False  # something wrapped us since: stay in its chain, inert
-            elif had_own:
-                setattr(module, method, original)
-            else:
-                delattr(module, method)
-
-        self._undo.append(undo)
-
-    def undo(self) -> None:
-        while self._undo:
-            self._undo.pop()()
+    def remove(self) -> None:
+        while self._modules:
+            module = self._modules.pop()
+            HookRegistry.check_if_exists_or_initialize(module).remove_hook(self.name, recurse=False)
 
     def __len__(self) -> int:
-        return len(self._undo)
+        return len(self._modules)

@@ -147,6 +147,22 @@ def test_a_hook_on_top_keeps_working_after_remove(fixture_dir, reference):
     assert log.batches == [2, 2, 2, 2]  # each step, on the whole batch: outside the split before and after
 
 
+def test_a_hook_under_ours_can_come_off_first(fixture_dir):
+    """diffusers relinks the hook above a removed one; ours stays in force all the same."""
+    pipe = ruyi.load_pipeline(fixture_dir, device="cpu")
+    block, seen = pipe.transformer.blocks[0], BatchLog()
+    registry = HookRegistry.check_if_exists_or_initialize(block)
+    registry.register_hook(seen, "innermost")
+    registry.register_hook(ModelHook(), "below")
+    split = MEMORIES.get("cfg_split")(granularity="block")
+    split.apply(pipe)
+    registry.remove_hook("below", recurse=False)
+    pipe(procedural_image(96, 64), **KW)
+    split.remove(pipe)
+    assert seen.batches == [1, 1, 1, 1]  # two steps, the guidance pair one item at a time
+    assert list(registry.hooks) == ["innermost"]
+
+
 @pytest.mark.parametrize("plugin", [TeaCache(), EnhanceAVideo(weight=2)], ids=["teacache", "enhance_a_video"])
 def test_cfg_split_refuses_whole_batch_statistics_before_loading(plugin):
     with pytest.raises(ConfigError, match=f"{plugin.registry_name} takes statistics over the whole batch"):

@@ -27,27 +27,31 @@ class MemoryOption(Extension):
     splits_batch = False
 
 
-class ModuleHooks:
-    """The hooks one option registered, all under one ``name``, so ``remove()`` takes each one off.
+class PassThrough(ModelHook):
+    """Registered directly below a ``new_forward`` hook: when a hook under both comes off, diffusers'
+    ``remove_hook`` re-points the hook right above the removed one at the chain below, which would
+    drop a ``new_forward`` hook sitting there (diffusers 0.42); this plain hook takes that instead."""
 
-    Removing one leaves the hooks registered around it in place: diffusers relinks the chain. (An
-    outer hook that defines ``new_forward`` would lose it in that relinking, in diffusers 0.42; the
-    offload hooks outside ours define only ``pre_forward`` / ``post_forward``, and ``detach`` takes
-    extensions off in the reverse order anyway.)
-    """
+
+class ModuleHooks:
+    """The hooks one option registered, all under one ``name``, so ``remove()`` takes each one off
+    (hooks registered around them stay in place)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._modules: list[torch.nn.Module] = []
+        self._hooked: list[tuple[torch.nn.Module, str]] = []  # (module, hook name), in registration order
 
     def register(self, module: torch.nn.Module, hook: ModelHook) -> None:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, self.name)
-        self._modules.append(module)
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        if hasattr(hook, "new_forward"):
+            registry.register_hook(PassThrough(), f"{self.name}.guard")
+            self._hooked.append((module, f"{self.name}.guard"))
+        registry.register_hook(hook, self.name)
+        self._hooked.append((module, self.name))
 
     def remove(self) -> None:
-        while self._modules:
-            module = self._modules.pop()
-            HookRegistry.check_if_exists_or_initialize(module).remove_hook(self.name, recurse=False)
-
-    def __len__(self) -> int:
-        return len(self._modules)
+        while self._hooked:
+            module, name = self._hooked.pop()
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:
+                registry.remove_hook(name, recurse=False)

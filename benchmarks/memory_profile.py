@@ -185,6 +185,7 @@ def simulate(cfg, top: int) -> dict:
     from ruyi.assembly import PipelineSpec
     from ruyi.memory.estimate import ParkedSkips, live_tensors, transformer_inputs
     from ruyi.models.loading import meta_model
+    from ruyi.offload.skip_steps import park_long_skips
 
     # no device, so no validation (group offload's checks want CUDA): only what shapes activations
     spec = PipelineSpec.from_config(cfg)
@@ -192,9 +193,10 @@ def simulate(cfg, top: int) -> dict:
     cls = spec.transformer.cls
     model = meta_model(cls, {**arch, **(getattr(cls, "config_overrides", None) or {})}).to(torch.bfloat16)
     if spec.skip_steps:
-        model.skip_stack_factory = ParkedSkips
-    # memory options attach as in a build; the VAE is not simulated (a stand-in takes its decode hook)
-    pipe = SimpleNamespace(transformer=model, vae=SimpleNamespace(decode=None), callbacks=[])
+        park_long_skips(model, ParkedSkips)
+    # memory options attach as in a build; the VAE is not simulated (a stand-in takes its switch)
+    vae = SimpleNamespace(enable_host_output=lambda: None, disable_host_output=lambda: None)
+    pipe = SimpleNamespace(transformer=model, vae=vae, callbacks=[])
     for component in spec.strategies:
         if component.kind == "memory":
             component.create().apply(pipe)  # memory=auto decides on a GPU only: here it adds nothing

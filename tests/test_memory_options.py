@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from hydra import compose, initialize_config_dir
 
 import ruyi
@@ -70,12 +71,15 @@ def test_vae_stream_keeps_the_tiled_decode_and_leaves_the_gpu(fixture_dir):
     # 64 px frames in 2 x 2 overlapping tiles of 32 px
     pipe = ruyi.load_pipeline(fixture_dir, device="cpu", vae_tile_size=32, vae_tile_overlap=16,
                               strategies={"memory": "vae_stream"})  # fmt: skip
+    vae = pipe.vae
+    assert vae.output_device == torch.device("cpu")
     latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    streamed = pipe.vae.decode(latents)
-    assert streamed.device.type == "cpu" and streamed.shape == (1, 3, 8, 64, 64)
-    assert torch.equal(streamed, pipe.vae.decode.__wrapped__(latents))  # the VAE's own tiled decode
     single = latents[:, :, :1]  # one latent frame: one piece of one frame
-    assert torch.equal(pipe.vae.decode(single), pipe.vae.decode.__wrapped__(single))
+    streamed = [vae.decode(latents), vae.decode(single), torch.cat(list(vae.decode_chunks(latents)), dim=2)]
+    vae.disable_host_output()
+    own = [vae.decode(latents), vae.decode(single), vae.decode(latents)]  # the VAE's own tiled decode
+    assert streamed[0].device.type == "cpu" and streamed[0].shape == (1, 3, 8, 64, 64)
+    assert all(torch.equal(s, o) for s, o in zip(streamed, own))
 
 
 def test_vae_stream_and_combo_on_a_vae_that_decodes_in_one_piece():
@@ -95,37 +99,68 @@ def test_vae_stream_and_combo_on_a_vae_that_decodes_in_one_piece():
     assert (videos["combo"] - videos["null"]).abs().max().item() < TOLERANCE
 
 
+def _own_forward(module: torch.nn.Module) -> bool:
+    return getattr(module.forward, "__func__", None) is type(module).forward
+
+
 def test_remove_restores_the_models(fixture_dir, reference):
     pipe = ruyi.load_pipeline(fixture_dir, device="cpu")
     option = MEMORIES.get("combo")(options={"token_chunks": {"chunk_tokens": 7}})
     option.apply(pipe)
-    wrapped = [m for m in pipe.transformer.modules() if "forward" in m.__dict__]
-    assert wrapped and "decode" in pipe.vae.__dict__
+    hooked = [m for m in pipe.transformer.modules() if not _own_forward(m)]
+    # cfg_split on the transformer, token_chunks on 11 submodules of each block, inplace on each GELU
+    blocks = len(pipe.transformer.blocks)
+    assert len(hooked) >= 1 + 10 * blocks and pipe.transformer in hooked
+    assert pipe.vae.output_device is not None
     option.remove(pipe)
-    assert not [m for m in pipe.transformer.modules() if "forward" in m.__dict__]
-    assert "decode" not in pipe.vae.__dict__
+    assert all(_own_forward(m) for m in pipe.transformer.modules())
+    assert all(not m._diffusers_hook.hooks for m in hooked)
+    assert pipe.vae.output_device is None
     processors = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
     assert {p.rotary.__name__ for p in processors} == {"apply_rotary_emb"}
     assert torch.equal(pipe(procedural_image(96, 64), **KW), reference)
 
 
-def test_a_hook_on_top_keeps_working_after_remove(fixture_dir):
-    """An offload hook that wrapped our forward stays in charge; ours becomes a pass-through."""
+class BatchLog(ModelHook):
+    """An outer hook, as offload hooks are: it logs the batch it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = []
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.batches.append(args[0].shape[0])
+        return args, kwargs
+
+
+def test_a_hook_on_top_keeps_working_after_remove(fixture_dir, reference):
+    """A hook registered after ours (outside it) stays in charge when ours comes off."""
     pipe = ruyi.load_pipeline(fixture_dir, device="cpu")
-    split = MEMORIES.get("cfg_split")()
+    split = MEMORIES.get("cfg_split")(granularity="block")
     split.apply(pipe)
-    transformer, calls = pipe.transformer, []
-    below = transformer.forward
-
-    def hook(*args, **kwargs):
-        calls.append(args[0].shape[0])
-        return below(*args, **kwargs)
-
-    transformer.forward = hook
+    block, log = pipe.transformer.blocks[0], BatchLog()
+    HookRegistry.check_if_exists_or_initialize(block).register_hook(log, "outside")
+    assert (pipe(procedural_image(96, 64), **KW) - reference).abs().max().item() < TOLERANCE
     split.remove(pipe)
-    assert transformer.forward is hook
+    assert list(block._diffusers_hook.hooks) == ["outside"]
+    assert torch.equal(pipe(procedural_image(96, 64), **KW), reference)
+    assert log.batches == [2, 2, 2, 2]  # each step, on the whole batch: outside the split before and after
+
+
+def test_a_hook_under_ours_can_come_off_first(fixture_dir):
+    """diffusers relinks the hook above a removed one; ours stays in force all the same."""
+    pipe = ruyi.load_pipeline(fixture_dir, device="cpu")
+    block, seen = pipe.transformer.blocks[0], BatchLog()
+    registry = HookRegistry.check_if_exists_or_initialize(block)
+    registry.register_hook(seen, "innermost")
+    registry.register_hook(ModelHook(), "below")
+    split = MEMORIES.get("cfg_split")(granularity="block")
+    split.apply(pipe)
+    registry.remove_hook("below", recurse=False)
     pipe(procedural_image(96, 64), **KW)
-    assert calls == [2, 2]  # the hook ran each step, on the whole batch: no split any more
+    split.remove(pipe)
+    assert seen.batches == [1, 1, 1, 1]  # two steps, the guidance pair one item at a time
+    assert list(registry.hooks) == ["innermost"]
 
 
 @pytest.mark.parametrize("plugin", [TeaCache(), EnhanceAVideo(weight=2)], ids=["teacache", "enhance_a_video"])

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
@@ -17,7 +18,14 @@ from safetensors.torch import load_file
 from ruyi.errors import CheckpointError
 from ruyi.models.loading import load_model, meta_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
-from ruyi.offload.skip_steps import CPUSkipStack, apply_skip_offload, remove_skip_offload
+from ruyi.offload.skip_steps import (
+    HOOK,
+    CPUSkipStack,
+    ParkedSkip,
+    apply_skip_offload,
+    park_long_skips,
+    remove_skip_offload,
+)
 from tests.conftest import REPO
 
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -77,11 +85,109 @@ def test_cpu_skip_stack_matches_the_plain_path(arch, inputs, group):
     assert torch.equal(got, expected)
 
 
-def test_skip_offload_zero_is_off_and_negative_is_an_error(model):
+class WatchedStack(CPUSkipStack):
+    """A CPUSkipStack that logs ("push" | "pop", activations on the device) after every push and pop."""
+
+    def __init__(self, group_size: int, log: list) -> None:
+        super().__init__(group_size)
+        self.log = log
+
+    def push(self, tensor):
+        super().push(tensor)
+        self.log.append(("push", self.on_device))
+
+    def pop(self):
+        tensor = super().pop()
+        self.log.append(("pop", self.on_device))
+        return tensor
+
+
+class Spy(ModelHook):
+    """Records what a module is called with; ``fail`` raises instead, once."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.seen, self.fail = [], fail
+
+    def pre_forward(self, module, *args, **kwargs):
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("a block failed")
+        self.seen.append(args[0])
+        return args, kwargs
+
+
+def _hooks(module) -> list[str]:
+    registry = getattr(module, "_diffusers_hook", None)
+    return list(registry.hooks) if registry is not None else []
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 5])
+def test_parked_skips_keep_at_most_a_group_on_the_device(arch, inputs, group):
+    model = deep_model(arch)  # 4 long skips
+    log, stores = [], []
+
+    def make_store():
+        stores.append(WatchedStack(group, log))
+        return stores[-1]
+
+    with torch.no_grad():
+        expected = run(model, inputs)
+        park_long_skips(model, make_store)
+        try:
+            first, second = run(model, inputs), run(model, inputs)
+        finally:
+            remove_skip_offload(model)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert len(stores) == 2 and all(len(store) == 0 for store in stores)  # a store per forward, drained
+    pushes = [n for op, n in log[:8] if op == "push"]
+    pops = [n for op, n in log[:8] if op == "pop"]
+    assert len(pushes) == len(pops) == 4 and [op for op, _ in log[:4]] == ["push"] * 4
+    # while pushing, a full group leaves at once; only the unfilled remainder stays
+    assert max(pushes) < group and pushes[-1] == 4 % group
+    # while popping: the group being consumed and the one prefetched behind it
+    assert max(pops) <= 2 * group - 1 and pops[-1] == 0
+
+
+def test_what_passes_between_the_halves_is_a_placeholder(arch, inputs):
+    model = deep_model(arch)
+    plain, parked = Spy(), Spy()
+    HookRegistry.check_if_exists_or_initialize(model.skip_pop).register_hook(plain, "spy")
+    with torch.no_grad():
+        run(model, inputs)
+        apply_skip_offload(model, 2)
+        HookRegistry.check_if_exists_or_initialize(model.skip_pop).register_hook(parked, "spy outside")
+        run(model, inputs)
+    assert len(plain.seen) == 8 and all(isinstance(t, torch.Tensor) for t in plain.seen)
+    # the model's own list never holds the parked activation, only its shape
+    assert len(parked.seen) == 4 and all(isinstance(p, ParkedSkip) for p in parked.seen)
+    assert [p.shape for p in parked.seen] == [t.shape for t in plain.seen[4:]]
+
+
+def test_a_failed_forward_leaves_nothing_behind(arch, inputs):
+    model = deep_model(arch)
+    stores = []
+    with torch.no_grad():
+        expected = run(model, inputs)
+        park_long_skips(model, lambda: stores.append(CPUSkipStack(1)) or stores[-1])
+        failing = Spy(fail=True)
+        HookRegistry.check_if_exists_or_initialize(model.blocks[7]).register_hook(failing, "fail")
+        with pytest.raises(RuntimeError, match="a block failed"):
+            run(model, inputs)  # fails in the second half, with two skips still parked
+        got = run(model, inputs)
+    remove_skip_offload(model)
+    assert len(stores[0]) == 2 and len(stores) == 2 and len(stores[1]) == 0
+    assert torch.equal(got, expected)
+
+
+def test_skip_offload_zero_is_off_and_negative_is_an_error(arch):
+    model = deep_model(arch, num_layers=4)
+    parts = (model, model.skip_push, model.skip_pop)
     apply_skip_offload(model, 3)
-    assert isinstance(model.skip_stack_factory(), CPUSkipStack)
+    apply_skip_offload(model, 2)  # again: replaces, does not stack
+    assert all(_hooks(m) == [HOOK] for m in parts)
     apply_skip_offload(model, 0)
-    assert not isinstance(model.skip_stack_factory(), CPUSkipStack)
+    assert all(_hooks(m) == [] for m in parts)
     with pytest.raises(ValueError, match="skip_steps=-1"):
         apply_skip_offload(model, -1)
 

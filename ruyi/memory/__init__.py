@@ -1,8 +1,9 @@
 """Memory options: how much activation memory the pipeline holds, never what it computes.
 
 Registered in ``MEMORIES`` and chosen with the ``memory`` config group (``configs/memory/``);
-they attach at the ``memory`` stage of ``ruyi.assembly`` (before the skip stack, VAE tiling and
-offload) and come off again with ``remove(pipe)``:
+they attach at the ``memory`` stage of ``ruyi.assembly`` (before the skip parking, VAE tiling and
+offload) as diffusers hooks on the forwards they change (``vae_stream``: the VAE's host-output
+switch) and come off again with ``remove(pipe)``:
 
 - ``cfg_split``: classifier-free guidance as batch-1 passes (per block or per transformer call);
 - ``token_chunks``: feed-forward, norms/modulation, cross-attention and long-skip merge over

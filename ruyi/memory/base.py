@@ -1,23 +1,19 @@
-"""What every memory option shares: the ``memory`` stage, and forwards wrapped per instance.
+"""What every memory option shares: the ``memory`` stage, and diffusers hooks on the forwards it changes.
 
-A memory option changes how much activation memory the models hold, never what they compute:
-it replaces the ``forward`` of chosen module instances by a wrapper (the model files stay as they
-are) and restores it on ``remove``. Offload hooks attach later (``STAGES``: memory before offload)
-and wrap the wrapper in turn; if ours is taken off while such a hook still sits on top of it, it
-stays in the chain as a pass-through instead of cutting the hook out.
+A memory option changes how much activation memory the models hold, never what they compute. It
+registers a diffusers ``ModelHook`` on chosen module instances (the model files stay as they are)
+under its own name and takes them off again on ``remove``. Offload hooks attach later (``STAGES``:
+memory before offload), so in each module's ``HookRegistry`` they sit outside ours: an offload
+hook places the weights once, then ours may call the forward several times (slice by slice, item
+by item) before the offload hook takes them away again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.extension import Extension
-
-Forward = Callable[..., Any]
-Wrapper = Callable[..., Any]  # (original_forward, *args, **kwargs) -> output
 
 
 class MemoryOption(Extension):
@@ -31,40 +27,31 @@ class MemoryOption(Extension):
     splits_batch = False
 
 
+class PassThrough(ModelHook):
+    """Registered directly below a ``new_forward`` hook: when a hook under both comes off, diffusers'
+    ``remove_hook`` re-points the hook right above the removed one at the chain below, which would
+    drop a ``new_forward`` hook sitting there (diffusers 0.42); this plain hook takes that instead."""
 
-class ForwardPatches:
-    """The forwards one option replaced, so that ``undo()`` puts every one of them back."""
 
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
+class ModuleHooks:
+    """The hooks one option registered, all under one ``name``, so ``remove()`` takes each one off
+    (hooks registered around them stay in place)."""
 
-    def wrap(self, module: torch.nn.Module, wrapper: Wrapper, method: str = "forward") -> None:
-        """``module.<method>(...)`` (``module(...)`` for forward) now runs ``wrapper(original, ...)``."""
-        original: Forward = getattr(module, method)
-        had_own = method in module.__dict__  # an instance attribute (another hook) to restore
-        state = {"active": True}
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._hooked: list[tuple[torch.nn.Module, str]] = []  # (module, hook name), in registration order
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if not state["active"]:
-                return original(*args, **kwargs)
-            return wrapper(original, *args, **kwargs)
+    def register(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        if hasattr(hook, "new_forward"):
+            registry.register_hook(PassThrough(), f"{self.name}.guard")
+            self._hooked.append((module, f"{self.name}.guard"))
+        registry.register_hook(hook, self.name)
+        self._hooked.append((module, self.name))
 
-        forward.__wrapped__ = original  # type: ignore[attr-defined]
-        setattr(module, method, forward)
-
-        def undo() -> None:
-            if module.__dict__.get(method) is not forward:
-                state["active"] = False  # something wrapped us since: stay in its chain, inert
-            elif had_own:
-                setattr(module, method, original)
-            else:
-                delattr(module, method)
-
-        self._undo.append(undo)
-
-    def undo(self) -> None:
-        while self._undo:
-            self._undo.pop()()
-
-    def __len__(self) -> int:
-        return len(self._undo)
+    def remove(self) -> None:
+        while self._hooked:
+            module, name = self._hooked.pop()
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:
+                registry.remove_hook(name, recurse=False)

@@ -16,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import ForwardPatches, MemoryOption
+from ruyi.memory.base import MemoryOption, ModuleHooks
 from ruyi.registry import MEMORIES
 
 # RuyiDiTBlock's submodules that map each token independently (the block may declare its own list
@@ -58,6 +59,18 @@ def over_tokens(
     return out
 
 
+class TokenSlices(ModelHook):
+    """A per-token module's forward over slices of ``chunk_tokens`` tokens (:func:`over_tokens`)."""
+
+    def __init__(self, chunk_tokens: int) -> None:
+        super().__init__()
+        self.chunk_tokens = chunk_tokens
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        hidden_states, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        return over_tokens(self.fn_ref.original_forward, self.chunk_tokens, hidden_states, *args, **kwargs)
+
+
 @MEMORIES.register("token_chunks")
 class TokenChunks(MemoryOption):
     """``chunk_tokens``: tokens per slice (16 384 keeps the matmuls large enough to run at full
@@ -67,17 +80,12 @@ class TokenChunks(MemoryOption):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise ConfigError(f"memory.chunk_tokens={chunk_tokens!r} must be a positive integer (e.g. 16384)")
         self.chunk_tokens = chunk_tokens
-        self._patches = ForwardPatches()
+        self._hooks = ModuleHooks("ruyi.memory.token_chunks")
 
     def apply(self, pipe) -> None:
         for block in pipe.transformer.blocks:
             for module in per_token_modules(block):
-                self._patches.wrap(module, self._tokenwise)
-
-    def _tokenwise(self, forward, hidden_states=None, *args, **kwargs):
-        if hidden_states is None:
-            hidden_states = kwargs.pop("hidden_states")
-        return over_tokens(forward, self.chunk_tokens, hidden_states, *args, **kwargs)
+                self._hooks.register(module, TokenSlices(self.chunk_tokens))
 
     def remove(self, pipe) -> None:
-        self._patches.undo()
+        self._hooks.remove()

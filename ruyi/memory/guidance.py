@@ -25,9 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import ForwardPatches, MemoryOption
+from ruyi.memory.base import MemoryOption, ModuleHooks
 from ruyi.registry import MEMORIES
 
 GRANULARITIES = ("block", "transformer")
@@ -61,6 +62,13 @@ def item_by_item(forward, *args: Any, **kwargs: Any) -> torch.Tensor:
     return out
 
 
+class ItemByItem(ModelHook):
+    """A module's forward run on one batch item at a time (:func:`item_by_item`)."""
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return item_by_item(self.fn_ref.original_forward, *args, **kwargs)
+
+
 @MEMORIES.register("cfg_split")
 class GuidanceSplit(MemoryOption):
     splits_batch = True
@@ -69,7 +77,7 @@ class GuidanceSplit(MemoryOption):
         if granularity not in GRANULARITIES:
             raise ConfigError(f"memory.granularity={granularity!r} must be one of {', '.join(GRANULARITIES)}")
         self.granularity = granularity
-        self._patches = ForwardPatches()
+        self._hooks = ModuleHooks("ruyi.memory.cfg_split")
 
     def check(self, plan) -> None:
         super().check(plan)
@@ -83,7 +91,7 @@ class GuidanceSplit(MemoryOption):
     def apply(self, pipe) -> None:
         transformer = pipe.transformer
         for module in transformer.blocks if self.granularity == "block" else [transformer]:
-            self._patches.wrap(module, item_by_item)
+            self._hooks.register(module, ItemByItem())
 
     def remove(self, pipe) -> None:
-        self._patches.undo()
+        self._hooks.remove()

@@ -10,8 +10,10 @@
   a second 12 288-wide buffer (``aten.gelu_``, the same kernel). Only without autograd (training
   would need the input again) and only on diffusers' ``GELU`` layout (projection, then GELU).
 
-The attention processors expose the rotary as ``processor.rotary``; this option swaps it per
-processor and puts the previous one back on ``remove``.
+The GELU changes through a diffusers ``ModelHook`` on each ``GELU`` module. The rotary runs inside
+the attention processor, which is not a module (no forward a hook could wrap): the processor
+exposes it as ``processor.rotary``, and this option swaps it per processor and puts the previous
+one back on ``remove``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from diffusers.hooks import ModelHook
 from diffusers.models.activations import GELU
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import ForwardPatches, MemoryOption
+from ruyi.memory.base import MemoryOption, ModuleHooks
 from ruyi.registry import MEMORIES
 
 
@@ -47,11 +50,14 @@ def rotary_in_chunks(
     return out
 
 
-def gelu_in_place(module: GELU, forward, hidden_states: torch.Tensor) -> torch.Tensor:
-    if torch.is_grad_enabled():
-        return forward(hidden_states)
-    projected = module.proj(hidden_states)
-    return torch.ops.aten.gelu_(projected, approximate=module.approximate)
+class GeluInPlace(ModelHook):
+    """diffusers' ``GELU`` (projection, then GELU) with the GELU written over the projection."""
+
+    def new_forward(self, module: GELU, hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # autograd keeps the projection for the backward pass
+            return self.fn_ref.original_forward(hidden_states)
+        projected = module.proj(hidden_states)
+        return torch.ops.aten.gelu_(projected, approximate=module.approximate)
 
 
 @MEMORIES.register("inplace")
@@ -62,7 +68,7 @@ class InPlace(MemoryOption):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise ConfigError(f"memory.chunk_tokens={chunk_tokens!r} must be a positive integer (e.g. 16384)")
         self.chunk_tokens = chunk_tokens
-        self._patches = ForwardPatches()
+        self._hooks = ModuleHooks("ruyi.memory.inplace")
         self._rotaries: list[tuple[object, object]] = []  # (processor, its previous rotary)
 
     def apply(self, pipe) -> None:
@@ -73,7 +79,7 @@ class InPlace(MemoryOption):
                 self._rotaries.append((processor, processor.rotary))
                 processor.rotary = lean
             if isinstance(module, GELU):
-                self._patches.wrap(module, partial(gelu_in_place, module))
+                self._hooks.register(module, GeluInPlace())
         if not self._rotaries:
             raise TypeError(f"{type(pipe.transformer).__name__}'s attention processors have no `rotary` hook")
 
@@ -81,4 +87,4 @@ class InPlace(MemoryOption):
         while self._rotaries:
             processor, previous = self._rotaries.pop()
             processor.rotary = previous
-        self._patches.undo()
+        self._hooks.remove()

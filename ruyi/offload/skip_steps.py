@@ -1,22 +1,42 @@
 """The original's "GPU offload steps": U-ViT long-skip activations parked in CPU RAM.
 
-The transformer's first half pushes its block outputs onto a skip store and the second half pops
-them in reverse; in between they only occupy accelerator memory (for the 7B model at 120 frames
-and 512 px, ~19 activations of ~0.35 GB each). :class:`CPUSkipStack` moves them to CPU memory in
-groups of ``group_size`` as they are pushed and brings a group back when the second half reaches
-it. On CUDA the copies use pinned memory and a side stream, and the next group is fetched while
-the current one is consumed, so transfers overlap the blocks' compute. The output is unchanged.
+The transformer's first half stores its block outputs for the second half, which takes them back
+in reverse; in between they only occupy accelerator memory (for the 7B model at 120 frames and
+512 px, ~19 activations of ~0.35 GB each). Every stored output passes the transformer's
+``skip_push`` identity and comes back through ``skip_pop``. :func:`park_long_skips` registers
+diffusers hooks there: ``skip_push`` hands the activation to a store and returns a
+:class:`ParkedSkip` placeholder in its place, ``skip_pop`` turns the placeholder back into the
+activation; a hook on the transformer's forward starts each call with a fresh store.
 
-``apply_skip_offload(transformer, group_size)`` installs it through the transformer's
-``skip_stack_factory`` hook; ``remove_skip_offload`` restores the in-memory default.
+:class:`CPUSkipStack`, the store of ``skip_steps=N``, moves activations to CPU memory in groups of
+``group_size`` as they are pushed and brings a group back when the second half reaches it. On CUDA
+the copies use pinned memory and a side stream, and the next group is fetched while the current
+one is consumed, so transfers overlap the blocks' compute. The output is unchanged.
+
+``apply_skip_offload(transformer, group_size)`` parks with it; ``remove_skip_offload`` takes the
+hooks off, and the skips stay on the device again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol
+
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ruyi.errors import ConfigError
 from ruyi.extension import Extension
+
+HOOK = "ruyi.long_skip_parking"
+
+
+class SkipStore(Protocol):
+    """Where the first half's block outputs wait for the second half (last in, first out)."""
+
+    def push(self, tensor: torch.Tensor) -> None: ...
+
+    def pop(self) -> torch.Tensor: ...
 
 
 class CPUSkipStack:
@@ -58,8 +78,13 @@ class CPUSkipStack:
         return self._resident.pop()
 
     def __len__(self) -> int:
+        return self.on_device + sum(len(group) for group in self._parked)
+
+    @property
+    def on_device(self) -> int:
+        """Activations held on the compute device now: the current group and the one on its way."""
         incoming = len(self._incoming[0]) if self._incoming is not None else 0
-        return len(self._resident) + incoming + sum(len(group) for group in self._parked)
+        return len(self._resident) + incoming
 
     # -- transfers ---------------------------------------------------------------------------------
     def _side_stream(self) -> torch.cuda.Stream | None:
@@ -105,21 +130,107 @@ class CPUSkipStack:
         return group
 
 
+class ParkedSkip:
+    """What travels from ``skip_push`` to ``skip_pop`` in place of a parked activation."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.shape, self.dtype = tensor.shape, tensor.dtype
+
+    def __repr__(self) -> str:
+        return f"ParkedSkip({tuple(self.shape)}, {self.dtype})"
+
+
+class SkipParking:
+    """The long skips of one transformer in a store that each forward makes afresh (``make_store``):
+    an earlier call that failed half-way leaves nothing behind in the next one's."""
+
+    def __init__(self, make_store: Callable[[], SkipStore]) -> None:
+        self.make_store = make_store
+        self.store: SkipStore | None = None
+
+    def begin(self) -> None:
+        self.store = self.make_store()
+
+    def park(self, tensor: torch.Tensor) -> ParkedSkip:
+        if self.store is None:  # run_blocks called outside forward
+            self.begin()
+        self.store.push(tensor)
+        return ParkedSkip(tensor)
+
+    def fetch(self, placeholder: Any) -> torch.Tensor:
+        if not isinstance(placeholder, ParkedSkip):
+            raise TypeError(f"skip_pop got {type(placeholder).__name__}, not a skip that skip_push parked")
+        tensor = self.store.pop()
+        if tensor.shape != placeholder.shape or tensor.dtype != placeholder.dtype:
+            raise RuntimeError(
+                f"the skip store gave {tuple(tensor.shape)} {tensor.dtype} back for {placeholder}"
+            )
+        return tensor
+
+
+class FreshStore(ModelHook):
+    def __init__(self, parking: SkipParking) -> None:
+        super().__init__()
+        self.parking = parking
+
+    def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        self.parking.begin()
+        return args, kwargs
+
+
+class ParkOnPush(ModelHook):
+    def __init__(self, parking: SkipParking) -> None:
+        super().__init__()
+        self.parking = parking
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> ParkedSkip:
+        return self.parking.park(output)
+
+
+class FetchOnPop(ModelHook):
+    def __init__(self, parking: SkipParking) -> None:
+        super().__init__()
+        self.parking = parking
+
+    def pre_forward(self, module: torch.nn.Module, placeholder: Any) -> tuple[tuple, dict]:
+        return (self.parking.fetch(placeholder),), {}
+
+
+def _hooked_modules(transformer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    if not all(isinstance(getattr(transformer, n, None), torch.nn.Module) for n in ("skip_push", "skip_pop")):
+        raise TypeError(
+            f"{type(transformer).__name__} has no skip_push/skip_pop modules to park long skips at"
+        )
+    return transformer.skip_push, transformer.skip_pop
+
+
+def park_long_skips(transformer: torch.nn.Module, make_store: Callable[[], SkipStore]) -> SkipParking:
+    """Keep the long skips of ``transformer`` in ``make_store()`` (a new one per forward)."""
+    push, pop = _hooked_modules(transformer)
+    parking = SkipParking(make_store)
+    hooks = {transformer: FreshStore(parking), push: ParkOnPush(parking), pop: FetchOnPop(parking)}
+    for module, hook in hooks.items():
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
+    return parking
+
+
 def apply_skip_offload(transformer: torch.nn.Module, group_size: int) -> None:
     """Park the long skips of ``transformer`` in CPU RAM in groups of ``group_size`` (0 = off)."""
     if group_size < 0:
         raise ConfigError(f"skip_steps={group_size} must be >= 0 (0 = off)")
-    if group_size == 0:
-        remove_skip_offload(transformer)
-        return
-    transformer.skip_stack_factory = lambda: CPUSkipStack(group_size)
+    remove_skip_offload(transformer)
+    if group_size:
+        park_long_skips(transformer, lambda: CPUSkipStack(group_size))
 
 
 def remove_skip_offload(transformer: torch.nn.Module) -> None:
-    """Back to the transformer's in-memory default store."""
-    from ruyi.models.transformer import SkipStack
-
-    transformer.skip_stack_factory = SkipStack
+    """Take the parking hooks off (if any): the long skips stay on the device again."""
+    for module in (transformer, *_hooked_modules(transformer)):
+        registry = getattr(module, "_diffusers_hook", None)
+        if isinstance(registry, HookRegistry):
+            registry.remove_hook(HOOK, recurse=False)
 
 
 class LongSkipParking(Extension):

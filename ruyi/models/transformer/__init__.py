@@ -2,8 +2,8 @@
 
 from ruyi.models.transformer.block import RuyiDiTBlock
 from ruyi.models.transformer.processor import RuyiAttnProcessor
-from ruyi.models.transformer.transformer3d import RuyiTransformer3D, SkipStack, SkipStore, rotary_embedding
+from ruyi.models.transformer.transformer3d import RuyiTransformer3D, rotary_embedding
 
 __all__ = [
-    "RuyiAttnProcessor", "RuyiDiTBlock", "RuyiTransformer3D", "SkipStack", "SkipStore", "rotary_embedding",
+    "RuyiAttnProcessor", "RuyiDiTBlock", "RuyiTransformer3D", "rotary_embedding",
 ]  # fmt: skip

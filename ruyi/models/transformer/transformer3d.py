@@ -25,21 +25,6 @@ from ruyi.models.transformer.resampler import ClipResampler
 from ruyi.registry import TRANSFORMERS
 
 
-class SkipStore(Protocol):
-    """Where the first half's block outputs wait for the second half (last in, first out)."""
-
-    def push(self, tensor: torch.Tensor) -> None: ...
-
-    def pop(self) -> torch.Tensor: ...
-
-
-class SkipStack(list):
-    """Default :class:`SkipStore`: a plain in-memory LIFO."""
-
-    def push(self, tensor: torch.Tensor) -> None:
-        self.append(tensor)
-
-
 class BlocksRunner(Protocol):
     """Runs (or replaces) ``run_blocks``: ``(run_blocks, tokens (B, L, D), **kwargs) -> (B, L, D)``."""
 
@@ -54,8 +39,10 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
     ``forward(hidden_states (B, 16, F, H, W), timestep (B,), ...) -> (B, out_channels, F, H, W)``;
     with learn-sigma the first 16 output channels are the prediction, the rest the unused variance.
 
-    ``skip_stack_factory`` makes the long-skip store of each forward; memory strategies replace it
-    (``ruyi.offload.skip_steps``) to park those activations elsewhere.
+    Every U-ViT long skip passes ``skip_push`` when the first half stores it and ``skip_pop`` when
+    the second half takes it back: parameter-free identities, where memory strategies hook in to
+    keep those activations elsewhere (``ruyi.offload.skip_steps``); what ``skip_push`` returns is
+    only ever handed to ``skip_pop``.
 
     ``blocks_runner`` (None by default) is called as ``runner(run_blocks, tokens, **kwargs)`` in
     place of ``run_blocks(tokens, **kwargs)``; caching plugins (``ruyi.plugins.teacache``) set it to
@@ -163,7 +150,7 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
             )
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.skip_stack_factory: Callable[[], SkipStore] = SkipStack
+        self.skip_push, self.skip_pop = nn.Identity(), nn.Identity()
         self.blocks_runner: BlocksRunner | None = None
         self.gradient_checkpointing = False  # set by enable_gradient_checkpointing()
 
@@ -212,13 +199,13 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
         """
         # U-ViT long skips: block i of the first half feeds block num_layers-1-i of the second half;
         # the two middle blocks neither push nor pop
-        skips = self.skip_stack_factory()
+        skips: list[Any] = []
         half = self.num_layers // 2
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
             tensors = (
                 hidden_states, temb, encoder_hidden_states, *image_rotary_emb, clip_encoder_hidden_states,
-                skips.pop() if layer > half else None,
+                self.skip_pop(skips.pop()) if layer > half else None,
             )  # fmt: skip
             if checkpointing:
                 # every tensor goes in positionally, so a reentrant checkpoint function also
@@ -227,7 +214,7 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
             else:
                 hidden_states = _call_block(block, num_frames, *tensors)
             if layer < half - 1:
-                skips.push(hidden_states)
+                skips.append(self.skip_push(hidden_states))
         return self.norm_out(hidden_states, temb.float())
 
     def forward(

@@ -24,6 +24,7 @@ from ruyi.models.base import RuyiModelMixin
 from ruyi.models.vae.conv import TimeCache
 from ruyi.models.vae.decoder import TEMPORAL_UP, UP_BLOCK_TYPES, MagvitDecoder
 from ruyi.models.vae.encoder import DOWN_BLOCK_TYPES, TEMPORAL_DOWN, MagvitEncoder
+from ruyi.models.vae.output import HostOutputMixin
 from ruyi.models.vae.tiling import SpatialTile, VAETiling, blend_weights, tile_grid
 from ruyi.registry import VAES
 
@@ -33,7 +34,7 @@ UP_BLOCKS = ("SpatialUpBlock3D",) + (TEMPORAL_UP,) * 3
 
 
 @VAES.register("magvit")
-class MagvitVAE3D(RuyiModelMixin):
+class MagvitVAE3D(HostOutputMixin, RuyiModelMixin):
     """MagViT VAE: ``encode(video (B, 3, F, H, W)) -> (mean, logvar)`` each ``(B, 16, F', H/8, W/8)``;
     ``decode(latents (B, 16, F', h, w)) -> video (B, 3, F, 8h, 8w)``; F' = F / 4 (F = 1 -> F' = 1).
 
@@ -60,6 +61,9 @@ class MagvitVAE3D(RuyiModelMixin):
     - ``decode_chunks`` goes mini-batch by mini-batch over all tiles, so it keeps every tile's
       cache at once: more memory than ``decode``, same values.
     - ``encode`` encodes each 8-frame mini-batch tile by tile.
+
+    ``enable_host_output()`` / ``disable_host_output()``: decoded pieces go to host memory as they
+    are made and the video is assembled there (``ruyi.models.vae.output``); same values.
 
     A diffusers ``ModelMixin``: ``from_pretrained``/``save_pretrained`` on the checkpoint's ``vae/``
     folder and ``enable_layerwise_casting`` come from the library.
@@ -184,7 +188,7 @@ class MagvitVAE3D(RuyiModelMixin):
         F = 4 F' (F = 1 for F' = 1). See ``decode_chunks`` to receive the frames mini-batch by mini-batch.
         """
         if self.tiling is None:
-            return torch.cat(list(self.decode_chunks(latents)), dim=2)
+            return torch.cat(list(self.decode_chunks(latents)), dim=2)  # pieces already where they belong
         return self._decode_tiled(latents)
 
     def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -197,7 +201,8 @@ class MagvitVAE3D(RuyiModelMixin):
         """
         latents = self.post_quant_conv(self._check_latents(latents))
         if self.tiling is None:
-            yield from self._decode_mini_batches(latents)
+            for piece in self._decode_mini_batches(latents):
+                yield self._to_output(piece)
             return
         tiles, weights = self._tiles(latents.shape[-2:], self.spatial_compression, latents.device)
         # one generator per tile, each holding its own tile's cache between mini-batches
@@ -206,7 +211,7 @@ class MagvitVAE3D(RuyiModelMixin):
             video = None
             for tile, weight, piece in zip(tiles, weights, pieces):
                 video = _accumulate(video, piece, tile, weight, self.spatial_compression, latents.shape[-2:])
-            yield video.to(pieces[0].dtype)
+            yield self._to_output(video.to(pieces[0].dtype))
 
     def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
         _check_ndim("latents", latents)
@@ -236,7 +241,8 @@ class MagvitVAE3D(RuyiModelMixin):
         return tiles, blend_weights(tiles, scale, device)
 
     def _decode_tiled(self, latents: torch.Tensor) -> torch.Tensor:
-        """Tile-major, so only one tile's cache and activations are alive at a time."""
+        """Tile-major, so only one tile's cache and activations are alive at a time; the float32
+        accumulator lives on ``output_device`` (host output: the blending adds run there)."""
         latents = self.post_quant_conv(self._check_latents(latents))
         s = self.spatial_compression
         tiles, weights = self._tiles(latents.shape[-2:], s, latents.device)
@@ -247,7 +253,8 @@ class MagvitVAE3D(RuyiModelMixin):
                 n, dtype = piece.shape[2], piece.dtype
                 if video is None:
                     shape = (*piece.shape[:2], n * pieces_per_tile, *(k * s for k in latents.shape[-2:]))
-                    video = piece.new_zeros(shape, dtype=torch.float32)
+                    where = piece.device if self.output_device is None else self.output_device
+                    video = torch.zeros(shape, dtype=torch.float32, device=where)
                 _accumulate(video[:, :, i * n : (i + 1) * n], piece, tile, weight, s, latents.shape[-2:])
         assert video is not None
         return video.to(dtype)
@@ -284,14 +291,15 @@ def _accumulate(
 ) -> torch.Tensor:
     """Add ``piece`` (B, C, T, rows, cols at ``scale``) times ``weight`` into a float32 ``total``.
 
-    ``total`` (B, C, T, h * scale, w * scale) is created at the first call (pass None). Float32
+    ``total`` (B, C, T, h * scale, w * scale) is created at the first call (pass None); it may live
+    on another device than ``piece`` (the product is computed beside the piece, then moved). Float32
     keeps the cross-fade from rounding twice in bfloat16; weights of one are exact, so a single
     tile reproduces the untiled result bit for bit.
     """
     if total is None:
         total = piece.new_zeros((*piece.shape[:3], *(n * scale for n in latent_hw)), dtype=torch.float32)
     rows, cols = tile.scaled(scale)
-    total[..., rows, cols] += piece.float() * weight
+    total[..., rows, cols] += (piece.float() * weight).to(total.device)
     return total
 
 

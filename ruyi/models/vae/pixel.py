@@ -29,6 +29,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 
 from ruyi.models.base import RuyiModelMixin
+from ruyi.models.vae.output import HostOutputMixin
 from ruyi.registry import VAES
 
 BLOCK, FRAMES, COLOURS = 8, 4, 3
@@ -54,7 +55,7 @@ def patch_basis() -> torch.Tensor:
 
 
 @VAES.register("pixel_patch")
-class PixelPatchVAE(RuyiModelMixin):
+class PixelPatchVAE(HostOutputMixin, RuyiModelMixin):
     """``encode(video (B, 3, F, H, W) in [-1, 1]) -> (latents, logvar)`` each ``(B, 16, F', H/8, W/8)``
     with F' = F / 4 (F = 1 -> 1); ``decode(latents (B, 16, F', h, w)) -> video (B, 3, F, 8h, 8w)``.
 
@@ -63,6 +64,9 @@ class PixelPatchVAE(RuyiModelMixin):
     so the pipeline's ``scaling_factor`` multiply is 1. They are also buffers saved in the weights,
     which the strict loader checks like any other tensor. A diffusers ``ModelMixin`` like MagViT:
     ``from_pretrained``/``save_pretrained`` on a checkpoint's ``vae/`` folder.
+
+    ``enable_host_output()``: ``decode`` returns the video in host memory (decoded in one piece,
+    it moves there whole).
     """
 
     checkpoint_class_name = "PixelPatchVAE"
@@ -138,7 +142,7 @@ class PixelPatchVAE(RuyiModelMixin):
         video = cells.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, COLOURS, t * FRAMES, h * BLOCK, w * BLOCK)
         if t == 1:  # one latent frame is an image, as with MagViT
             video = video.mean(dim=2, keepdim=True)
-        return video.to(latents.dtype)
+        return self._to_output(video.to(latents.dtype))
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Encode then decode (the projection onto what the codec can represent)."""

@@ -185,7 +185,7 @@ def simulate(cfg, top: int) -> dict:
     from ruyi.assembly import PipelineSpec
     from ruyi.memory.estimate import ParkedSkips, live_tensors, transformer_inputs
     from ruyi.models.loading import meta_model
-    from ruyi.offload.skip_steps import park_long_skips
+    from ruyi.memory.skips import park_long_skips
 
     # no device, so no validation (group offload's checks want CUDA): only what shapes activations
     spec = PipelineSpec.from_config(cfg)

@@ -31,7 +31,7 @@ from ruyi.components import Component, ModelSource
 from ruyi.errors import AcceleratorRequired, ConfigError, RuyiUserError
 from ruyi.extension import STAGES, attach, in_stage_order
 from ruyi.memory.tiles import VAETiles
-from ruyi.offload.skip_steps import LongSkipParking
+from ruyi.memory.skips import LongSkipParking
 from ruyi.checkpoints import load_models, random_models, resolve_checkpoint, scheduler_config
 
 log = logging.getLogger(__name__)

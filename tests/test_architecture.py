@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ruyi"
 LAYERS = {
     "ruyi.errors": 0, "ruyi.checks": 0, "ruyi.extension": 0, "ruyi.compile_cache": 0, "ruyi.registry": 0, "ruyi.files": 0, "ruyi.io": 0,
     "ruyi.models": 1, "ruyi.samplers": 1, "ruyi.plugins": 1, "ruyi.attention": 1,
-    "ruyi.conditioning": 2, "ruyi.placement": 2, "ruyi.precision": 2, "ruyi.offload": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
+    "ruyi.conditioning": 2, "ruyi.placement": 2, "ruyi.precision": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
     "ruyi.pipeline": 3,
     "ruyi.checkpoints": 4, "ruyi.components": 4, "ruyi.hydra_config": 4, "ruyi.assembly": 4,
     "ruyi.cli": 5, "ruyi.overrides": 5, "ruyi.help": 5, "ruyi.multirun": 5, "ruyi.eval": 5, "ruyi.training": 5,

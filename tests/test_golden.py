@@ -45,7 +45,7 @@ def _fixture_config(folder: Path) -> dict:
 
 # -- handlers, one per kind ------------------------------------------------------------------------
 def check_transformer_forward(case, golden, folder):
-    from ruyi.offload.skip_steps import apply_skip_offload, remove_skip_offload
+    from ruyi.memory.skips import apply_skip_offload, remove_skip_offload
 
     model = _model("transformer", str(folder))
     prefix = case["inputs_prefix"]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from ruyi.errors import CheckpointError
 from ruyi.models.loading import load_model, meta_model
 from ruyi.models.transformer import RuyiTransformer3D, rotary_embedding
-from ruyi.offload.skip_steps import (
+from ruyi.memory.skips import (
     HOOK,
     CPUSkipStack,
     ParkedSkip,

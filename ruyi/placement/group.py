@@ -117,7 +117,7 @@ class GroupOffload(OffloadStrategy):
             for sub in module.modules():
                 registry = getattr(sub, "_diffusers_hook", None)
                 if isinstance(registry, HookRegistry):
-                    for name in list(registry.hooks):
+                    for name in [n for n in registry.hooks if _is_group_offloading(n)]:  # not the others' hooks
                         registry.remove_hook(name, recurse=False)
         super().remove(pipe)
         if self._folder is not None:
@@ -142,3 +142,8 @@ def _read_back_from_disk(pipe: Offloadable) -> None:
                     stored = load_file(path, device="cpu")
                     for key, tensor in group.key_to_tensor.items():
                         tensor.data = stored[key]
+
+
+def _is_group_offloading(hook_name: str) -> bool:
+    """diffusers names its group-offloading hooks (the group hook, lazy prefetch, layer tracker) so."""
+    return "group_offloading" in hook_name or "layer_execution_tracker" in hook_name

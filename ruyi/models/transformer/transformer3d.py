@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import torch
 from diffusers.configuration_utils import register_to_config
@@ -25,12 +24,6 @@ from ruyi.models.transformer.resampler import ClipResampler
 from ruyi.registry import TRANSFORMERS
 
 
-class BlocksRunner(Protocol):
-    """Runs (or replaces) ``run_blocks``: ``(run_blocks, tokens (B, L, D), **kwargs) -> (B, L, D)``."""
-
-    def __call__(self, run_blocks: Callable[..., torch.Tensor], hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor: ...
-
-
 @TRANSFORMERS.register("ruyi_transformer3d")
 class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
     """HunyuanDiT-based video DiT with U-ViT long skips, a per-block time table and CLIP-image
@@ -41,12 +34,8 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
 
     Every U-ViT long skip passes ``skip_push`` when the first half stores it and ``skip_pop`` when
     the second half takes it back: parameter-free identities, where memory strategies hook in to
-    keep those activations elsewhere (``ruyi.offload.skip_steps``); what ``skip_push`` returns is
+    keep those activations elsewhere (``ruyi.memory.skips``); what ``skip_push`` returns is
     only ever handed to ``skip_pop``.
-
-    ``blocks_runner`` (None by default) is called as ``runner(run_blocks, tokens, **kwargs)`` in
-    place of ``run_blocks(tokens, **kwargs)``; caching plugins (``ruyi.plugins.teacache``) set it to
-    decide per step whether the block stack runs at all.
 
     A diffusers ``ModelMixin``: ``from_pretrained``/``save_pretrained`` on the checkpoint's
     ``transformer/`` folder, ``enable_layerwise_casting``, ``enable_gradient_checkpointing``,
@@ -151,7 +140,6 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
         self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.skip_push, self.skip_pop = nn.Identity(), nn.Identity()
-        self.blocks_runner: BlocksRunner | None = None
         self.gradient_checkpointing = False  # set by enable_gradient_checkpointing()
 
     def embed_text(
@@ -263,10 +251,7 @@ class RuyiTransformer3D(RuyiModelMixin, PeftAdapterMixin):
             temb=temb, encoder_hidden_states=text, image_rotary_emb=rotary, num_frames=frames,
             clip_encoder_hidden_states=clip,
         )  # fmt: skip
-        if self.blocks_runner is None:
-            hidden_states = self.run_blocks(hidden_states, **blocks_kwargs)
-        else:
-            hidden_states = self.blocks_runner(self.run_blocks, hidden_states, **blocks_kwargs)
+        hidden_states = self.run_blocks(hidden_states, **blocks_kwargs)
         hidden_states = self.proj_out(hidden_states)
         grid = dict(f=frames, h=height // p, w=width // p, p=p, q=p)
         return rearrange(hidden_states, "b (f h w) (p q c) -> b c f (h p) (w q)", **grid)

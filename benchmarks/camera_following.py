@@ -1,27 +1,33 @@
-"""Does a model move the picture the way ``camera=`` asks? Measured by kind of image, on images training never saw.
+"""Does a model move the picture the way ``camera=`` asks (pans, and zooms where the model has them)?
+Measured by kind of image, on images training never saw.
 
     python benchmarks/camera_following.py --out benchmarks/results/camera_heldout          # the report set
     python benchmarks/camera_following.py --set selection --model-path runs/x/checkpoint    # to choose settings
     python benchmarks/camera_following.py --kinds photographs --device cuda
+    python benchmarks/camera_following.py --cameras static left right up down   # the pans alone
     python benchmarks/camera_following.py --merge a/camera_following.json b/camera_following.json --out both
 
 The start images come from ``ruyi.eval.heldout``: drawn shapes, gradients with structure, procedural
 textures of the held-out stream and real photographs, in two disjoint sets fixed before training
 (``--set heldout`` reports, ``--set selection`` is for choosing; see that module and
 ``ruyi.training.data.photos`` for which photographs are held out). For each image, camera
-direction and seed, the pipeline generates a video (assembled from ``configs/infer.yaml`` as
+move (``--cameras``: by default every move of ``ruyi.conditioning.control.MOVES`` that the model
+has rows for) and seed, the pipeline generates a video (assembled from ``configs/infer.yaml`` as
 ``infer.py`` does). The global displacement between consecutive frames is measured by
 half-whitened phase correlation (grey frames, lightly blurred, Hann window, cross-power spectrum
 over the square root of its magnitude, sub-pixel peak; ``ruyi.eval.motion``, the camera metric of
 ``ruyi eval``; the JSON also keeps classic phase correlation, which the codec's static 8 px block
-grid fools on small generated frames). The direction is right when the dominant axis and its sign
-match the film convention (camera=left -> content moves right, camera=up -> content moves down).
+grid fools on small generated frames). A pan is right when the dominant axis and its sign match
+the film convention (camera=left -> content moves right, camera=up -> content moves down); a zoom
+when the measured scale change (``ruyi.eval.motion.pair_zoom``) has the sign asked and moves the
+frame's edges further than the global shift does.
 
-Each image is the centre of a larger canvas, so its true pans exist: the ``reference`` rows run the
-same measurement on them after the VAE round trip. An image is *measurable* when the measurement
-reads all four of its true pans right; on the others (a gradient panned along its constant axis,
-say) nobody could tell from the video which way it moved, so the goal is judged on the measurable
-images, and the tables give the score on all images beside it.
+Each image is the centre of a larger canvas, so its true pans and zooms exist: the ``reference``
+rows run the same measurement on them after the VAE round trip. An image is *measurable* for the
+pans when the measurement reads all four of its true pans right, for the zooms when it reads both
+true zooms right; on the others (a gradient panned along its constant axis, say) nobody could tell
+from the video which way it moved, so the goal is judged on the measurable images, and the tables
+give the score on all images beside it.
 
 The goal, per kind: >= 90 % right in every moving direction (measurable images), and the static
 videos' median motion at most a quarter of the moving videos' median (``STATIC_SHARE``).
@@ -29,7 +35,7 @@ videos' median motion at most a quarter of the moving videos' median (``STATIC_S
 Below the tables: the held-out training loss at t = 990 for every (true camera, label given) pair
 (same clips, same noise), which shows whether the model reads the label at all before its videos
 pan cleanly. Prints markdown and writes it with the raw numbers (JSON), a frame strip per
-direction (PNG) and a GIF of camera=left of the first image to ``--out``.
+camera (PNG) and GIFs of the first image's camera=left and zoom_in to ``--out``.
 """
 
 from __future__ import annotations
@@ -47,38 +53,56 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ruyi.files import write_text_atomic  # noqa: E402
-from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image, true_pans  # noqa: E402
-from ruyi.eval.motion import CONTENT, WHITENING, content_motion, phase_shift  # noqa: E402,F401  (the measurement)
+from ruyi.conditioning.control import MOVES, PANS, ZOOMS  # noqa: E402
+from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image, true_pans, true_zooms  # noqa: E402
+from ruyi.eval.motion import CONTENT, WHITENING, content_motion, content_zoom, phase_shift, zoom_spread  # noqa: E402,F401
 from ruyi.eval.motion import follows as is_right  # noqa: E402
-from ruyi.training.data.procedural import DIRECTIONS  # noqa: E402
+from ruyi.files import write_text_atomic  # noqa: E402
+from ruyi.training.data.procedural import zoom_extent  # noqa: E402
 
-MOVING = DIRECTIONS[1:]
+DIRECTIONS = PANS  # the moves judged where a model has no other rows
+MOVING = PANS[1:]
 GOAL_RIGHT = 90.0  # % right in every moving direction, on measurable images
 STATIC_SHARE = 0.25  # static median px/frame at most this share of the moving median
 REFERENCE = "reference (true pans through the VAE)"
 
 
+def right(direction: str, row: dict, key: str = "motion") -> bool:
+    """Whether a row's measured motion goes the way ``direction`` asks."""
+    return bool(is_right(direction, row[key], row.get("spread", 0.0), row.get("zoom", 0.0)))
+
+
+def family(direction: str) -> tuple[str, ...]:
+    """The true moves an image must read right to judge ``direction`` on it: its zooms or its pans."""
+    return ZOOMS if MOVES[direction].zoom else MOVING
+
+
+def moving_cameras(rows: list[dict]) -> list[str]:
+    """The moving cameras the rows hold, in ``MOVES`` order."""
+    present = {r["camera"] for r in rows}
+    return [d for d in MOVES if d != "static" and d in present]
+
+
 def _share(rows: list[dict], direction: str, key: str = "motion") -> float | None:
-    return None if direction == "static" or not rows else 100.0 * float(np.mean([is_right(direction, r[key]) for r in rows]))
+    return None if direction == "static" or not rows else 100.0 * float(np.mean([right(direction, r, key) for r in rows]))
 
 
 def summarise(rows: list[dict], frames: int) -> list[dict]:
     """One line per (source, kind, camera), kinds in the rows' order and then ``all``: the share
     judged right over all images, over the measurable images (``measurable_images``) and by
     classic phase correlation, and the median motion (px/frame and its dx, dy)."""
-    measurable = measurable_images(rows)
+    measurable = {move: measurable_images(rows, family(move)) for move in MOVES}
     table = []
     for source in dict.fromkeys(r["source"] for r in rows):
         present = dict.fromkeys(r["kind"] for r in rows if r["source"] == source)  # merged shards interleave kinds
         kinds = sorted(present, key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
         for kind in [*kinds, "all"]:
-            for direction in DIRECTIONS:
+            for direction in MOVES:
                 mine = [r for r in rows if r["source"] == source and r["camera"] == direction and kind in ("all", r["kind"])]
                 if not mine:
                     continue
                 speed = [float(np.hypot(*r["motion"])) / (frames - 1) for r in mine]
-                judged = [r for r in mine if r["image"] in measurable]
+                judged = [r for r in mine if r["image"] in measurable[direction]]
                 table.append({
                     "source": source, "kind": kind, "camera": direction, "n": len(mine),
                     "images": len({r["image"] for r in mine}), "measurable_images": len({r["image"] for r in judged}),
@@ -87,34 +111,35 @@ def summarise(rows: list[dict], frames: int) -> list[dict]:
                     "median_px_per_frame": float(np.median(speed)),
                     "median_dx": float(np.median([r["motion"][0] for r in mine])),
                     "median_dy": float(np.median([r["motion"][1] for r in mine])),
+                    "median_zoom": float(np.median([r.get("zoom", 0.0) for r in mine])),
                 })  # fmt: skip
     return table
 
 
 def moving_median(rows: list[dict], kind: str, frames: int, source: str = "model") -> float | None:
-    """Median px/frame over all moving videos of ``kind`` (``all``: every kind)."""
+    """Median px/frame over all panning videos of ``kind`` (``all``: every kind)."""
     speed = [float(np.hypot(*r["motion"])) / (frames - 1) for r in rows
-             if r["source"] == source and r["camera"] != "static" and kind in ("all", r["kind"])]  # fmt: skip
+             if r["source"] == source and r["camera"] in MOVING and kind in ("all", r["kind"])]  # fmt: skip
     return float(np.median(speed)) if speed else None
 
 
 def by_kind(table: list[dict], rows: list[dict], frames: int, source: str = "model") -> list[dict]:
     """One line per kind (then ``all``) of ``source``: right % per moving direction on measurable
     and on all images, the static and moving median px/frame, and whether the goal is met."""
-    out = []
+    out, moves = [], moving_cameras([r for r in rows if r["source"] == source])
     for kind in dict.fromkeys(t["kind"] for t in table if t["source"] == source):
         lines = {t["camera"]: t for t in table if t["source"] == source and t["kind"] == kind}
         any_line = next(iter(lines.values()))
         static = lines["static"]["median_px_per_frame"] if "static" in lines else None
         moving = moving_median(rows, kind, frames, source)
-        measurable = {d: lines[d]["right_measurable_%"] for d in MOVING if d in lines}
-        met = (len(measurable) == len(MOVING) and all(v is not None and v >= GOAL_RIGHT for v in measurable.values())
+        measurable = {d: lines[d]["right_measurable_%"] for d in moves if d in lines}
+        met = (len(measurable) == len(moves) and all(v is not None and v >= GOAL_RIGHT for v in measurable.values())
                and static is not None and moving is not None and static <= STATIC_SHARE * moving)  # fmt: skip
         out.append({
             "kind": kind, "images": any_line["images"], "measurable_images": any_line["measurable_images"],
             "right_measurable_%": measurable, "n_measurable": {d: lines[d]["n_measurable"] for d in measurable},
-            "right_%": {d: lines[d]["right_%"] for d in MOVING if d in lines},
-            "n": {d: lines[d]["n"] for d in MOVING if d in lines},
+            "right_%": {d: lines[d]["right_%"] for d in moves if d in lines},
+            "n": {d: lines[d]["n"] for d in moves if d in lines},
             "static_px_per_frame": static, "moving_px_per_frame": moving, "goal_met": met,
         })  # fmt: skip
     return out
@@ -129,11 +154,12 @@ def markdown(kinds: list[dict]) -> str:
     def speed(value: float | None) -> str:
         return "—" if value is None else f"{value:.2f}"
 
-    lines = ["| kind | images (measurable) | " + " | ".join(MOVING) + " | static px/frame | moving px/frame | goal |",
-             "|---" * (5 + len(MOVING)) + "|"]  # fmt: skip
+    moves = [d for d in MOVES if any(d in k["n"] for k in kinds)] or list(MOVING)
+    lines = ["| kind | images (measurable) | " + " | ".join(moves) + " | static px/frame | moving px/frame | goal |",
+             "|---" * (5 + len(moves)) + "|"]  # fmt: skip
     for k in kinds:
         cells = [f"{share(k['right_measurable_%'].get(d))} ({k['n_measurable'].get(d, 0)}) · all {share(k['right_%'].get(d))}"
-                 for d in MOVING]  # fmt: skip
+                 for d in moves]  # fmt: skip
         goal = "met" if k["goal_met"] else "not met"
         lines.append(f"| {k['kind']} | {k['images']} ({k['measurable_images']}) | " + " | ".join(cells)
                      + f" | {speed(k['static_px_per_frame'])} | {speed(k['moving_px_per_frame'])} | {goal} |")  # fmt: skip
@@ -141,11 +167,12 @@ def markdown(kinds: list[dict]) -> str:
 
 
 def reference_markdown(table: list[dict]) -> str:
-    """How often the measure reads the true pans right, per kind and direction (all images)."""
-    lines = ["| true pans: kind | " + " | ".join(MOVING) + " |", "|---" * (1 + len(MOVING)) + "|"]
+    """How often the measure reads the true moves right, per kind and direction (all images)."""
+    moves = [d for d in MOVES if d != "static" and any(t["camera"] == d and t["source"] == REFERENCE for t in table)]
+    lines = ["| true moves: kind | " + " | ".join(moves) + " |", "|---" * (1 + len(moves)) + "|"]
     for kind in dict.fromkeys(t["kind"] for t in table if t["source"] == REFERENCE):
         cells = {t["camera"]: t for t in table if t["source"] == REFERENCE and t["kind"] == kind}
-        shares = [f"{cells[d]['right_%']:.0f} % ({cells[d]['n']})" for d in MOVING if d in cells]
+        shares = [f"{cells[d]['right_%']:.0f} % ({cells[d]['n']})" if d in cells else "—" for d in moves]
         lines.append(f"| {kind} | " + " | ".join(shares) + " |")
     return "\n".join(lines)
 
@@ -155,7 +182,8 @@ def reference_markdown(table: list[dict]) -> str:
 
 @torch.no_grad()
 def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, speeds: tuple[int, ...],
-               clips: int = 40, timestep: int = 990) -> dict[str, dict[str, float]]:
+               clips: int = 40, timestep: int = 990, cameras: tuple[str, ...] = PANS,
+               zooms: tuple[float, ...] = (0.03, 0.06, 0.09, 0.12)) -> dict[str, dict[str, float]]:  # fmt: skip
     """Held-out training loss (v-prediction MSE, the training's own input builder) at ``timestep``
     for every (true camera, camera label given) pair, same clips and noise: {true: {given: loss}}.
 
@@ -170,12 +198,12 @@ def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, 
     from ruyi.checkpoints import scheduler_config
 
     data = ProceduralPans(frames=frames, height=height, width=width, split="heldout", seed=5, auto_prob=0.0,
-                          pixels_per_frame=speeds, bank_size=8, length=clips)  # fmt: skip
+                          cameras=cameras, pixels_per_frame=speeds, zoom_per_frame=zooms, bank_size=8, length=clips)  # fmt: skip
     items = ConditionedClips(data, pipe.image_conditioning)
     encoder, objective = BatchEncoder(pipe, uncond_prob=0.0), DiffusionObjective(scheduler_config(model_path))
     generator = torch.Generator().manual_seed(0)
-    sums = {true: {given: 0.0 for given in DIRECTIONS} for true in DIRECTIONS}
-    counts = dict.fromkeys(DIRECTIONS, 0)
+    sums = {true: {given: 0.0 for given in cameras} for true in cameras}
+    counts = dict.fromkeys(cameras, 0)
     device, dtype = pipe.execution_device, pipe.dtype
     for start in range(0, clips, 8):
         batch = collate_clips([items[i] for i in range(start, min(clips, start + 8))])
@@ -183,7 +211,7 @@ def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, 
         x0 = encoded.x0.float().cpu()
         t = torch.full((x0.shape[0],), timestep, dtype=torch.long)
         noisy, target = objective.noisy_and_target(x0, torch.randn(x0.shape, generator=generator), t)
-        for given in DIRECTIONS:
+        for given in cameras:
             kwargs = encoder.transformer_kwargs(encoded, {**batch, "camera": [given] * len(batch["camera"])}, t,
                                                 objective.num_train_timesteps)  # fmt: skip
             out = pipe.transformer(noisy.to(device, dtype), t.to(device, dtype), **kwargs).float().cpu()
@@ -197,8 +225,9 @@ def label_loss(pipe, model_path: Path, *, frames: int, height: int, width: int, 
 
 def label_table(losses: dict[str, dict[str, float]], timestep: int = 990) -> str:
     """Markdown: one row per true camera, one column per label given; the row's smallest in bold."""
+    given = list(next(iter(losses.values()))) if losses else list(DIRECTIONS)
     lines = [f"held-out training loss at t={timestep}, true camera (rows) x camera label given (columns):", "",
-             "| true \\ given | " + " | ".join(DIRECTIONS) + " |", "|---" * (1 + len(DIRECTIONS)) + "|"]  # fmt: skip
+             "| true \\ given | " + " | ".join(given) + " |", "|---" * (1 + len(given)) + "|"]  # fmt: skip
     for true, row in losses.items():
         best = min(row.values())
         cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in row.values()]
@@ -226,11 +255,19 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
     return frames(video)
 
 
-def measurable_images(rows: list[dict]) -> set[str]:
-    """Images all four of whose true pans (the ``reference`` rows) the measurement reads right."""
-    reference = [r for r in rows if r["source"].startswith("reference") and r["camera"] != "static"]
+def measurable_images(rows: list[dict], moves: tuple[str, ...] = MOVING) -> set[str]:
+    """Images all of whose true ``moves`` (the ``reference`` rows: four pans, or two zooms) the
+    measurement reads right."""
+    reference = [r for r in rows if r["source"].startswith("reference") and r["camera"] in moves]
     images = {r["image"] for r in reference}
-    return {i for i in images if all(is_right(r["camera"], r["motion"]) for r in reference if r["image"] == i)}
+    return {i for i in images if all(right(r["camera"], r) for r in reference if r["image"] == i)}
+
+
+def measured(frames: np.ndarray) -> dict:
+    """A video's measured motion: total (dx, dy) half-whitened and classic, log-scale zoom, its spread (px)."""
+    zoom = content_zoom(frames)
+    return {"motion": content_motion(frames), "phase": content_motion(frames, whitening=1.0), "zoom": zoom,
+            "spread": zoom_spread(zoom, *frames.shape[1:3])}  # fmt: skip
 
 
 def save_strip(videos: dict[str, np.ndarray], path: Path, picks: int = 4) -> None:
@@ -241,33 +278,37 @@ def save_strip(videos: dict[str, np.ndarray], path: Path, picks: int = 4) -> Non
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def measure_reference(pipe, image, *, frames: int, height: int, width: int, speed: int) -> list[dict]:
-    """The measurement on this image's true pans after the VAE round trip: can it read them?"""
+def measure_reference(pipe, image, *, frames: int, height: int, width: int, speed: int, rate: float | None = None) -> list[dict]:
+    """The measurement on this image's true pans (and zooms at ``rate``) after the VAE round trip:
+    can it read them?"""
     rows = []
-    for direction, clip in true_pans(image.canvas, frames=frames, height=height, width=width, speed=speed).items():
+    clips = true_pans(image.canvas, frames=frames, height=height, width=width, speed=speed)
+    if rate is not None:
+        clips.update(true_zooms(image.canvas, frames=frames, height=height, width=width, rate=rate))
+    for direction, clip in clips.items():
         pixels = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
         with torch.no_grad():
             video = pipe.vae.decode(pipe.vae.encode(pixels.to(pipe.execution_device, pipe.dtype))[0])
         decoded = to_frames((video.float().cpu().clamp(-1, 1) + 1) / 2)
-        rows.append({"source": REFERENCE, "kind": image.kind, "camera": direction, "image": image.name,
-                     "motion": content_motion(decoded), "phase": content_motion(decoded, whitening=1.0)})  # fmt: skip
+        rows.append({"source": REFERENCE, "kind": image.kind, "camera": direction, "image": image.name, **measured(decoded)})
     return rows
 
 
-def generate(pipe, images, args, *, height: int, width: int, speed: int) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Reference rows and one model row per (image, direction, seed); the first image's seed-0
+def generate(pipe, images, args, *, height: int, width: int, speed: int, rate: float) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Reference rows and one model row per (image, camera, seed); the first image's seed-0
     videos for the strip."""
     rows, strips = [], {}
+    zooms = rate if any(MOVES[c].zoom for c in args.cameras) else None
     for image in images:
-        rows += measure_reference(pipe, image, frames=args.frames, height=height, width=width, speed=speed)
+        rows += measure_reference(pipe, image, frames=args.frames, height=height, width=width, speed=speed, rate=zooms)
         start = start_image(image.canvas, height, width)
-        for direction in DIRECTIONS:
+        for direction in args.cameras:
             for seed in range(args.seeds):
                 video = pipe(start, frames=args.frames, video_size=[height, width], steps=args.steps, cfg=args.cfg,
                              seed=seed, camera=direction, motion=args.motion, progress=False)  # fmt: skip
                 frames = to_frames(video)
                 rows.append({"source": "model", "kind": image.kind, "camera": direction, "image": image.name, "seed": seed,
-                             "motion": content_motion(frames), "phase": content_motion(frames, whitening=1.0)})  # fmt: skip
+                             **measured(frames)})  # fmt: skip
                 if image is images[0] and seed == 0:
                     strips[direction] = frames
     return rows, strips
@@ -326,6 +367,10 @@ def main() -> None:
     parser.add_argument("--pixels-per-frame", type=int, nargs=4, default=(2, 4, 6, 8), metavar="PX",
                         help="speeds of motion 1-4 in the training data (data.pixels_per_frame), "
                         "for the reference rows")  # fmt: skip
+    parser.add_argument("--zoom-per-frame", type=float, nargs=4, default=(0.03, 0.06, 0.09, 0.12), metavar="Z",
+                        help="log-scale steps of motion 1-4 in the training data (data.zoom_per_frame)")  # fmt: skip
+    parser.add_argument("--cameras", nargs="+", default=None, choices=list(MOVES),
+                        help="the moves judged (default: every move the model has rows for)")  # fmt: skip
     parser.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"),
                         help="only images I, I+N, I+2N, ... of the set (run N side by side, then --merge)")  # fmt: skip
     parser.add_argument("--no-label-loss", action="store_true", help="skip the label-loss matrix")
@@ -339,23 +384,30 @@ def main() -> None:
 
     height, width = args.size
     pipe, _ = build(args.model_path.resolve(), args.device, [])
-    speeds = tuple(args.pixels_per_frame)
-    speed = speeds[int(args.motion) - 1] if args.motion != "auto" else speeds[1]
-    images = image_set(args.set, height=height, width=width, travel=(args.frames - 1) * speed,
+    if args.cameras is None:  # the moves the loaded model has rows for
+        args.cameras = [c for c in MOVES if c in pipe.control.cameras]
+    speeds, rates = tuple(args.pixels_per_frame), tuple(args.zoom_per_frame)
+    level = int(args.motion) - 1 if args.motion != "auto" else 1
+    speed, rate = speeds[level], rates[level]
+    # the canvas around each start image holds the longest pan and the widest zoom out
+    travel = max((args.frames - 1) * speed, -(-(zoom_extent(height, width, args.frames, rate)[0] - height) // 2))
+    images = image_set(args.set, height=height, width=width, travel=travel,
                        per_kind=args.per_kind, kinds=args.kinds, views=args.views)[args.shard[0] :: args.shard[1]]  # fmt: skip
     began = time.perf_counter()
-    rows, strips = generate(pipe, images, args, height=height, width=width, speed=speed)
+    rows, strips = generate(pipe, images, args, height=height, width=width, speed=speed, rate=rate)
     seconds = time.perf_counter() - began
     videos = sum(r["source"] == "model" for r in rows)
     shard = "" if args.shard[1] == 1 else f" (shard {args.shard[0]} of {args.shard[1]})"
     head = (f"camera following of {args.model_path.name} on the {args.set} set{shard} ({', '.join(args.kinds)}): "
-            f"{len(images)} images ({len(measurable_images(rows))} measurable: all 4 true pans read right) "
-            f"x {args.seeds} seeds, "
-            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame in training), "
+            f"{len(images)} images ({len(measurable_images(rows))} measurable: all 4 true pans read right"
+            + (f"; {len(measurable_images(rows, ZOOMS))} for the zooms" if set(ZOOMS) & set(args.cameras) else "")
+            + f") x {args.seeds} seeds, {', '.join(args.cameras)}, "
+            f"{args.frames} frames {height}x{width}, motion {args.motion} ({speed} px/frame, zoom {rate} in training), "
             f"cfg {args.cfg}, {args.steps} steps; {videos} videos in {seconds:.0f} s on {pipe.execution_device}")  # fmt: skip
     losses = None
     if not args.no_label_loss:
-        losses = label_loss(pipe, args.model_path.resolve(), frames=args.frames, height=height, width=width, speeds=speeds)
+        losses = label_loss(pipe, args.model_path.resolve(), frames=args.frames, height=height, width=width, speeds=speeds,
+                            cameras=tuple(args.cameras), zooms=rates)  # fmt: skip
     text, payload = report(rows, frames=args.frames, head=head, losses=losses)
     print(text)
     if args.out:
@@ -364,8 +416,10 @@ def main() -> None:
         run = {"args": {k: str(v) for k, v in vars(args).items()}, "head": head, "seconds": seconds, **payload}
         write_text_atomic(args.out / "camera_following.json", json.dumps(run, indent=1))
         save_strip(strips, args.out / "strip.png")
-        gif = [Image.fromarray(f) for f in strips["left"]]
-        gif[0].save(args.out / "camera_left.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)
+        for camera in ("left", "zoom_in"):
+            gif = [Image.fromarray(f) for f in strips.get(camera, [])]
+            if gif:
+                gif[0].save(args.out / f"camera_{camera}.gif", save_all=True, append_images=gif[1:], duration=1000 // 24, loop=0)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import quality_table, read_rows  # noqa: E402
+from ruyi.conditioning.control import PANS  # noqa: E402
 
-CAMERAS = ("left", "up", "static")
+CAMERAS = (PANS[1], PANS[3], PANS[0])  # left, up, static: a pan along each axis and none
 SEEDS = (1, 2)
 IMAGES = ("procedural", "astronaut", "chelsea")
 # group -> the overrides its multirun adds (Hydra sweep syntax); "defaults" repeats the reference's
@@ -119,7 +120,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU groups need cuda)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "levers", help="videos, references, eval.jsonl")
     parser.add_argument("--images", default=",".join(IMAGES), help=f"held-out start images among {', '.join(IMAGES)}")
-    parser.add_argument("--cameras", default=",".join(CAMERAS))
+    parser.add_argument("--cameras", default=",".join(CAMERAS), help="camera labels the model has (infer.py --help lists them)")
     parser.add_argument("--seeds", default=",".join(str(s) for s in SEEDS))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per job (OMP_NUM_THREADS)")
     parser.add_argument("--table-only", action="store_true", help="only print the table of --out's eval.jsonl")

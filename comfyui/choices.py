@@ -12,7 +12,13 @@ Nothing here imports ComfyUI; the registries are read when ComfyUI asks for a no
 
 from __future__ import annotations
 
-from ruyi.errors import ConfigError
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from ruyi.errors import ConfigError, RuyiUserError
+
+log = logging.getLogger(__name__)
 
 # the original's fp8_quant_mode values -> ruyi's precision registry names
 PRECISION_ALIASES = {"none": "bf16", "lite": "fp8_lite", "strong": "fp8_strong", "extreme": "fp8_extreme"}
@@ -54,12 +60,23 @@ def memory_modes() -> list[str]:
     return [FROM_MODEL, *MEMORY_MODE_OFFLOAD]
 
 
-def control_choices() -> tuple[list[str], list[str]]:
-    """(cameras, motions) that the camera/motion conditioning component accepts."""
+def control_choices(checkpoints: Iterable[str | Path] = ()) -> tuple[list[str], list[str]]:
+    """(cameras, motions): the labels of every checkpoint folder given (the rows of their control
+    tables; a model taught zoom_in adds it), Ruyi-Mini-7B's where none is on disk. A dropdown
+    serves every model the Load Model node offers; the sampler refuses a label its model lacks in
+    one line that names the labels it has."""
+    from ruyi.conditioning.control import CAMERAS, MOTIONS, ordered
     from ruyi.registry import CONDITIONINGS
 
-    control = CONDITIONINGS.get("camera_motion")()  # reads no file until load()
-    return list(control.cameras), list(control.motions)
+    cameras, motions = set(CAMERAS), list(MOTIONS)
+    for folder in checkpoints:
+        control = CONDITIONINGS.get("camera_motion")()
+        try:
+            cameras.update(control.read_labels(folder))  # the table's header only
+        except RuyiUserError as err:  # a damaged file must not break ComfyUI's node list
+            log.warning("[Ruyi] camera labels of %s: %s", folder, err)
+        motions += [m for m in control.motions if m not in motions]
+    return list(ordered(cameras)), motions
 
 
 def _label(name: str) -> str:

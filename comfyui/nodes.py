@@ -90,6 +90,15 @@ def available_models() -> list[str]:
     return names
 
 
+def installed_checkpoints() -> list[Path]:
+    """The checkpoint folders Load Model offers that are on disk (for their camera labels)."""
+    try:
+        return [p for p in (resolve_model_path(n) for n in available_models()) if (p / "transformer").is_dir()]
+    except Exception as err:  # noqa: BLE001 - listing must never break ComfyUI's node registration
+        log.warning("[Ruyi] could not list the checkpoints: %s", err)
+        return []
+
+
 def resolve_model_path(name: str) -> Path:
     """The first ``<Ruyi dir>/<name>`` holding a checkpoint, else where a download would go."""
     dirs = ruyi_model_dirs()
@@ -363,7 +372,7 @@ class Ruyi_I2VSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        cameras, motions = choices.control_choices()
+        cameras, motions = choices.control_choices(installed_checkpoints())
         return {
             "required": {
                 "ruyi_model": ("RUYI_MODEL", {"tooltip": RUYI_MODEL_TIP}),

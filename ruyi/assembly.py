@@ -148,6 +148,7 @@ class PipelineSpec:
             plugins=tuple(p.create() for p in self.plugins),
         )
         _check_sampler_options(self.sampler)
+        plan.control.read_labels(self.model.path)  # the camera labels the checkpoint has: its table's header
         for strategy in plan.strategies:  # memory=auto settles offload, skip_steps and VAE tiles here
             if callable(getattr(strategy, "resolve", None)):
                 plan = strategy.resolve(plan)

@@ -68,7 +68,31 @@ def _keys(text: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def entry_help(config_dir: Path, config_name: str, script: str) -> str:
+def control_labels(argv: list[str], config_dir: Path, config_name: str) -> dict[str, str]:
+    """{"camera": ..., "motion": ...}: the labels of the model this command line selects, read from
+    its checkpoint's table (a model taught new moves has more than the YAML comment can list); {}
+    where the command line does not compose or the config has no camera."""
+    from ruyi.errors import RuyiUserError
+
+    try:
+        from ruyi.assembly import PipelineSpec
+        from ruyi.overrides import compose_command_line
+
+        cfg = compose_command_line([a for a in argv if a not in ("-h", "--help")], config_dir=config_dir,
+                                   config_name=config_name)  # fmt: skip
+        if cfg is None or "camera" not in cfg:
+            return {}
+        spec = PipelineSpec.from_config(cfg)
+        control = spec.control.create()
+        control.read_labels(spec.model.path)
+    except RuyiUserError:  # the run itself will say what is wrong
+        return {}
+    where = f"(the rows of {Path(spec.model.path).name if spec.model.path else spec.model.name})"
+    return {"camera": f"{' | '.join(control.cameras)} {where}", "motion": f"{' | '.join(control.motions)} {where}"}
+
+
+def entry_help(config_dir: Path, config_name: str, script: str, argv: list[str] | None = None) -> str:
+    """The help text; with ``argv`` (the command line), the camera and motion labels of the model it selects."""
     text = (config_dir / f"{config_name}.yaml").read_text()
     head = []
     for line in text.splitlines():  # the file's leading comment block
@@ -82,7 +106,9 @@ def entry_help(config_dir: Path, config_name: str, script: str) -> str:
         lines.append(f"  {group:<22} {shown}" + (f"\n  {'':<22} {comment}" if comment else ""))
     lines += ["", "keys (key=value):"]
     keys = {row[0]: row for part in [*_included(text, config_dir), text] for row in _keys(part)}
+    labels = control_labels(argv, config_dir, config_name) if argv is not None and "camera" in keys else {}
     for key, value, comment in keys.values():
+        comment = labels.get(key, comment)
         lines.append(f"  {key:<22} {value:<24} {comment}".rstrip())
     lines += ["", "Hydra: -m runs a sweep over comma-separated values (seed=1,2,3); --cfg job prints the",
               "composed config; --hydra-help shows Hydra's own options."]  # fmt: skip
@@ -92,5 +118,5 @@ def entry_help(config_dir: Path, config_name: str, script: str) -> str:
 def print_help_if_asked(argv: list[str], *, config_dir: Path, config_name: str, script: str) -> None:
     """``-h``/``--help`` prints this entry point's help and exits 0 (before Hydra)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(entry_help(config_dir, config_name, script))
+        print(entry_help(config_dir, config_name, script, argv=list(argv)))
         raise SystemExit(0)

@@ -191,9 +191,15 @@ def test_folder_errors_name_the_fix(tmp_path):
     with pytest.raises(InputError, match="no readable mp4"):
         ClipFolder(path=str(tmp_path))
     _clip(tmp_path / "a.mp4")
-    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,sideways,2\n")
+    # a label that no table key can hold (a new label such as "sideways" is finetune=control's to teach)
+    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,Side-Ways,2\n")
     with pytest.raises(ConfigError, match="labels.csv:2"):
         ClipFolder(path=str(tmp_path))
+    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,sideways,5\n")
+    with pytest.raises(ConfigError, match="labels.csv:2"):
+        ClipFolder(path=str(tmp_path))
+    (tmp_path / "labels.csv").write_text("file,camera,motion\na.mp4,sideways,2\n")
+    assert ClipFolder(path=str(tmp_path)).camera_labels == {"sideways"}
 
 
 @pytest.mark.parametrize("end_frame_prob", [0.0, 1.0])

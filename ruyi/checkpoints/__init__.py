@@ -104,13 +104,13 @@ def random_models(
     """Models of ``arch``'s real shape with random weights, made on ``device`` and left on ``home``,
     plus a random control-embedding table with every key the real one has."""
     from ruyi.models.image_encoder import random_image_encoder
-    from ruyi.checkpoints.tiny import random_control_embeddings
+    from ruyi.conditioning.control import random_control_table
 
     transformer = random_model(classes["transformer"], arch["transformer_arch"], dtype=dtype, device=device)
     vae = random_model(classes["vae"], arch.get("vae_arch") or {}, dtype=dtype, device=device, seed=1)
     encoder = random_image_encoder(
         arch["image_encoder_arch"], arch["image_processor"], dtype=dtype, device=device, seed=2
     )
-    table = random_control_embeddings(arch["transformer_arch"], torch.Generator().manual_seed(3))
+    table = random_control_table(arch["transformer_arch"], torch.Generator().manual_seed(3))
     models = {"transformer": transformer.to(home), "vae": vae.to(home), "image_encoder": encoder.to(home)}
     return models, table

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ruyi.conditioning.control import random_control_table
 from ruyi.errors import CheckpointError
 from ruyi.io import publish_folder
 from ruyi.models.loading import quiet_progress
@@ -26,32 +27,8 @@ from ruyi.registry import TRANSFORMERS, VAES
 
 log = logging.getLogger(__name__)
 
-CAMERAS = ("static", "left", "right", "up", "down", "auto")
-MOTIONS = ("0", "1", "2", "3", "4")
 # the architecture of Ruyi-Mini-7B, whatever the configs select for a run
 MODELS = {"transformer": (TRANSFORMERS, "ruyi_transformer3d"), "vae": (VAES, "magvit")}
-
-
-def random_control_embeddings(arch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A random ``embeddings.safetensors`` table with every key the real one has, for ``arch``'s sizes."""
-    text_len, text_len_t5 = arch["text_len"], arch["text_len_t5"]
-    dim, dim_t5 = arch["cross_attention_dim"], arch["cross_attention_dim_t5"]
-
-    def entry(prefix: str) -> dict[str, torch.Tensor]:
-        valid1 = int(torch.randint(1, text_len + 1, (1,), generator=generator))
-        valid2 = int(torch.randint(1, text_len_t5 + 1, (1,), generator=generator))
-        return {
-            f"{prefix}.emb1": torch.randn(1, text_len, dim, generator=generator),
-            f"{prefix}.mask1": (torch.arange(text_len) < valid1).long()[None],
-            f"{prefix}.emb2": torch.randn(1, text_len_t5, dim_t5, generator=generator),
-            f"{prefix}.mask2": (torch.arange(text_len_t5) < valid2).long()[None],
-        }
-
-    table = {**entry("p.default"), **entry("n.default")}
-    for motion in MOTIONS:
-        for camera in CAMERAS:
-            table.update(entry(f"p.16x9movie{motion}{camera}"))
-    return table
 
 
 def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
@@ -84,7 +61,7 @@ def create_tiny_checkpoint(path: str | Path, preset: Mapping[str, Any]) -> Path:
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
         generator = torch.Generator().manual_seed(int(preset.get("seed", 0)))
         save_file(
-            random_control_embeddings(preset["transformer_arch"], generator),
+            random_control_table(preset["transformer_arch"], generator),
             str(tmp / "embeddings.safetensors"),
         )
         (tmp / "model_index.json").write_text(json.dumps({"_class_name": "RuyiInpaintPipeline"}, indent=2))

@@ -17,15 +17,16 @@ from ruyi.errors import OutputError, exit_code_of
 EPILOG = """metrics (registry "metric"; configs/metric/):
   psnr, ssim   fidelity against --reference (identical videos: psnr 100, the cap)
   lpips        perceptual distance to --reference, only if torchvision and its weights are already here
-  camera       camera_direction (film convention: content moving right = left), camera_correct against
-               --camera, motion_px_per_frame
+  camera       camera_direction (film convention: content moving right = left; content growing =
+               zoom_in), camera_correct against --camera, motion_px_per_frame, motion_zoom (log-scale
+               change a frame, > 0 growing)
   keyframes    start_frame_psnr against --image, end_frame_psnr against --end-image
   flicker      mean grey change between frames after global-motion compensation (0..255)
 """
 
 
 def parser() -> argparse.ArgumentParser:
-    from ruyi.conditioning.control import CAMERAS, MOTIONS
+    from ruyi.conditioning.control import AUTO, MOTIONS, MOVES
     from ruyi.eval.metrics import DEFAULT_METRICS
 
     p = argparse.ArgumentParser(
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="the reference video of the same request (for psnr, ssim, lpips)")
     p.add_argument("--image", help="the start image the video was made from (start_frame_psnr)")
     p.add_argument("--end-image", help="the end image, if there was one (end_frame_psnr)")
-    p.add_argument("--camera", help=f"the camera asked for: {', '.join(CAMERAS)} (camera_correct)")
+    p.add_argument("--camera", help=f"the camera asked for: {', '.join((*MOVES, AUTO))} (camera_correct)")
     p.add_argument("--motion", help=f"the motion asked for: {', '.join(MOTIONS)} (recorded beside the measure)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metric names")
     p.add_argument("--json", type=Path, help="write the result as one JSON object to this file (replaced atomically)")

@@ -112,6 +112,13 @@ class EvalSample:
 
         return pair_shifts(self.frames)
 
+    @cached_property
+    def pair_zooms(self) -> np.ndarray:
+        """(F-1,): the content's log-scale change from each frame to the next (> 0: it grows)."""
+        from ruyi.eval.motion import pair_zooms
+
+        return pair_zooms(self.frames)
+
 
 def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None) -> EvalSample:
     """Read and check everything one evaluation needs (one line per bad input)."""
@@ -128,10 +135,10 @@ def make_sample(video, *, reference=None, image=None, end_image=None, camera=Non
     start = None if image is None else as_image(image, size=size, name="image")
     end = None if end_image is None else as_image(end_image, size=size, name="end_image")
     if camera is not None:
-        from ruyi.conditioning.control import CAMERAS
+        from ruyi.conditioning.control import AUTO, MOVES
 
-        if str(camera) not in CAMERAS:
-            raise InputError(f"camera={camera!r} is not one of {', '.join(CAMERAS)}")
+        if str(camera) not in (*MOVES, AUTO):  # every move the camera metric can tell apart
+            raise InputError(f"camera={camera!r} is not one of {', '.join((*MOVES, AUTO))}")
         camera = str(camera)
     if motion is not None:
         from ruyi.conditioning.control import MOTIONS

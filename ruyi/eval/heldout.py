@@ -1,4 +1,5 @@
-"""Start images that training never saw, by kind, each the centre of a larger canvas whose true pans exist.
+"""Start images that training never saw, by kind, each the centre of a larger canvas whose true pans
+(and zooms) exist.
 
 Two disjoint sets, fixed before the training they judge (``IMAGE_SETS``):
 
@@ -35,7 +36,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from ruyi.errors import ConfigError
 from ruyi.training.data.photos import load_photo, photo_set
 from ruyi.training.data.pictures import TEXTURE_KINDS, as_uint8, textured_canvas
-from ruyi.training.data.procedural import CONTENT_STEP, DIRECTIONS, SPLITS, pan_clip
+from ruyi.conditioning.control import MOVES, PANS, ZOOMS
+from ruyi.training.data.procedural import SPLITS, pan_clip, zoom_clip
 
 KINDS = ("drawn", "gradients", "textures", "photographs")
 # random streams of this module's own pictures: (image seed, held-out split, stream, index)
@@ -247,8 +249,14 @@ def true_pans(canvas: np.ndarray, *, frames: int, height: int, width: int, speed
         return slice(margin, margin + size + (travel if step < 0 else 0))
 
     pans = {}
-    for direction in DIRECTIONS:
-        dx, dy = CONTENT_STEP[direction]
+    for direction in PANS:
+        dx, dy = MOVES[direction].dx, MOVES[direction].dy
         part = canvas[span(dy, margin_y, height), span(dx, margin_x, width)]
         pans[direction] = pan_clip(part, frames=frames, height=height, width=width, direction=direction, speed=speed)
     return pans
+
+
+def true_zooms(canvas: np.ndarray, *, frames: int, height: int, width: int, rate: float) -> dict[str, np.ndarray]:
+    """{zoom_in | zoom_out: uint8 (F, H, W, 3)}: zooms at ``rate`` (log-scale a frame) about the
+    centre window (``start_image``, their first frame), made by the training's own ``zoom_clip``."""
+    return {move: zoom_clip(canvas, frames=frames, height=height, width=width, direction=move, rate=rate) for move in ZOOMS}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ruyi.eval.frames import EvalSample
-from ruyi.eval.motion import camera_of, shift_compensated_difference, static_threshold
+from ruyi.eval.motion import camera_of, shift_compensated_difference, static_threshold, zoom_spread
 from ruyi.registry import METRICS
 
 PSNR_CAP = 100.0  # identical videos: PSNR is infinite; the JSON holds this cap instead
@@ -141,10 +141,10 @@ def lpips_unavailable(net: str) -> str | None:
 
 @METRICS.register("camera")
 class CameraMotion(VideoMetric):
-    """The camera move the global content motion means (film convention), whether it is the one
-    asked for, and the motion's size in px/frame."""
+    """The camera move the global content motion means (a pan or a zoom, film convention), whether
+    it is the one asked for, the motion's size in px/frame and the zoom a frame (log-scale)."""
 
-    keys = ("camera_direction", "camera_correct", "motion_px_per_frame", "motion_dx", "motion_dy")
+    keys = ("camera_direction", "camera_correct", "motion_px_per_frame", "motion_dx", "motion_dy", "motion_zoom")
 
     def __init__(self, *, static_px_per_frame: float | None = None) -> None:
         self.static_px_per_frame = static_px_per_frame  # None: static_threshold(video size)
@@ -152,8 +152,9 @@ class CameraMotion(VideoMetric):
     def __call__(self, sample):
         frames, (height, width) = len(sample.frames), sample.frames.shape[1:3]
         dx, dy = (float(v) for v in sample.pair_shifts.sum(axis=0)) if frames > 1 else (0.0, 0.0)
+        zoom = float(sample.pair_zooms.sum()) if frames > 1 else 0.0
         threshold = self.static_px_per_frame or static_threshold(height, width)
-        direction = camera_of(dx, dy, frames, threshold=threshold)
+        direction = camera_of(dx, dy, frames, threshold=threshold, spread=zoom_spread(zoom, height, width), zoom=zoom)
         asked = sample.camera if sample.camera not in (None, "auto") else None
         return {
             "camera_direction": direction,
@@ -161,6 +162,7 @@ class CameraMotion(VideoMetric):
             "motion_px_per_frame": float(np.hypot(dx, dy)) / max(frames - 1, 1),
             "motion_dx": dx / max(frames - 1, 1),
             "motion_dy": dy / max(frames - 1, 1),
+            "motion_zoom": zoom / max(frames - 1, 1),
         }
 
 
@@ -200,7 +202,7 @@ class Flicker(VideoMetric):
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "camera", "keyframes", "flicker")
 # the keys every result has (null where not asked), in the table's order
 RESULT_KEYS = ("psnr", "ssim", "lpips", "camera_direction", "camera_correct", "motion_px_per_frame",
-               "motion_dx", "motion_dy", "start_frame_psnr", "end_frame_psnr", "flicker")  # fmt: skip
+               "motion_dx", "motion_dy", "motion_zoom", "start_frame_psnr", "end_frame_psnr", "flicker")  # fmt: skip
 
 
 def build_metrics(names: Sequence[str] = DEFAULT_METRICS) -> list[VideoMetric]:

@@ -63,20 +63,29 @@ def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, obj
     fsync_path(folder / WEIGHTS)
 
 
-def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder: Path, dtype: torch.dtype | None = None) -> Path:
+def export_checkpoint(
+    state: Mapping[str, torch.Tensor] | None, *, source: Path, folder: Path, dtype: torch.dtype | None = None,
+    files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> Path:
     """A complete checkpoint folder: ``source``'s components with the transformer replaced by ``state``
-    (in ``dtype``, by default the dtype ``source`` stores). ``model.path=<folder>`` loads it."""
+    (in ``dtype``, by default the dtype ``source`` stores; None: the source's, copied) and each
+    safetensors file of ``files`` (e.g. ``embeddings.safetensors``) written from its tensors instead
+    of copied. ``model.path=<folder>`` loads it."""
     source, folder = Path(source), Path(folder)
     refuse_existing(folder)
     dtype = dtype or stored_dtype(source / TRANSFORMER)
+    files = dict(files or {})
     created = make_parents(folder.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for entry in sorted(source.iterdir()):
-            if entry.name == TRANSFORMER or entry.name.startswith("."):
+            if (entry.name == TRANSFORMER and state is not None) or entry.name in files or entry.name.startswith("."):
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-        save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
+        if state is not None:
+            save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
+        for name, tensors in files.items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
         for entry in tmp.rglob("*"):
             if entry.is_file():
                 fsync_path(entry)
@@ -86,7 +95,7 @@ def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_created(created)
-        needed = _folder_bytes(source) + sum(v.numel() * dtype.itemsize for v in state.values())
+        needed = _folder_bytes(source) + sum(v.numel() * dtype.itemsize for v in (state or {}).values())
         mapped = write_error(err, folder, what="the checkpoint", needed=needed)
         if mapped is not None:
             raise mapped from None

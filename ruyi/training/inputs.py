@@ -184,7 +184,8 @@ class BatchEncoder:
         distinct = list(dict.fromkeys(labels))
         rows = torch.tensor([distinct.index(label) for label in labels], device=device)
         branches = [self._branch(*label) for label in distinct]
-        emb = {f: torch.cat([getattr(b, f) for b in branches]).to(device).index_select(0, rows) for f in EMBEDDING_FIELDS}
+        # each piece moved first: finetune=control's trainable rows live on the device, the frozen ones on the CPU
+        emb = {f: torch.cat([getattr(b, f).to(device) for b in branches]).index_select(0, rows) for f in EMBEDDING_FIELDS}
         on = clip_on.to(device, dtype)
         # off: zeros with mask 0, which the transformer replaces by its learned padding (as inference)
         clip = encoded.clip.to(device, dtype) * on[:, None, None]

@@ -66,12 +66,15 @@ class RuyiTrainingModule(L.LightningModule):
         self._clock: dict[int, float] = {}
         self.transformer = pipe.transformer
         finetune.prepare(self.transformer)
+        # what a finetune trains outside the transformer (finetune=control: new rows of the control
+        # table), registered here so that the optimizer, the strategy and checkpoints see it
+        self.control_rows = getattr(finetune, "prepare_control", lambda control: None)(pipe.control)
         self.transformer.train()
         if gradient_checkpointing:
             # the model's own (diffusers ModelMixin): each DiT block recomputed in backward
             self.transformer.enable_gradient_checkpointing()
         # a LoRA checkpoint holds the adapter only: the base weights come from model.path again
-        self.strict_loading = not hasattr(finetune, "rank")
+        self.strict_loading = getattr(finetune, "strict_loading", not hasattr(finetune, "rank"))
 
     # -- placement of what the strategy does not manage ------------------------------------------
     # -- a step budget from a time budget -----------------------------------------------------
@@ -107,11 +110,16 @@ class RuyiTrainingModule(L.LightningModule):
         kwargs = self.encoder.transformer_kwargs(encoded, batch, t, self.objective.num_train_timesteps)
         prediction = self.transformer(noisy.to(self.pipe.dtype), t.to(self.pipe.dtype), **kwargs)
         loss = self.objective.loss(prediction, target)
+        if self.control_rows is not None:
+            # every new row joins the graph, also in a batch without its label: each rank then steps
+            # alike (DDP) and a batch of old labels alone still has a gradient
+            loss = loss + 0.0 * sum(p.sum() for p in self.control_rows.parameters())
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        groups = getattr(self.finetune, "param_groups", None)  # e.g. finetune=control's rows at their own rate
+        params = groups(self, self.learning_rate) if groups else [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
 
         def factor(step: int) -> float:
@@ -130,7 +138,8 @@ class RuyiTrainingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         prefix = "transformer."
         state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        checkpoint["state_dict"] = {prefix + k: v for k, v in self.finetune.checkpoint_state(state).items()}
+        others = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}  # control rows
+        checkpoint["state_dict"] = {**{prefix + k: v for k, v in self.finetune.checkpoint_state(state).items()}, **others}
 
     def transformer_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The transformer's keys of a LightningModule state dict, without the module prefix."""

@@ -95,6 +95,7 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint", watch: RunWatch |
     from ruyi.assembly import PipelineSpec
     from ruyi.registry import load_builtins
     from ruyi.training.checks import check_training
+    from ruyi.training.control import check_data_labels
     from ruyi.training.objective import check_timestep_shift
     from ruyi.training.trainer import build_trainer, check_trainer
 
@@ -108,10 +109,12 @@ def build_run(cfg: DictConfig, *, weights: str = "checkpoint", watch: RunWatch |
     check_training(cfg)
     finetune = build_component("finetune", cfg.finetune, "finetune")
     dataset = build_component("data", cfg.data, "data")
+    check_data_labels(plan.control, dataset, finetune)  # the checkpoint's labels, read from its table's header
     if len(dataset) < int(cfg.batch_size):
         raise ConfigError(f"the dataset holds {len(dataset)} clips, fewer than batch_size={cfg.batch_size}")
     trainer_options: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
     check_trainer(trainer_options)
+    getattr(finetune, "check_trainer", lambda options: None)(trainer_options)  # finetune=control: not under FSDP
     check_timestep_shift(cfg.timestep_shift)
     trainer = build_trainer(trainer_options, output_dir=output_dir)
     # 2. hold output_dir, then weights, assembled as for inference

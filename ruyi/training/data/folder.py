@@ -4,7 +4,8 @@ Every ``*.mp4`` under ``path`` is a sample: its first ``frames`` frames at 24 fp
 and centre-cropped to its aspect bucket at ``base_resolution`` (the rule inference uses for a start
 image), or to ``video_size`` for all clips. The first frame is the conditioning image. Camera and
 motion labels come from ``labels.csv`` beside the clips if present (``file,camera,motion``; file
-relative to ``path``), else ``auto``/``auto``.
+relative to ``path``), else ``auto``/``auto``. A camera label the model lacks (``zoom_in``) is
+what ``finetune=control`` teaches it.
 
 Clips that cannot be read or are too short are skipped and counted when the dataset is built; a
 clip that fails later (changed on disk, a decoder error mid-file) is logged, counted in
@@ -23,14 +24,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ruyi.conditioning.buckets import resolve_size
+from ruyi.conditioning.control import AUTO, LABEL, MOTIONS
 from ruyi.errors import ConfigError, InputError
 from ruyi.registry import DATASETS
 
 log = logging.getLogger(__name__)
-
-CAMERAS = ("static", "left", "right", "up", "down", "auto")
-MOTIONS = ("1", "2", "3", "4", "auto")
-
 
 def probe(path: Path) -> tuple[tuple[int, int], float]:
     """((width, height), seconds) of a clip, or OSError/RuntimeError if ffmpeg cannot open it."""
@@ -70,10 +68,10 @@ def read_labels(folder: Path, name: str) -> dict[str, tuple[str, str]]:
     with path.open(newline="") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             file, camera, motion = (str(row.get(k) or "").strip() for k in ("file", "camera", "motion"))
-            if not file or camera not in CAMERAS or motion not in MOTIONS:
+            if not file or not LABEL.match(camera) or motion not in MOTIONS:
                 raise ConfigError(
-                    f"{path}:{line}: need file,camera,motion with camera in {'/'.join(CAMERAS)} and motion in "
-                    f"{'/'.join(MOTIONS)}, got {dict(row)}"
+                    f"{path}:{line}: need file,camera,motion with a camera label (static, left, zoom_in...: lower-case "
+                    f"letters, digits, _) and motion in {'/'.join(MOTIONS)}, got {dict(row)}"
                 )
             labels[file] = (camera, motion)
     return labels
@@ -124,8 +122,15 @@ class ClipFolder(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    @property
+    def camera_labels(self) -> set[str]:
+        """The camera labels of this dataset's clips (``auto`` for those labels.csv does not name)."""
+        named = {c.relative_to(self.folder).as_posix() for c in self.clips}
+        labels = {camera for file, (camera, _) in self.labels.items() if file in named}
+        return labels | ({AUTO} if len(named - set(self.labels)) else set())
+
     def label(self, index: int) -> tuple[str, str]:
-        return self.labels.get(self.clips[index].relative_to(self.folder).as_posix(), ("auto", "auto"))
+        return self.labels.get(self.clips[index].relative_to(self.folder).as_posix(), (AUTO, AUTO))
 
     def load(self, index: int) -> dict:
         clip, (height, width) = self.clips[index], self.sizes[index]

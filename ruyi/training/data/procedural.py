@@ -1,12 +1,14 @@
-"""``data=procedural_pans``: camera pans made on the fly, so training needs no downloaded data.
+"""``data=procedural_pans``: camera pans and zooms made on the fly, so training needs no downloaded data.
 
 Each sample crops a window sliding across a picture (``data.kinds``, drawn by
 ``ruyi.training.data.pictures``: smooth noise, shapes, stripes and shapes over noise by default;
 drawn polygons, faint gradients, fractal noise, blends and crops of the trainable photographs on
-request). Labels follow film convention: ``camera=left`` pans the camera left, so the content moves
-RIGHT across the frames; ``camera=up`` tilts up, so the content moves DOWN.
-``motion`` 1-4 sets the speed (``pixels_per_frame``); ``auto`` labels (camera or motion) hide a
-random choice, so the model learns what ``auto`` means at inference too.
+request). ``data.cameras`` are the moves drawn (the pans by default; ``zoom_in`` and ``zoom_out``
+on request; what each does is ``ruyi.conditioning.control.MOVES``). Labels follow film convention:
+``camera=left`` pans the camera left, so the content moves RIGHT across the frames; ``camera=up``
+tilts up, so the content moves DOWN; ``camera=zoom_in`` enlarges the content about the frame's
+centre. ``motion`` 1-4 sets the speed (``pixels_per_frame``, ``zoom_per_frame``); ``auto`` labels
+(camera or motion) hide a random choice, so the model learns what ``auto`` means at inference too.
 
 Drawing a texture costs tens of milliseconds (PIL), cutting a clip out of one about a millisecond:
 the canvases come from a :class:`TextureBank` of ``bank_size`` large textures per split, drawn once
@@ -22,28 +24,28 @@ anything. ``split="heldout"`` has its own bank and sample stream: images the tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from ruyi.conditioning.control import MOTIONS, MOVES, PANS
 from ruyi.errors import ConfigError
 from ruyi.registry import DATASETS
 from ruyi.training.data.pictures import KINDS, TEXTURE_KINDS, as_uint8, photo_sources, textured_canvas, vary_tone
 
-DIRECTIONS = ("static", "left", "right", "up", "down")
-MOTIONS = ("1", "2", "3", "4")
+SPEEDS = MOTIONS[:-1]  # the motion labels with a speed (1-4); auto hides one of them
 SPLITS = {"train": 0, "heldout": 1}
-# (dx, dy) of the CONTENT per frame for each camera move, in units of the speed
-CONTENT_STEP = {"static": (0, 0), "left": (1, 0), "right": (-1, 0), "up": (0, 1), "down": (0, -1)}
 
 
 def pan_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direction: str, speed: int) -> np.ndarray:
     """Crop ``frames`` windows of (height, width) sliding over ``canvas`` (float in [0, 1] or uint8)
     so the content moves as ``direction`` says at ``speed`` px/frame -> uint8 (F, H, W, 3). The canvas
     must exceed (height, width) by ``(frames - 1) * speed`` along the motion."""
-    dx, dy = CONTENT_STEP[direction]
+    dx, dy = MOVES[direction].dx, MOVES[direction].dy
     travel = (frames - 1) * speed
     if canvas.shape[0] < height + abs(dy) * travel or canvas.shape[1] < width + abs(dx) * travel:
         raise ValueError(f"canvas {canvas.shape[:2]} is too small for a {height}x{width} window moving {travel} px")
@@ -55,6 +57,35 @@ def pan_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direct
     for f in range(frames):
         x, y = x0 - dx * f * speed, y0 - dy * f * speed
         out[f] = pixels[y : y + height, x : x + width]
+    return out
+
+
+def zoom_extent(height: int, width: int, frames: int, rate: float) -> tuple[int, int]:
+    """The canvas (height, width) a zoom of ``frames`` frames at ``rate`` needs: its widest window."""
+    grow = math.exp(rate * (frames - 1))
+    return math.ceil(height * grow) + 2, math.ceil(width * grow) + 2
+
+
+def zoom_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direction: str, rate: float) -> np.ndarray:
+    """Windows about the centre of ``canvas`` (float in [0, 1] or uint8) whose content is scaled by
+    ``exp(zoom * rate * f)`` in frame f (zoom +1 for ``zoom_in``, -1 for ``zoom_out``), resampled
+    to (height, width) -> uint8 (F, H, W, 3). Frame 0 is the centre window itself, exactly (the
+    start image); a zoom out needs the canvas of ``zoom_extent``."""
+    zoom = MOVES[direction].zoom
+    if not zoom:
+        raise ValueError(f"{direction!r} is not a zoom")
+    need = zoom_extent(height, width, frames, rate) if zoom < 0 else (height, width)
+    if canvas.shape[0] < need[0] or canvas.shape[1] < need[1]:
+        raise ValueError(f"canvas {canvas.shape[:2]} is too small for a {height}x{width} zoom out to {need}")
+    top, left = (canvas.shape[0] - height) // 2, (canvas.shape[1] - width) // 2
+    cy, cx = top + height / 2, left + width / 2
+    picture = Image.fromarray(as_uint8(canvas))
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for f in range(frames):
+        scale = math.exp(zoom * rate * f)
+        half_w, half_h = width / scale / 2, height / scale / 2
+        box = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+        out[f] = np.asarray(picture.resize((width, height), Image.Resampling.BICUBIC, box=box))
     return out
 
 
@@ -97,7 +128,8 @@ class ProceduralPans(Dataset):
     "key": None} (procedural samples are cheaper to redraw than to cache).
 
     ``bank_size`` textures per split (each of (H, W) + the longest pan + half the longer side, so a
-    texture offers many start places; 96 at 288x496 are ~160 MB per worker at 8 px/frame, ~220 MB at 16).
+    texture offers many start places; 96 at 288x496 are ~160 MB per worker at 8 px/frame, ~220 MB at 16;
+    with zooms at least the widest zoom-out window + that margin).
     """
 
     def __init__(
@@ -109,7 +141,9 @@ class ProceduralPans(Dataset):
         length: int = 100_000,
         seed: int = 0,
         split: str = "train",
+        cameras: Sequence[str] = PANS,
         pixels_per_frame: Sequence[int] = (2, 4, 6, 8),
+        zoom_per_frame: Sequence[float] = (0.03, 0.06, 0.09, 0.12),
         auto_prob: float = 0.1,
         kinds: Sequence[str] = TEXTURE_KINDS,
         bank_size: int = 96,
@@ -117,8 +151,14 @@ class ProceduralPans(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}")
-        if len(pixels_per_frame) != len(MOTIONS) or any(int(s) < 1 for s in pixels_per_frame):
-            raise ConfigError(f"data.pixels_per_frame must give {len(MOTIONS)} speeds >= 1 (motion 1-4), got {list(pixels_per_frame)}")
+        if isinstance(cameras, str) or not cameras or any(c not in MOVES for c in cameras):
+            raise ConfigError(f"data.cameras={list(cameras) if not isinstance(cameras, str) else cameras!r} must list "
+                              f"moves this dataset draws: {', '.join(MOVES)} (repeat one to draw it more often)")  # fmt: skip
+        if len(pixels_per_frame) != len(SPEEDS) or any(int(s) < 1 for s in pixels_per_frame):
+            raise ConfigError(f"data.pixels_per_frame must give {len(SPEEDS)} speeds >= 1 (motion 1-4), got {list(pixels_per_frame)}")
+        if len(zoom_per_frame) != len(SPEEDS) or any(not 0 < float(z) <= 0.5 for z in zoom_per_frame):
+            raise ConfigError(f"data.zoom_per_frame must give {len(SPEEDS)} log-scale steps in (0, 0.5] (motion 1-4), "
+                              f"got {list(zoom_per_frame)}")  # fmt: skip
         if height % 16 or width % 16 or frames < 1:
             raise ConfigError(f"data.height={height} and data.width={width} must be multiples of 16, frames >= 1")
         for kind in kinds:
@@ -130,16 +170,27 @@ class ProceduralPans(Dataset):
             raise ConfigError(f"data.tone_prob={tone_prob} must lie in [0, 1]")
         self.frames, self.height, self.width = int(frames), int(height), int(width)
         self.length, self.seed, self.split = int(length), int(seed), split
+        self.cameras = tuple(str(c) for c in cameras)
         self.speeds = tuple(int(s) for s in pixels_per_frame)
+        self.zoom_rates = tuple(float(z) for z in zoom_per_frame)
         self.auto_prob, self.kinds = float(auto_prob), tuple(kinds)
         travel, margin = (self.frames - 1) * max(self.speeds), max(self.height, self.width) // 2
+        bank_h, bank_w = self.height + travel, self.width + travel
+        if any(MOVES[c].zoom for c in self.cameras):
+            zoom_h, zoom_w = zoom_extent(self.height, self.width, self.frames, max(self.zoom_rates))
+            bank_h, bank_w = max(bank_h, zoom_h), max(bank_w, zoom_w)
         self.bank = TextureBank(
-            seed=self.seed, split=SPLITS[split], height=self.height + travel + margin,
-            width=self.width + travel + margin, count=int(bank_size), kinds=self.kinds, tone_prob=float(tone_prob),
+            seed=self.seed, split=SPLITS[split], height=bank_h + margin, width=bank_w + margin,
+            count=int(bank_size), kinds=self.kinds, tone_prob=float(tone_prob),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def camera_labels(self) -> set[str]:
+        """The camera labels of this dataset's clips."""
+        return {*self.cameras, *(["auto"] if self.auto_prob > 0 else [])}
 
     @property
     def photos(self) -> tuple[str, ...]:
@@ -150,11 +201,14 @@ class ProceduralPans(Dataset):
         return np.random.default_rng([self.seed, SPLITS[self.split], index])
 
     def canvas(self, rng: np.random.Generator, direction: str, speed: int) -> np.ndarray:
-        """uint8 (H, W, 3) + the pan's travel along its axis: a random bank texture, a random place
-        on it, a random mirror flip (none, x, y, both) and a random order of the colour channels."""
-        dx, dy = CONTENT_STEP[direction]
+        """uint8 (H, W, 3) + the pan's travel along its axis (see ``region``)."""
+        move = MOVES[direction]
         travel = (self.frames - 1) * speed
-        need_h, need_w = self.height + abs(dy) * travel, self.width + abs(dx) * travel
+        return self.region(rng, self.height + abs(move.dy) * travel, self.width + abs(move.dx) * travel)
+
+    def region(self, rng: np.random.Generator, need_h: int, need_w: int) -> np.ndarray:
+        """uint8 (need_h, need_w, 3): a random bank texture, a random place on it, a random mirror
+        flip (none, x, y, both) and a random order of the colour channels."""
         texture = self.bank.texture(int(rng.integers(self.bank.count)))
         y = int(rng.integers(texture.shape[0] - need_h + 1))
         x = int(rng.integers(texture.shape[1] - need_w + 1))
@@ -170,11 +224,15 @@ class ProceduralPans(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self.rng(index)
-        direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
-        motion_id = int(rng.integers(len(MOTIONS)))
+        direction = self.cameras[int(rng.integers(len(self.cameras)))]
+        motion_id = int(rng.integers(len(SPEEDS)))
         camera = "auto" if rng.random() < self.auto_prob else direction
-        motion = "auto" if rng.random() < self.auto_prob else MOTIONS[motion_id]
-        speed = self.speeds[motion_id]
-        canvas = self.canvas(rng, direction, speed)
-        clip = pan_clip(canvas, frames=self.frames, height=self.height, width=self.width, direction=direction, speed=speed)
+        motion = "auto" if rng.random() < self.auto_prob else SPEEDS[motion_id]
+        size = dict(frames=self.frames, height=self.height, width=self.width, direction=direction)
+        if MOVES[direction].zoom:
+            rate = self.zoom_rates[motion_id]
+            clip = zoom_clip(self.region(rng, *zoom_extent(self.height, self.width, self.frames, rate)), rate=rate, **size)
+        else:
+            speed = self.speeds[motion_id]
+            clip = pan_clip(self.canvas(rng, direction, speed), speed=speed, **size)
         return {"video": torch.from_numpy(clip).permute(3, 0, 1, 2), "camera": camera, "motion": motion, "key": None}

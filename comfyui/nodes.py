@@ -392,6 +392,7 @@ class Ruyi_I2VSampler:
                 "end_img": ("IMAGE", {"tooltip": "Optional last frame of the video."}),
                 "video_height": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0: from base_resolution and the start image's aspect ratio; else a multiple of 16 (with video_width)."}),
                 "video_width": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 16, "tooltip": "0: from base_resolution and the start image's aspect ratio; else a multiple of 16 (with video_height)."}),
+                "keyframes": ("RUYI_KEYFRAMES", {"tooltip": "Images at further frames (the Keyframes node); start_img is frame 0, end_img the last."}),
             },
         }  # fmt: skip
 
@@ -408,8 +409,10 @@ class Ruyi_I2VSampler:
     def process(
         self, ruyi_model: RuyiModel, video_length, base_resolution, seed, steps, cfg, scheduler, motion,
         camera_direction, GPU_memory_mode, GPU_offload_steps, start_img, end_img=None, video_height=0, video_width=0,
+        keyframes=None,
     ):  # fmt: skip
         from ruyi.assembly import PipelineSpec
+        from ruyi.conditioning.keyframes import merge_keyframes, parse_keyframes
         from ruyi.errors import ConfigError
         from ruyi.extension import attached
         from ruyi.pipeline import check_frames
@@ -425,6 +428,7 @@ class Ruyi_I2VSampler:
         video_size = [int(video_height), int(video_width)] if video_height else None
         start = image_to_array(start_img)
         end = image_to_array(end_img) if end_img is not None else None
+        merge_keyframes(start, end, parse_keyframes(list(keyframes or ())), frames=int(video_length))  # before loading
 
         options = build_options(ruyi_model, sampler=sampler, offload=offload, skip_steps=int(GPU_offload_steps), device=_device())
         # the whole combination, the per-run hooks included, is checked before any weight loads
@@ -434,7 +438,7 @@ class Ruyi_I2VSampler:
             video = pipe(
                 start, end, frames=int(video_length), base_resolution=int(base_resolution), video_size=video_size,
                 steps=int(steps), cfg=float(cfg), seed=int(seed) % 2**63, camera=camera_direction, motion=motion,
-                callbacks=[ComfyStepCallback(int(steps))], progress=False,
+                keyframes=list(keyframes or ()), callbacks=[ComfyStepCallback(int(steps))], progress=False,
             )  # fmt: skip
         return (video_to_images(video),)
 

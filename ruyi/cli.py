@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ruyi.errors import ConfigError, OutputError, exit_code_of
 from ruyi.eval.sweep import SweepEval, notes_of, peak_memory_gib, reset_peak_memory
 from ruyi.files import OutputGuard
 from ruyi.hydra_config import request_images, request_kwargs
-from ruyi.io import check_fps, check_output_path, write_video
+from ruyi.io import check_fps, check_output_path, video_stream, write_video
 from ruyi.multirun import is_multirun, named_by, refuse_replacing, swept_values
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
@@ -71,7 +72,7 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     rounding = cfg.get("frames_rounding", "error")
     request = validate_request(start, end, control=plan.control, sampler=plan.sampler_cls, frames_rounding=rounding,
                                **kwargs)  # fmt: skip
-    kwargs["frames"] = request.frames  # rounded down if frames_rounding=down
+    kwargs["frames"] = request.frames  # rounded down if frames_rounding=down, or the input video's count
     for strategy in plan.strategies:  # those that depend on the video size (parallel token split)
         getattr(strategy, "check_request", lambda request: None)(request)
     fps = check_fps(cfg.fps)
@@ -84,11 +85,25 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     if is_multirun():  # a sweep never replaces an earlier sweep's videos
         refuse_replacing(output, overwrite=overwrite)
     judge = SweepEval.from_config(cfg)  # eval=on: checked now; None when off
+    segments = len(request.plan())
+    if judge is not None and (cfg.get("keyframes") or cfg.get("video") is not None or segments > 1):
+        raise ConfigError("eval=on judges start/end-frame videos of one segment; judge keyframes, video= and long videos "
+                          "with python -m ruyi eval (--keyframe, --segment-frames) or benchmarks/keyframes.py")  # fmt: skip
     log.info("request: %s -> %s", request, output)
     # 2. weights, components, strategies
     with main_process_first():  # one rank creates or downloads the checkpoint, the others find it
         resolve_checkpoint(plan.spec.model)
     # 3. generate and write
+    if segments > 1:  # segment by segment into the writer: a long video never sits in memory whole
+        stream = video_stream(output, fps=fps, overwrite=overwrite) if is_main_process() else nullcontext(None)
+        with stream as sink:
+            _, seconds, _, _, _ = _generate(plan, start, end, kwargs, progress=bool(cfg.progress), sink=sink or discard)
+        if not is_main_process():
+            return 0
+        log.info("wrote %s (%d frames in %d segments, %dx%d) in %.1f s", output, request.frames, segments,
+                 request.width, request.height, seconds)  # fmt: skip
+        print(output)
+        return 0
     video, seconds, cpu_seconds, peak_gib, notes = _generate(plan, start, end, kwargs, progress=bool(cfg.progress))
     if not is_main_process():  # every rank holds the same video; one writes it
         return 0
@@ -102,12 +117,17 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     return 0
 
 
-def _generate(plan, start, end, kwargs: dict[str, Any], *, progress: bool):
-    """The video, its wall and CPU seconds, peak GPU memory and the extensions' notes; the pipeline
-    is gone on return (an ``eval=on`` reference may need its memory)."""
+def discard(video) -> None:
+    """The sink of the ranks that do not write (every rank makes the same frames)."""
+
+
+def _generate(plan, start, end, kwargs: dict[str, Any], *, progress: bool, sink=None):
+    """The video (None with a ``sink``, which receives it segment by segment), its wall and CPU
+    seconds, peak GPU memory and the extensions' notes; the pipeline is gone on return (an
+    ``eval=on`` reference may need its memory)."""
     pipe = build(plan)
     reset_peak_memory(plan.device)
     began, cpu_began = time.perf_counter(), time.process_time()
-    video = pipe(start, end, progress=progress and is_main_process(), **kwargs)
+    video = pipe(start, end, progress=progress and is_main_process(), sink=sink, **kwargs)
     seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
     return video, seconds, cpu_seconds, peak_memory_gib(plan.device), notes_of(pipe)

@@ -94,25 +94,55 @@ def spec_fields(cfg: Any) -> dict[str, Any]:
 
 
 def request_kwargs(cfg: Any) -> dict[str, Any]:
-    """The call's arguments as the config gives them (checked by ``validate_request``)."""
-    from omegaconf import ListConfig
+    """The call's arguments as the config gives them (checked by ``validate_request``). With
+    ``video=`` and no ``frames`` of the user's (still the preset's interpolation), the output takes
+    the input's frame count (``frames=None``)."""
+    from hydra.utils import to_absolute_path
+    from omegaconf import OmegaConf
 
-    video_size = cfg.video_size
-    if isinstance(video_size, ListConfig):
-        video_size = list(video_size)
+    video = cfg.get("video")
+    frames = cfg.frames
+    if video is not None and OmegaConf.is_interpolation(cfg, "frames"):
+        frames = None
+    segment = cfg.get("segment") or {}
     return dict(
-        frames=cfg.frames, base_resolution=cfg.base_resolution, video_size=video_size, steps=cfg.steps,
-        cfg=cfg.cfg, seed=cfg.seed, camera=cfg.camera, motion=str(cfg.motion),
+        frames=frames, base_resolution=cfg.base_resolution, video_size=_plain(cfg.video_size), steps=cfg.steps,
+        cfg=cfg.cfg, seed=cfg.seed, camera=_plain(cfg.camera), motion=_motion(cfg.motion),
+        keyframes=request_keyframes(cfg), video=None if video is None else to_absolute_path(str(video)),
+        strength=cfg.get("strength", 0.6), segment_frames=segment.get("frames", 120), overlap=segment.get("overlap", 2),
     )  # fmt: skip
 
 
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) else value
+
+
+def _motion(motion: Any) -> Any:
+    """``motion=2`` and ``motion=[2,3]`` alike as text (the control's choices are strings)."""
+    motion = _plain(motion)
+    return [str(m) for m in motion] if isinstance(motion, list) else str(motion)
+
+
+def request_keyframes(cfg: Any) -> list:
+    """``keyframes`` entries with their image paths made absolute (checked by ``validate_request``)."""
+    entries = _plain(cfg.get("keyframes")) or []
+    if not isinstance(entries, list):
+        return entries  # reported by the check, with the usage
+    return [{**e, "image": _absolute(e["image"])} if isinstance(e, dict) and isinstance(e.get("image"), str) else e
+            for e in entries]  # fmt: skip
+
+
 def request_images(cfg: Any):
-    """The start image (a path, or the procedural picture when ``image`` is null) and the end image."""
+    """The start image (a path; the procedural picture when ``image`` is null and neither
+    keyframes nor an input video give the video its frames) and the end image."""
     from hydra.utils import to_absolute_path
 
     from ruyi.io import procedural_image
 
-    start = to_absolute_path(str(cfg.image)) if cfg.image is not None else procedural_image()
+    given = bool(cfg.get("keyframes")) or cfg.get("video") is not None
+    start = to_absolute_path(str(cfg.image)) if cfg.image is not None else None if given else procedural_image()
     end = to_absolute_path(str(cfg.end_image)) if cfg.end_image is not None else None
     return start, end
 

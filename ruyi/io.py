@@ -12,6 +12,7 @@ atomically). A frames folder must be new or empty; ``overwrite=true`` lets it re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from io import BytesIO
 from pathlib import Path
@@ -156,14 +158,18 @@ def encode_mp4(frames: np.ndarray, target: str, *, fps: float) -> None:
     # session keeps a terminal's Ctrl-C for ruyi, which then stops it and removes the file
     proc = subprocess.run(ffmpeg_command(width, height, fps, target), input=raw, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, check=False, start_new_session=True)  # fmt: skip
-    said = proc.stderr.decode(errors="replace").strip()
-    if proc.returncode == -getattr(signal, "SIGXFSZ", -1):  # the file-size limit kills ffmpeg silently
+    _check_ffmpeg(proc.returncode, proc.stderr, target)
+
+
+def _check_ffmpeg(returncode: int, stderr: bytes, target: str) -> None:
+    said = stderr.decode(errors="replace").strip()
+    if returncode == -getattr(signal, "SIGXFSZ", -1):  # the file-size limit kills ffmpeg silently
         raise OSError(errno.EFBIG, "File too large", target)
-    if proc.returncode != 0:
+    if returncode != 0:
         for words, number in FFMPEG_OS_ERRORS.items():
             if words in said:
                 raise OSError(number, words, target)
-        raise RuntimeError(f"ffmpeg failed to encode {target} (exit status {proc.returncode}): {said or 'no message'}")
+        raise RuntimeError(f"ffmpeg failed to encode {target} (exit status {returncode}): {said or 'no message'}")
 
 
 def encoded_size(frames: np.ndarray, *, fps: float) -> int | None:
@@ -214,7 +220,11 @@ def write_pngs(video: torch.Tensor, folder: str | Path, *, overwrite: bool = Fal
     place as a whole (a new folder) or moved into the existing one with SIGINT/SIGTERM held back, so
     an interrupt finds the folder as it was or complete.
     """
-    frames = to_frames(video)
+    return write_png_frames(to_frames(video), folder, overwrite=overwrite)
+
+
+def write_png_frames(frames: np.ndarray, folder: str | Path, *, overwrite: bool = False) -> Path:
+    """:func:`write_pngs` for uint8 frames (F, H, W, 3)."""
     folder = check_output_path(folder, overwrite=overwrite)  # again: the folder may have changed during the run
     existing = folder.is_dir()  # decided now: a folder another run creates meanwhile is never filled
     encoded = [png_bytes(frame) for frame in frames]
@@ -281,6 +291,56 @@ def write_video(video: torch.Tensor, output: str | Path, *, fps: float = 24, ove
     if is_video_file(output):
         return write_mp4(video, output, fps=fps)
     return write_pngs(video, output, overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def video_stream(output: str | Path, *, fps: float = 24, overwrite: bool = False) -> Iterator[Callable[[torch.Tensor], None]]:
+    """``write(video (1, 3, n, H, W))`` for the block, as a long video's segments come: an mp4 is
+    encoded as the frames arrive (only uint8 frames in flight), a frames folder receives them at
+    the end (uint8 in memory meanwhile). Atomic and checked like :func:`write_video`: the output is
+    replaced only when the block ends without error and every frame is in the file."""
+    fps = check_fps(fps)
+    if not is_video_file(output):
+        kept: list[np.ndarray] = []
+        yield lambda video: kept.append(to_frames(video))
+        write_png_frames(np.concatenate(kept), output, overwrite=overwrite)
+        return
+    path = check_output_path(output)
+    with atomic_file(path, suffix=".mp4", what="the video") as tmp, tempfile.TemporaryFile() as stderr:
+        encoder: dict = {"proc": None, "frames": 0}
+
+        def write(video: torch.Tensor) -> None:
+            frames = to_frames(video)
+            if encoder["proc"] is None:
+                height, width = frames.shape[1:3]
+                encoder["proc"] = subprocess.Popen(ffmpeg_command(width, height, fps, tmp), stdin=subprocess.PIPE,
+                                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)  # fmt: skip
+            try:
+                encoder["proc"].stdin.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
+            except BrokenPipeError:  # ffmpeg stopped: its exit status says why
+                _finish(encoder["proc"], stderr, tmp)
+                raise
+            encoder["frames"] += len(frames)
+
+        try:
+            yield write
+        except BaseException:
+            if encoder["proc"] is not None:
+                encoder["proc"].kill()
+                encoder["proc"].wait()
+            raise
+        if encoder["proc"] is None:
+            raise RuntimeError("no frames were written to the video stream")
+        _finish(encoder["proc"], stderr, tmp)
+        check_mp4(tmp, encoder["frames"])
+
+
+def _finish(proc: subprocess.Popen, stderr, target: str) -> None:
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    proc.wait()
+    stderr.seek(0)
+    _check_ffmpeg(proc.returncode, stderr.read(), target)
 
 
 def read_mp4(path: str | Path) -> tuple[np.ndarray, float]:

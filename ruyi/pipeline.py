@@ -1,127 +1,39 @@
-"""``RuyiPipeline``: start frame (+ optional end frame) -> video. It only orchestrates.
+"""``RuyiPipeline``: start frame (+ optional end frame, or keyframes anywhere, or an input video) -> video.
+It only orchestrates.
 
 Models map tensors to tensors, the sampler owns timesteps and steps, conditioning components
-prepare inputs, offload strategies attach from outside. ``__call__`` reads as a numbered script.
+prepare inputs, offload strategies attach from outside. ``__call__`` reads as a numbered script;
+a video longer than one segment runs the script once per segment, each continuing from the last
+frames of the one before (``ruyi.conditioning.keyframes``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from ruyi.checks import check_int, check_number
-from ruyi.conditioning.buckets import MAX_RESOLUTION, MIN_RESOLUTION, resolve_size
 from ruyi.conditioning.control import CameraMotionControl, ControlEmbeddings
-from ruyi.conditioning.image import ImageLatents, StartEndFrames, load_image
+from ruyi.conditioning.image import ImageLatents, StartEndFrames
+from ruyi.conditioning.keyframes import Keyframe, Segment
+from ruyi.conditioning.request import (  # noqa: F401  (the request's checks, re-exported for callers)
+    CALL_DEFAULTS, FRAME_MULTIPLE, MAX_FRAMES, SEED_LIMIT, STRENGTH, GenerationRequest, check_frames, check_video_size,
+    image_size, round_frames, validate_request,
+)  # fmt: skip
+from ruyi.conditioning.video import VideoReader
 from ruyi.errors import ConfigError, InputError
+from ruyi.io import to_frames
 from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, image_meta
 from ruyi.samplers.loop import DenoiseState, denoise, phase
 from ruyi.samplers.schedulers import DiffusersSampler
 
 log = logging.getLogger(__name__)
-
-MAX_FRAMES = 120
-FRAME_MULTIPLE = 8  # the VAE encodes 8 frames at a time
-FRAMES_ROUNDING = ("error", "down")
-MAX_STEPS = 1000  # the schedulers' training timesteps: diffusers refuses more inference steps
-MAX_CFG = 20.0  # the ComfyUI sampler's range; the original uses 7, larger scales only burn the video
-SEED_LIMIT = 2**64  # torch generators take 64-bit seeds
-# one latent patch (VAE 8x, patch 2) at least; at most twice the largest bucket side at 512
-MIN_SIDE, MAX_SIDE = 16, 2048
-
-
-# what a call leaves out is the 7B's recommended setting, unless the preset's ``run`` block says otherwise
-CALL_DEFAULTS = {"frames": 120, "base_resolution": 512, "video_size": None, "steps": 25, "cfg": 7.0}
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """Validated arguments of one call (checked before any model runs)."""
-
-    frames: int
-    height: int
-    width: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    camera: str
-    motion: str
-
-
-def validate_request(
-    start_image, end_image=None, *, control: CameraMotionControl, sampler, frames, base_resolution, video_size, steps, cfg, seed,
-    camera, motion, frames_rounding: str = "error",
-) -> GenerationRequest:
-    """Check every argument of a call before any model runs; ``sampler`` may be a class or instance.
-
-    Numbers may be Python or numpy scalars; they must be finite and in range (``cfg=inf`` or a
-    NaN would otherwise give a video of noise and exit 0). Images are decoded completely here, so a
-    damaged file fails before the weights load.
-    """
-    frames = round_frames(frames, frames_rounding)
-    control.check_choice(camera, motion)
-    least = max(1, sampler.min_steps)
-    steps = check_int("steps", steps, low=least, high=MAX_STEPS,
-                      hint=f"sampler {sampler.label} needs at least {least}; the original uses 25")  # fmt: skip
-    cfg = check_number("cfg", cfg, low=0, high=MAX_CFG, hint="1 disables guidance; the original uses 7.0")
-    seed = check_int("seed", seed, low=0, high=SEED_LIMIT - 1, hint="below 2**64")
-    base_resolution = check_int("base_resolution", base_resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION,
-                                hint="512 or 768 are the trained ones")  # fmt: skip
-    video_size = check_video_size(video_size)
-    if start_image is None:
-        raise InputError("a start image is required (image=path/to/start.png)")
-    height, width = resolve_size(image_size(start_image), base_resolution, video_size)
-    if end_image is not None:
-        image_size(end_image, name="end_image")
-    return GenerationRequest(
-        frames=frames, height=height, width=width, steps=steps, guidance_scale=cfg,
-        seed=seed, camera=str(camera), motion=str(motion),
-    )  # fmt: skip
-
-
-def check_frames(frames: int) -> int:
-    frames = check_int("frames", frames, hint=f"1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES}")
-    if not (frames == 1 or (frames % FRAME_MULTIPLE == 0 and 0 < frames <= MAX_FRAMES)):
-        raise ConfigError(
-            f"frames={frames!r} is invalid; use 1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES} "
-            "(24 fps: 120 frames = 5 s), or frames_rounding=down"
-        )
-    return frames
-
-
-def round_frames(frames: int, rounding: str = "error") -> int:
-    """``frames`` checked; with ``rounding="down"`` first floored to a multiple of 8 as the original
-    does (its VAE encodes 8 frames at a time), with a warning."""
-    if rounding not in FRAMES_ROUNDING:
-        raise ConfigError(f"frames_rounding={rounding!r} is not one of {', '.join(FRAMES_ROUNDING)}")
-    frames = check_int("frames", frames, hint=f"1 or a multiple of {FRAME_MULTIPLE} up to {MAX_FRAMES}")
-    if rounding == "down" and frames > FRAME_MULTIPLE and frames % FRAME_MULTIPLE:
-        rounded = frames // FRAME_MULTIPLE * FRAME_MULTIPLE
-        log.warning("frames=%d is not a multiple of %d: rounded down to %d (frames_rounding=down)",
-                    frames, FRAME_MULTIPLE, rounded)  # fmt: skip
-        frames = rounded
-    return check_frames(frames)
-
-
-def check_video_size(video_size: Sequence[int] | None) -> tuple[int, int] | None:
-    """``[height, width]`` as two Python ints in [MIN_SIDE, MAX_SIDE] (multiples of 16 are checked
-    with the buckets), or None."""
-    if video_size is None:
-        return None
-    usage = f"give [height, width] as multiples of 16 between {MIN_SIDE} and {MAX_SIDE}, e.g. [384, 672]"
-    if isinstance(video_size, (str, bytes)) or not isinstance(video_size, (Sequence, np.ndarray)):
-        raise ConfigError(f"video_size={video_size!r} is invalid; {usage}")
-    if len(video_size) != 2:
-        raise ConfigError(f"video_size={list(video_size)} is invalid; {usage}")
-    sides = tuple(check_int("video_size", side, low=MIN_SIDE, high=MAX_SIDE, hint=usage) for side in video_size)
-    return sides  # type: ignore[return-value]
 
 
 class RuyiPipeline:
@@ -168,9 +80,12 @@ class RuyiPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        start_image: Image.Image | np.ndarray | str,
+        start_image: Image.Image | np.ndarray | str | None = None,
         end_image: Image.Image | np.ndarray | str | None = None,
         *,
+        keyframes: Sequence[Any] = (),
+        video: Any = None,
+        strength: float = STRENGTH,
         frames: int | None = None,
         frames_rounding: str = "error",
         base_resolution: int | None = None,
@@ -178,36 +93,84 @@ class RuyiPipeline:
         steps: int | None = None,
         cfg: float | None = None,
         seed: int = 42,
-        camera: str = "auto",
-        motion: str | int = "auto",
+        camera: str | Sequence[str] = "auto",
+        motion: str | int | Sequence[str | int] = "auto",
+        segment_frames: int | None = None,
+        overlap: int | None = None,
         latents: torch.Tensor | None = None,
         callbacks: Sequence[object] = (),
         progress: bool = True,
         output_latents: bool = False,
-    ) -> torch.Tensor:
+        sink: Any = None,
+    ) -> torch.Tensor | None:
+        """``keyframes``: ``[{image: ..., frame: N}, ...]`` in output frames (``start_image`` and
+        ``end_image`` are keyframes at the first and last frame); ``video``: video-to-video input
+        (a path or frames), noised ``strength`` of the way; ``camera``/``motion``: one value, or one
+        per segment of a video longer than ``segment_frames``. With ``sink`` each segment's new
+        frames (1, 3, n, H, W) go to ``sink(frames)`` as they are made and the call returns None
+        (a long video never sits in memory whole); otherwise it returns the video."""
         callbacks = [*self.callbacks, *callbacks]
-        given = dict(frames=frames, base_resolution=base_resolution, video_size=video_size, steps=steps, cfg=cfg)
-        frames, base_resolution, video_size, steps, cfg = (
-            self.defaults[k] if v is None else v for k, v in given.items()
-        )
+        given = dict(base_resolution=base_resolution, video_size=video_size, steps=steps, cfg=cfg,
+                     segment_frames=segment_frames, overlap=overlap)  # fmt: skip
+        chosen = {k: self.defaults[k] if v is None else v for k, v in given.items()}
+        if frames is None and video is None:
+            frames = self.defaults["frames"]
         # 1. check inputs
         request = self.check_inputs(
-            start_image, end_image, frames=frames, base_resolution=base_resolution, video_size=video_size,
-            steps=steps, cfg=cfg, seed=seed, camera=camera, motion=motion, frames_rounding=frames_rounding,
+            start_image, end_image, keyframes=keyframes, video=video, strength=strength, frames=frames, seed=seed,
+            camera=camera, motion=motion, frames_rounding=frames_rounding, **chosen,
         )  # fmt: skip
+        segments = request.plan()
+        if len(segments) > 1 and (latents is not None or output_latents):
+            raise InputError("latents= and output_latents need a video of one segment; lower frames")
+        reader = None
+        if request.video is not None:
+            reader = VideoReader(request.video, width=request.width, height=request.height)
+        parts: list[torch.Tensor] = []
+        tail = np.zeros((0, request.height, request.width, 3), np.uint8)  # the last frames made so far
+        bar = tqdm(total=len(segments), desc="segments", unit="segment", disable=not progress or len(segments) == 1)
+        with bar:
+            for segment in segments:
+                out = self.generate_segment(request, segment, tail, reader=reader, latents=latents, callbacks=callbacks,
+                                            progress=progress, output_latents=output_latents)  # fmt: skip
+                if output_latents or len(segments) == 1 and sink is None:
+                    return out
+                new = out[:, :, segment.known : segment.known + segment.keep]
+                if segment.index + 1 < len(segments):
+                    tail = np.concatenate([tail, to_frames(new)])[-segments[segment.index + 1].known :]
+                if sink is not None:
+                    sink(new)
+                else:
+                    parts.append(new)
+                bar.update()
+        return torch.cat(parts, dim=2) if sink is None else None
+
+    def generate_segment(self, request: GenerationRequest, segment: Segment, tail: np.ndarray, *, reader=None,
+                         latents=None, callbacks=(), progress=True, output_latents=False) -> torch.Tensor:  # fmt: skip
+        """One denoising run: the segment's video (1, 3, F, H, W) (its latents with ``output_latents``).
+        ``tail``: uint8 frames (n, H, W, 3) of the previous segments, the last ``segment.known`` of
+        which open this one."""
         # 2. encode conditioning
         with phase(callbacks, "encode"):
-            control = self.control.select(request.camera, request.motion)
-            image = self.encode_images(start_image, end_image, request)
+            control = self.control.select(request.cameras[segment.index], request.motions[segment.index])
+            keys = continued_keyframes(segment, tail)
+            image = self.encode_keyframes(keys, request, frames=segment.frames)
+            clean = None if reader is None else self.encode_video(reader.segment(segment.start, segment.frames))
         # 3. prepare latents
         timesteps = self.sampler.set_timesteps(request.steps, device=self.execution_device)
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        latents = self.prepare_latents(request, latents, generator)
+        generator = torch.Generator("cpu").manual_seed((request.seed + segment.index) % SEED_LIMIT)
+        steps = request.steps
+        if clean is None:
+            latents = self.prepare_latents(request, latents, generator, frames=segment.frames)
+        else:
+            timesteps, steps = self.sampler.start_at(timesteps, request.steps, request.strength)
+            latents = self.noise_video(clean, timesteps[0], generator)
         # 4. denoise
         with phase(callbacks, "denoise"):
             latents = denoise(
-                self.model_fn(request, control, image), latents, self.sampler, timesteps, steps=request.steps,
-                guidance_scale=request.guidance_scale, generator=generator, callbacks=callbacks, progress=progress,
+                self.model_fn(request, control, image, frames=segment.frames), latents, self.sampler, timesteps,
+                steps=steps, guidance_scale=request.guidance_scale, generator=generator, callbacks=callbacks,
+                progress=progress,
             )  # fmt: skip
         if output_latents:
             return latents
@@ -226,27 +189,59 @@ class RuyiPipeline:
             frames, vae=self.vae, image_encoder=self.image_encoder, device=self.execution_device, dtype=self.dtype
         )
 
-    def latent_grid(self, request: GenerationRequest) -> LatentGrid:
-        return LatentGrid.for_models(request.frames, request.height, request.width,
+    def encode_keyframes(self, keyframes: Sequence[Keyframe], request: GenerationRequest, *, frames: int) -> ImageLatents:
+        """The conditioning of a segment of ``frames`` frames that shows ``keyframes`` (segment positions).
+        A start (and end) frame alone goes through ``prepare``, the original's layout, which every
+        image conditioning has; other keyframes need ``prepare_keyframes``."""
+        size = dict(frames=frames, height=request.height, width=request.width)
+        names = [k.name for k in keyframes]
+        if names == ["image"] or names == ["image", "end_image"] and keyframes[-1].frame == frames - 1:
+            end = keyframes[-1].image if len(names) == 2 else None
+            layout = self.image_conditioning.prepare(keyframes[0].image, end, **size)
+        else:
+            prepare = getattr(self.image_conditioning, "prepare_keyframes", None)
+            if prepare is None:
+                name = getattr(self.image_conditioning, "registry_name", type(self.image_conditioning).__name__)
+                raise ConfigError(f"conditioning {name} takes a start and an end frame only; keyframes, long videos and "
+                                  "video-to-video need one with prepare_keyframes (start_end_frames)")  # fmt: skip
+            layout = prepare(keyframes, **size)
+        return self.image_conditioning.encode(
+            layout, vae=self.vae, image_encoder=self.image_encoder, device=self.execution_device, dtype=self.dtype
+        )
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """video (1, 3, F, H, W) in [0, 1] -> its scaled latents (posterior mean), on the device."""
+        pixels = video.to(self.execution_device, self.dtype) * 2.0 - 1.0
+        return self.vae.encode(pixels)[0] * self.vae.scaling_factor
+
+    def noise_video(self, clean: torch.Tensor, timestep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scaled latents noised to ``timestep`` (SDEdit's start)."""
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32)
+        noisy = self.sampler.add_noise(clean.float().cpu(), noise, timestep.cpu())
+        return noisy.to(self.execution_device, self.dtype)
+
+    def latent_grid(self, request: GenerationRequest, frames: int | None = None) -> LatentGrid:
+        return LatentGrid.for_models(request.frames if frames is None else frames, request.height, request.width,
                                      transformer=self.transformer, vae=self.vae)  # fmt: skip
 
-    def latent_shape(self, request: GenerationRequest) -> tuple[int, ...]:
-        return self.latent_grid(request).shape(self.vae.latent_channels)
+    def latent_shape(self, request: GenerationRequest, frames: int | None = None) -> tuple[int, ...]:
+        return self.latent_grid(request, frames).shape(self.vae.latent_channels)
 
-    def prepare_latents(self, request, latents, generator) -> torch.Tensor:
-        shape = self.latent_shape(request)
+    def prepare_latents(self, request, latents, generator, *, frames: int | None = None) -> torch.Tensor:
+        shape = self.latent_shape(request, frames)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape} for this request")
         return (latents * self.sampler.init_noise_sigma).to(self.execution_device, self.dtype)
 
-    def model_fn(self, request: GenerationRequest, control: ControlEmbeddings, image: ImageLatents):
+    def model_fn(self, request: GenerationRequest, control: ControlEmbeddings, image: ImageLatents, *,
+                 frames: int | None = None):  # fmt: skip
         """The transformer call of one step, with the batch laid out [negative; positive]."""
         device, dtype = self.execution_device, self.dtype
         guidance = request.guidance_scale > 1.0
         batch = 2 if guidance else 1
-        grid = self.latent_grid(request)
+        grid = self.latent_grid(request, frames)
         clip_on = image.clip_inputs(guidance=guidance, n_query=self.transformer.n_query, device=device, dtype=dtype)
         clip_off = {k: torch.zeros_like(v) for k, v in clip_on.items()}
         template = TransformerInputs(
@@ -275,6 +270,8 @@ class RuyiPipeline:
         return (video / 2 + 0.5).clamp(0, 1).float().cpu()
 
 
-def image_size(image: Any, *, name: str = "image") -> tuple[int, int]:
-    """(width, height) of a path, PIL image or array, decoding it completely (see ``load_image``)."""
-    return load_image(image, name=name).size
+def continued_keyframes(segment: Segment, tail: np.ndarray) -> tuple[Keyframe, ...]:
+    """A segment's keyframes: the last ``segment.known`` frames made so far at its start (a
+    continuation), then the user's keyframes it makes."""
+    known = tuple(Keyframe(frame, i, f"frame {segment.start + i}") for i, frame in enumerate(tail[len(tail) - segment.known :]))
+    return (*known, *segment.keyframes) if segment.known else segment.keyframes

@@ -1,7 +1,7 @@
-"""Start frame (and optional end frame) -> the inputs the inpainting transformer is conditioned on.
+"""Start frame (and optional end frame), or keyframes anywhere -> the inputs the inpainting transformer is conditioned on.
 
-Two stages: ``frames_from_images`` builds the pixel-space video and mask exactly as the original
-does (the start frame repeated, only kept frames unmasked); ``StartEndFrames.encode`` turns them
+Two stages: ``frames_from_keyframes`` builds the pixel-space video and mask (for a start and an end
+frame exactly as the original does: the start frame repeated, only kept frames unmasked); ``StartEndFrames.encode`` turns them
 into VAE latents (posterior mean, so runs are deterministic) and CLIP image features.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ruyi.conditioning.keyframes import Keyframe
 from ruyi.errors import ConfigError, InputError
 from ruyi.registry import CONDITIONINGS
 
@@ -208,26 +209,40 @@ def frames_from_images(
     height: int,
     width: int,
 ) -> FrameConditioning:
-    """Resize the images to (width, height) with PIL's bicubic filter and lay out the video + mask.
+    """The start image (and the end image) as keyframes at the first (and last) frame: see
+    :func:`frames_from_keyframes`."""
+    keyframes = [Keyframe(start_image, 0, "image")]
+    if end_image is not None:
+        keyframes.append(Keyframe(end_image, frames - 1, "end_image"))
+    return frames_from_keyframes(keyframes, frames=frames, height=height, width=width)
 
-    Frames that repeat are broadcast views (stride 0 along F), not copies: a 16-frame 288x496 layout
-    costs one frame's work (the training data workers build one per clip). Treat both as read-only.
+
+def frames_from_keyframes(keyframes, *, frames: int, height: int, width: int) -> FrameConditioning:
+    """Resize each keyframe's image to (width, height) with PIL's bicubic filter and lay out the
+    video + mask: every keyframe's frame kept, every other frame generated (``keyframes``: sorted
+    :class:`~ruyi.conditioning.keyframes.Keyframe` objects, frames inside the video, one per frame).
+
+    The frames to generate hold the earliest keyframe's image, as the original repeats its start
+    frame (the encoder masks them out anyway). With a single keyframe they are broadcast views
+    (stride 0 along F), not copies: a 16-frame 288x496 layout costs one frame's work (the training
+    data workers build one per clip). Treat both as read-only. The CLIP image is the earliest
+    keyframe's.
     """
-    start = load_image(start_image).resize((width, height), Image.Resampling.BICUBIC)
-    first = _as_frame(start) / 255.0
+    images = [load_image(k.image, name=k.name).resize((width, height), Image.Resampling.BICUBIC) for k in keyframes]
+    first = _as_frame(images[0]) / 255.0
     per_frame = torch.full((frames,), GENERATE)
-    per_frame[0] = KEEP
-    if end_image is None:
+    if len(images) == 1 and keyframes[0].frame == 0:
         video = first[:, None].expand(-1, frames, -1, -1)
     else:
-        end = load_image(end_image, name="end_image").resize(start.size, Image.Resampling.BICUBIC)
         video = first[:, None].repeat(1, frames, 1, 1)
-        video[:, -1] = _as_frame(end) / 255.0
-        per_frame[-1] = KEEP
+        for key, image in zip(keyframes[1:], images[1:]):
+            video[:, key.frame] = _as_frame(image) / 255.0
+    for key in keyframes:
+        per_frame[key.frame] = KEEP
     return FrameConditioning(
         video=video[None],
         mask=per_frame[None, None, :, None, None].expand(1, 1, frames, height, width),
-        clip_image=np.asarray(start, dtype=np.float32),
+        clip_image=np.asarray(images[0], dtype=np.float32),
     )
 
 
@@ -248,6 +263,10 @@ class StartEndFrames:
 
     def prepare(self, start_image, end_image=None, *, frames: int, height: int, width: int) -> FrameConditioning:
         return frames_from_images(start_image, end_image, frames=frames, height=height, width=width)
+
+    def prepare_keyframes(self, keyframes, *, frames: int, height: int, width: int) -> FrameConditioning:
+        """Any keyframes (sorted, inside the video, one per frame): see :func:`frames_from_keyframes`."""
+        return frames_from_keyframes(keyframes, frames=frames, height=height, width=width)
 
     def clip_active(self, call: int, num_calls: int) -> bool:
         """Whether model evaluation ``call`` (0-based) of the loop's ``num_calls`` sees the CLIP features."""

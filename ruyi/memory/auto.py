@@ -78,7 +78,8 @@ def choose(
 
 @MEMORIES.register("auto")
 class MemoryAuto(MemoryOption):
-    """``frames`` / ``base_resolution`` / ``video_size``: the shape to plan for. ``budget_gib``:
+    """``frames`` / ``base_resolution`` / ``video_size``: the shape to plan for; a video longer than
+    ``segment_frames`` is made one segment at a time, so the plan is for one segment. ``budget_gib``:
     plan for this much free memory instead of what the device has now (e.g. 8 for an 8 GB card).
     ``headroom``: share of the budget left for the allocator's rounding and fragmentation (the
     rules count allocated bytes, a card must also hold the cached ones)."""
@@ -92,6 +93,7 @@ class MemoryAuto(MemoryOption):
         budget_gib: float | None = None,
         headroom: float = 0.1,
         host_budget_gib: float | None = None,
+        segment_frames: int | None = None,
     ) -> None:
         if budget_gib is not None and not budget_gib > 0:
             raise ConfigError(f"memory.budget_gib={budget_gib!r} must be a positive number of GiB (or null)")
@@ -101,6 +103,8 @@ class MemoryAuto(MemoryOption):
         if not 0 <= headroom < 1:
             raise ConfigError(f"memory.headroom={headroom!r} must lie in [0, 1)")
         self.frames, self.base_resolution = int(frames), int(base_resolution)
+        if segment_frames is not None:
+            self.frames = min(self.frames, int(segment_frames))
         self.video_size = None if video_size is None else tuple(int(v) for v in video_size)
         self.budget_gib, self.headroom = budget_gib, float(headroom)
         self.choice: Choice | None = None

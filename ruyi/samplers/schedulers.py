@@ -34,6 +34,7 @@ class DiffusersSampler:
     label: ClassVar[str]  # the original's name for it ("Euler A", ...)
     min_steps: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
+    starts_midway: ClassVar[bool] = True  # can begin at a partly noised input (video-to-video)
 
     def __init__(self, *, scheduler_config: Mapping[str, Any], **overrides: Any) -> None:
         config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
@@ -58,6 +59,21 @@ class DiffusersSampler:
             return list(range(steps))
         # a scheduler evaluating the model several times per step: spread the calls evenly
         return [min(steps - 1, i * steps // calls) for i in range(calls)]
+
+    def start_at(self, timesteps: torch.Tensor, steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """The model calls left, and the user steps they make, when denoising starts ``strength``
+        of the way toward the clean end (SDEdit: the last ``int(steps * strength)`` steps, at least
+        one). Call right after :meth:`set_timesteps`, before :meth:`add_noise`."""
+        left = max(1, min(steps, int(steps * strength + 1e-9)))
+        step_of_call = self.step_of_calls(steps, len(timesteps))
+        first = next(i for i, step in enumerate(step_of_call) if step >= steps - left)
+        if hasattr(self.scheduler, "set_begin_index"):  # schedulers that count their own steps (sigmas)
+            self.scheduler.set_begin_index(first)
+        return timesteps[first:], left
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Clean ``latents`` noised to ``timestep`` as the scheduler's forward process does."""
+        return self.scheduler.add_noise(latents, noise, timestep.reshape(1))
 
     @property
     def init_noise_sigma(self) -> float:
@@ -119,6 +135,8 @@ class PNDMSampler(DiffusersSampler):
     label = "PNDM"
     # The original crashes below 4 steps: PNDM's Runge-Kutta warm-up needs them.
     min_steps = 4
+    # its warm-up must run from the first step: it cannot begin at a partly noised video
+    starts_midway = False
 
     def step_of_calls(self, steps: int, calls: int) -> list[int]:
         # the Runge-Kutta warm-up evaluates the model 4 times for each of its first steps

@@ -57,8 +57,11 @@ def case(*argv: str, words: str | tuple[str, ...], **kw) -> Case:
 
 CASES = {
     # -- numbers: type, finiteness, range (numpy scalars are accepted, see test_io) ------------
-    "frames=12": case("frames=12", words="frames=12 is invalid; use 1 or a multiple of 8 up to 120"),
-    "frames=128": case("frames=128", words="frames=128 is invalid"),
+    "frames=12": case("frames=12", words="frames=12 is invalid; use 1 or a multiple of 8 up to 1128"),
+    # beyond one segment (120) a video continues in segments, up to 10 of them
+    "frames beyond the maximum": case("frames=1136", words=("frames=1136 is beyond the maximum 1128", "10 segments of 120",
+                                                            "errors add up")),
+    "frames=129": case("frames=129", words="frames=129 is invalid"),
     "frames=0": case("frames=0", words="frames=0 is invalid"),
     "frames=5 rounding down": case("frames=5", "frames_rounding=down", words="frames=5 is invalid"),
     "frames_rounding=up": case("frames_rounding=up", words="frames_rounding='up' is not one of error, down"),
@@ -129,6 +132,40 @@ CASES = {
     "output=clip.gif": case("output={tmp}/clip.gif", words="only .mp4 videos or folders of PNG frames"),
     "output read-only (/proc)": case("output=/proc/ruyi.mp4", words="cannot write in /proc",
                                      skip="" if Path("/proc/self").exists() else "no /proc"),
+    # -- keyframes, long videos, video-to-video -----------------------------------------------------
+    "keyframe outside the video": case("keyframes=[{{image: {inputs}/good.png, frame: 8}}]",
+                                       words="keyframes[0] is at frame 8, outside the video's 8 frames (0..7)"),
+    "keyframe at a negative frame": case("keyframes=[{{image: {inputs}/good.png, frame: -1}}]",
+                                         words="keyframes[0].frame=-1 must be an integer >= 0"),
+    "two keyframes at one frame": case("keyframes=[{{image: {inputs}/good.png, frame: 3}}, {{image: {inputs}/good.png, frame: 3}}]",
+                                       words="keyframes[0] and keyframes[1] are both at frame 3"),
+    "image and a keyframe at frame 0": case("image={inputs}/good.png", "keyframes=[{{image: {inputs}/good.png, frame: 0}}]",
+                                            words="are both at frame 0"),
+    "end_image and a keyframe at the last frame": case("end_image={inputs}/good.png",
+                                                       "keyframes=[{{image: {inputs}/good.png, frame: 7}}]",
+                                                       words="are both at frame 7"),
+    "keyframe image truncated": case("keyframes=[{{image: {inputs}/truncated.png, frame: 4}}]",
+                                     words=("keyframes[0]=", "truncated or damaged")),
+    "keyframe without a frame": case("keyframes=[{{image: {inputs}/good.png}}]", words="must have exactly the keys image and frame"),
+    "keyframes not a list": case("keyframes=abc", words="keyframes='abc' is not a list"),
+    "video unreadable": case("video={inputs}/text.png", words=("video=", "is not a readable video")),
+    "video without frames": case("video={inputs}/empty.mp4", words="empty.mp4 holds no video frames"),
+    "video missing": case("video={tmp}/none.mp4", words="none.mp4 does not exist"),
+    "video shorter than frames": case("video={inputs}/clip.mp4", "frames=16", words="clip.mp4 holds 8 frames, fewer than frames=16"),
+    "strength=0": case("video={inputs}/clip.mp4", "strength=0", words="strength=0 must be a number > 0 and <= 1"),
+    "strength=1.5": case("video={inputs}/clip.mp4", "strength=1.5", words="strength=1.5 must be a number > 0 and <= 1"),
+    "strength=nan": case("strength=nan", words="strength=nan must be a finite number"),
+    "video with pndm": case("video={inputs}/clip.mp4", "sampler=pndm", "steps=4",
+                            words="sampler PNDM cannot start from a noised input video"),
+    "camera list vs segments": case("frames=40", "segment.frames=16", "camera=[left,up]",
+                                    words=("camera lists 2 value(s) but this video has 4 segments",
+                                           "frames=40 in segments of 16")),
+    "motion list vs one segment": case("motion=[1,2]", words="motion lists 2 value(s) but this video has one segment"),
+    "segment.overlap too large": case("segment.overlap=30", words="segment.overlap=30 must be an integer in [1, 29]"),
+    "segment.frames=12": case("segment.frames=12", words="segment.frames=12 must be a multiple of 8"),
+    "eval=on with keyframes": case("eval=on", "eval.out={tmp}/e.jsonl", "eval.cache={tmp}/cache",
+                                   "keyframes=[{{image: {inputs}/good.png, frame: 4}}]",
+                                   words="eval=on judges start/end-frame videos of one segment"),
     "output read-only folder": case("output={tmp}/locked/v.mp4", words="cannot write in",
                                     skip="root writes into read-only folders" if IS_ROOT else ""),
     "output empty": case("output=''", words="output is empty"),
@@ -212,6 +249,7 @@ def inputs(tmp_path_factory, tiny) -> Path:
     (folder / "huge.png").write_bytes(_png(10000, 10000, 8, 0, b"", truncate=True))
     (folder / "bomb.png").write_bytes(_png(50000, 50000, 8, 0, b"", truncate=True))
     (folder / "text.png").write_text("not an image")
+    _videos(folder)
     # checkpoints damaged in one way each
     for name in ("ck_embeddings", "ck_clip", "ck_int", "ck_truncated"):
         shutil.copytree(tiny, folder / name)
@@ -255,6 +293,17 @@ def inputs(tmp_path_factory, tiny) -> Path:
               metadata={"ruyi_model": "ruyi-tiny-pans", "ruyi_model_preset": "ruyi_tiny_pans",
                         "ruyi_transformer_config": "0123456789abcdef"})  # fmt: skip
     return folder
+
+
+def _videos(folder: Path) -> None:
+    """clip.mp4 (8 frames) and empty.mp4 (a container without any frame), for video-to-video rows."""
+    import imageio_ffmpeg
+
+    from ruyi.io import write_mp4
+
+    write_mp4(torch.rand(1, 3, 8, 64, 64), folder / "clip.mp4")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64",
+                    "-frames:v", "0", "-c:v", "libx264", "-y", str(folder / "empty.mp4")], check=True)  # fmt: skip
 
 
 def _sentinels(tmp: Path) -> None:
@@ -364,6 +413,10 @@ TRAIN_CASES = {
     "num_workers=-1": case("num_workers=-1", words="num_workers=-1 must be an integer in [0, 256]"),
     "seed=-1": case("seed=-1", words="seed=-1 must be an integer in [0, 4294967295]"),
     "uncond_prob=1.5": case("uncond_prob=1.5", words="uncond_prob=1.5 must be a number in [0, 1]"),
+    "known_frames unknown kind": case("end_frame_prob=0", "known_frames={{middle: 1}}",
+                                      words="known_frames.middle is not a kind of mask (start, start_end, prefix, keyframes)"),
+    "known_frames with end_frame_prob": case("known_frames={{start: 1}}", words="known_frames and end_frame_prob=0.1 both"),
+    "data.turn_prob without known_frames": case("data.turn_prob=0.2", words="data.turn_prob needs known_frames"),
     "timestep_shift=0": case("timestep_shift=0", words="timestep_shift"),
     "schedule=linear": case("schedule=linear", words="schedule='linear' is not one of constant, cosine"),
     "gradient_checkpointing=maybe": case("gradient_checkpointing=maybe", words="gradient_checkpointing='maybe' must be true or false"),

@@ -13,17 +13,27 @@ from ruyi.eval.frames import EvalSample, as_frames, make_sample, read_video
 from ruyi.eval.metrics import (
     DEFAULT_METRICS, RESULT_KEYS, VideoMetric, build_metrics, motion_rank_correlation, score,
 )  # fmt: skip
+from ruyi.eval.segments import KeyframeMatch, SegmentConsistency  # noqa: F401  (registers the metrics)
 
 
-def evaluate(video, *, reference=None, image=None, end_image=None, camera=None, motion=None,
-             metrics: Sequence[str] = DEFAULT_METRICS) -> dict:  # fmt: skip
+def evaluate(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
+             segment_frames=None, overlap=2, metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
     """Every metric of ``metrics`` on one video (a path, frames or a pipeline video): a dict with
-    every key of :data:`RESULT_KEYS` (None where not asked) and ``skipped`` reasons."""
-    sample = make_sample(video, reference=reference, image=image, end_image=end_image, camera=camera, motion=motion)
-    return score(sample, build_metrics(metrics))
+    every key of :data:`RESULT_KEYS` (None where not asked) and ``skipped`` reasons. ``keyframes``
+    (``[(image, frame)]``) and ``segment_frames`` add the keyframe and segment metrics to the
+    default set; ``camera`` may then list one camera per segment."""
+    sample = make_sample(video, reference=reference, image=image, end_image=end_image, camera=camera, motion=motion,
+                         keyframes=keyframes, segment_frames=segment_frames, overlap=overlap)  # fmt: skip
+    return score(sample, build_metrics(metrics or default_metrics(sample)))
+
+
+def default_metrics(sample: EvalSample) -> tuple[str, ...]:
+    """The default set, plus ``keyframe_match`` / ``segments`` where the sample gives what they need."""
+    extra = ("keyframe_match",) * bool(sample.keyframes) + ("segments",) * (sample.segment_frames is not None)
+    return (*DEFAULT_METRICS, *extra)
 
 
 __all__ = [
-    "DEFAULT_METRICS", "RESULT_KEYS", "EvalSample", "VideoMetric", "as_frames", "build_metrics", "evaluate",
+    "DEFAULT_METRICS", "RESULT_KEYS", "EvalSample", "VideoMetric", "as_frames", "build_metrics", "default_metrics", "evaluate",
     "make_sample", "motion_rank_correlation", "read_video", "score",
 ]  # fmt: skip

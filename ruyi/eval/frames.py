@@ -104,6 +104,10 @@ class EvalSample:
     end_image: np.ndarray | None = None
     camera: str | None = None  # the camera that was asked for
     motion: str | None = None
+    keyframes: tuple = ()  # (frame, uint8 (H, W, 3) image at the video's size) the video should show
+    segment_frames: int | None = None  # a long video's segment length (ruyi.conditioning.keyframes)
+    overlap: int = 2  # latent frames each segment takes from the previous one
+    cameras: tuple[str, ...] | None = None  # the camera asked for each segment
 
     @cached_property
     def pair_shifts(self) -> np.ndarray:
@@ -120,8 +124,12 @@ class EvalSample:
         return pair_zooms(self.frames)
 
 
-def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None) -> EvalSample:
-    """Read and check everything one evaluation needs (one line per bad input)."""
+def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
+                segment_frames=None, overlap=2) -> EvalSample:  # fmt: skip
+    """Read and check everything one evaluation needs (one line per bad input). ``camera``: one
+    camera, or one per segment (a list, or text with commas) with ``segment_frames``."""
+    from ruyi.conditioning.control import AUTO, MOTIONS, MOVES
+
     frames = as_frames(video, name="video")
     ref = None
     if reference is not None:
@@ -134,16 +142,49 @@ def make_sample(video, *, reference=None, image=None, end_image=None, camera=Non
     size = (frames.shape[2], frames.shape[1])
     start = None if image is None else as_image(image, size=size, name="image")
     end = None if end_image is None else as_image(end_image, size=size, name="end_image")
-    if camera is not None:
-        from ruyi.conditioning.control import AUTO, MOVES
-
-        if str(camera) not in (*MOVES, AUTO):  # every move the camera metric can tell apart
-            raise InputError(f"camera={camera!r} is not one of {', '.join((*MOVES, AUTO))}")
+    keys = _keyframes(keyframes, len(frames), size)
+    segments, cameras = None, None
+    if segment_frames is not None:
+        segments = _segments(segment_frames, overlap, len(frames))
+    if isinstance(camera, str) and "," in camera:
+        camera = [c.strip() for c in camera.split(",")]
+    for c in camera if isinstance(camera, (list, tuple)) else [] if camera is None else [camera]:
+        if str(c) not in (*MOVES, AUTO):  # every move the camera metric can tell apart
+            raise InputError(f"camera={c!r} is not one of {', '.join((*MOVES, AUTO))}")
+    if isinstance(camera, (list, tuple)):
+        if segments is None or len(camera) != segments:
+            count = "no --segment-frames" if segments is None else f"{segments} segments"
+            raise InputError(f"{len(camera)} cameras given for a video of {count}; give one camera, or one per segment")
+        cameras, camera = tuple(str(c) for c in camera), (str(camera[0]) if len(set(camera)) == 1 else None)
+    elif camera is not None:
         camera = str(camera)
     if motion is not None:
-        from ruyi.conditioning.control import MOTIONS
-
         if str(motion) not in MOTIONS:
             raise InputError(f"motion={motion!r} is not one of {', '.join(MOTIONS)}")
         motion = str(motion)
-    return EvalSample(frames, ref, start, end, camera, motion)
+    return EvalSample(frames, ref, start, end, camera, motion, keys, segment_frames, overlap, cameras)
+
+
+def _keyframes(keyframes, frames: int, size: tuple[int, int]) -> tuple:
+    """``[(image, frame) | {image:, frame:}]`` -> ((frame, uint8 image at ``size``), ...), each inside the video."""
+    if not keyframes:
+        return ()
+    from ruyi.conditioning.keyframes import parse_keyframes
+
+    found = []
+    for key in parse_keyframes(keyframes):
+        if key.frame >= frames:
+            raise InputError(f"{key.name} is at frame {key.frame}, outside the video's {frames} frames (0..{frames - 1})")
+        found.append((key.frame, as_image(key.image, size=size, name=key.name)))
+    return tuple(found)
+
+
+def _segments(segment_frames, overlap, frames: int) -> int:
+    from ruyi.conditioning.keyframes import check_segment, plan_segments
+    from ruyi.errors import RuyiUserError
+
+    try:
+        segment_frames, overlap = check_segment(segment_frames, overlap)
+    except RuyiUserError as err:
+        raise InputError(str(err)) from None
+    return len(plan_segments(frames, segment_frames=segment_frames, overlap=overlap))

@@ -202,7 +202,9 @@ class Flicker(VideoMetric):
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "camera", "keyframes", "flicker")
 # the keys every result has (null where not asked), in the table's order
 RESULT_KEYS = ("psnr", "ssim", "lpips", "camera_direction", "camera_correct", "motion_px_per_frame",
-               "motion_dx", "motion_dy", "motion_zoom", "start_frame_psnr", "end_frame_psnr", "flicker")  # fmt: skip
+               "motion_dx", "motion_dy", "motion_zoom", "start_frame_psnr", "end_frame_psnr", "flicker",
+               "keyframe_psnr", "keyframe_psnr_min", "segments", "segment_cameras", "segment_camera_correct",
+               "seam_jump", "seam_change")  # fmt: skip
 
 
 def build_metrics(names: Sequence[str] = DEFAULT_METRICS) -> list[VideoMetric]:

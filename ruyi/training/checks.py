@@ -37,6 +37,7 @@ def check_training(cfg: Any) -> None:
     check_int("seed", cfg.seed, low=0, high=2**32 - 1)
     for key in ("uncond_prob", "end_frame_prob"):
         check_number(key, cfg[key], low=0, high=1, hint="a share of the samples")
+    check_masks(cfg)
     for key in ("gradient_checkpointing", "cache_latents"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
@@ -46,6 +47,26 @@ def check_training(cfg: Any) -> None:
     check_resume(cfg.resume)
     check_data(cfg.data)
     check_trainer_numbers(cfg.trainer)
+
+
+def check_masks(cfg: Any) -> None:
+    """``known_frames`` (random known-frame masks) replaces ``end_frame_prob``: not both."""
+    from omegaconf import OmegaConf
+
+    from ruyi.training.inputs import check_known_frames
+
+    shares = cfg.get("known_frames")
+    if shares is None:
+        if cfg.data.get("turn_prob"):
+            raise ConfigError("data.turn_prob needs known_frames (the frames before a turn condition the sample); "
+                              "set known_frames, e.g. {start: 1, prefix: 1}")  # fmt: skip
+        return
+    check_known_frames(OmegaConf.to_container(shares, resolve=True) if OmegaConf.is_config(shares) else shares)
+    if cfg.end_frame_prob:
+        raise ConfigError(
+            f"known_frames and end_frame_prob={cfg.end_frame_prob} both choose the conditioning frames; set "
+            "end_frame_prob=0 (known_frames.start_end is the share with an end frame)"
+        )
 
 
 def check_duration(key: str, value: Any) -> None:

@@ -1,8 +1,9 @@
 """A batch of clips -> the transformer's inputs, built by the pipeline's own components.
 
-The start frame (and, sometimes, the last frame) goes through ``pipe.image_conditioning`` exactly
-as at inference: ``prepare`` lays out frames and mask (in the DataLoader workers, where the CPU
-work parallelises), ``encode`` makes the VAE latents of mask and masked video and the CLIP
+The start frame (and, sometimes, the last frame; or with ``known_frames`` random known-frame masks:
+a start, start and end, a continued segment's first latent frames, keyframes anywhere) goes
+through ``pipe.image_conditioning`` exactly as at inference: ``prepare`` lays out frames and mask
+(in the DataLoader workers, where the CPU work parallelises), ``encode`` makes the VAE latents of mask and masked video and the CLIP
 features (on the training device, the whole batch at once). The clean latents are the VAE posterior mean of the whole clip, scaled as the
 pipeline scales latents. Camera/motion labels select the checkpoint's control embeddings through
 ``pipe.control``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 from ruyi.conditioning.image import FrameConditioning
+from ruyi.conditioning.keyframes import LATENT_FRAME, Keyframe
+from ruyi.errors import ConfigError
 from ruyi.models.transformer.inputs import LatentGrid, TransformerInputs, image_meta
 
 EMBEDDING_FIELDS = ("emb1", "mask1", "emb2", "mask2")
@@ -79,6 +83,49 @@ class LatentCache:
             raise
 
 
+KNOWN_FRAMES = ("start", "start_end", "prefix", "keyframes")
+KNOWN_USAGE = "known_frames={start: 0.3, start_end: 0.2, prefix: 0.3, keyframes: 0.2} (shares of the samples; null: end_frame_prob)"
+
+
+def check_known_frames(shares: Mapping[str, float] | None) -> dict[str, float] | None:
+    """``known_frames``: a share (>= 0, some > 0) per kind of known-frame mask, or None."""
+    from ruyi.checks import check_number
+
+    if shares is None:
+        return None
+    if not isinstance(shares, Mapping) or not shares:
+        raise ConfigError(f"known_frames={shares!r} is not a mapping; {KNOWN_USAGE}")
+    unknown = sorted(set(shares) - set(KNOWN_FRAMES))
+    if unknown:
+        raise ConfigError(f"known_frames.{unknown[0]} is not a kind of mask ({', '.join(KNOWN_FRAMES)}); {KNOWN_USAGE}")
+    checked = {k: check_number(f"known_frames.{k}", v, low=0, hint="a share of the samples") for k, v in shares.items()}
+    if not sum(checked.values()) > 0:
+        raise ConfigError(f"known_frames gives every kind a share of 0; {KNOWN_USAGE}")
+    return checked
+
+
+def sample_known_frames(shares: Mapping[str, float], frames: int) -> tuple[int, ...]:
+    """The frames a sample is conditioned on (sorted), drawn with torch's random numbers (seeded per
+    DataLoader worker): ``start`` frame 0; ``start_end`` frames 0 and F-1; ``prefix`` the first k
+    latent frames (4k frames, k in 1 .. F/4 - 1: a continued segment); ``keyframes`` frame 0 or such
+    a prefix, plus 1-2 frames anywhere after it (a middle keyframe, sometimes the end)."""
+    kinds = [k for k in KNOWN_FRAMES if shares.get(k, 0) > 0]
+    weights = torch.tensor([float(shares[k]) for k in kinds])
+    kind = kinds[int(torch.multinomial(weights, 1))]
+    latent = frames // LATENT_FRAME
+    if frames < 2 * LATENT_FRAME or kind == "start":
+        return (0,)
+    if kind == "start_end":
+        return (0, frames - 1)
+    head = LATENT_FRAME * int(torch.randint(1, latent, ()))
+    if kind == "prefix":
+        return tuple(range(head))
+    if bool(torch.rand(()) < 0.5):
+        head = 1
+    extra = torch.randperm(frames - head)[: int(torch.randint(1, 3, ()))] + head
+    return (*range(head), *sorted(int(f) for f in extra))
+
+
 class ConditionedClips(Dataset):
     """A clip dataset whose items also carry the pixel-space conditioning, laid out by
     ``conditioning.prepare`` (the inference code) in the DataLoader's workers.
@@ -86,14 +133,19 @@ class ConditionedClips(Dataset):
     Adds "cond_video" uint8 (3, F, H, W) and "cond_mask" uint8 (1, F, H, W): exactly
     ``FrameConditioning.video * 255`` and ``.mask`` (both hold whole numbers, so uint8 carries them
     losslessly at a quarter of the size), "clip_image" uint8 (H, W, 3) and "with_end" (bool): whether
-    the last frame is a conditioning frame too (probability ``end_frame_prob``). With ``pixel_values``
+    the last frame is a conditioning frame too (probability ``end_frame_prob``). With ``known_frames``
+    (shares of the masks of :func:`sample_known_frames`) any frames may condition, laid out by
+    ``conditioning.prepare_keyframes``; "known" then lists them ("0,7"). A clip that turns (its
+    "known_prefix" frames pan another way) is conditioned on those frames. With ``pixel_values``
     (the image encoder's ``PixelValues``) also "clip_pixels" float (3, S, S): its preprocessing of
     the clip image, done here rather than once per batch in the training process.
     """
 
-    def __init__(self, dataset: Dataset, conditioning, *, end_frame_prob: float = 0.0, pixel_values=None) -> None:
+    def __init__(self, dataset: Dataset, conditioning, *, end_frame_prob: float = 0.0, pixel_values=None,
+                 known_frames: Mapping[str, float] | None = None) -> None:  # fmt: skip
         self.dataset, self.conditioning, self.end_frame_prob = dataset, conditioning, float(end_frame_prob)
         self.pixel_values = pixel_values
+        self.known_frames = check_known_frames(known_frames)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -101,11 +153,22 @@ class ConditionedClips(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = dict(self.dataset[index])
         frames = uint8_frames(item["video"])
-        with_end = bool(torch.rand(()) < self.end_frame_prob)
         num_frames, height, width = frames.shape[:3]
-        layout = self.conditioning.prepare(
-            frames[0], frames[-1] if with_end else None, frames=num_frames, height=height, width=width
-        )
+        prefix = int(item.pop("known_prefix", 0))  # a turning clip's frames before the turn: they must condition
+        if prefix and self.known_frames is None:
+            raise ConfigError("the data turns (data.turn_prob) but known_frames is null: set known_frames, so the frames "
+                              "before a turn condition the sample")  # fmt: skip
+        if self.known_frames is None:
+            with_end = bool(torch.rand(()) < self.end_frame_prob)
+            layout = self.conditioning.prepare(
+                frames[0], frames[-1] if with_end else None, frames=num_frames, height=height, width=width
+            )
+        else:
+            known = tuple(range(prefix)) if prefix else sample_known_frames(self.known_frames, num_frames)
+            with_end = num_frames - 1 in known
+            keys = [Keyframe(frames[i], i, f"clip frame {i}") for i in known]
+            layout = self.conditioning.prepare_keyframes(keys, frames=num_frames, height=height, width=width)
+            item["known"] = ",".join(str(i) for i in known)
         item["cond_video"] = whole_numbers(layout.video[0], 255.0)
         item["cond_mask"] = whole_numbers(layout.mask[0], 1.0)
         clip_image = layout.clip_image.astype(np.uint8)
@@ -158,7 +221,8 @@ class BatchEncoder:
         n = len(batch["camera"])
         if self.cache is None:
             return self.encode_rows(batch, list(range(n)))
-        keys = [None if k is None else f"{k}|end={int(e)}" for k, e in zip(batch["key"], batch["with_end"])]
+        masks = batch.get("known") or [f"end={int(e)}" for e in batch["with_end"]]
+        keys = [None if k is None else f"{k}|{m}" for k, m in zip(batch["key"], masks)]
         found = {i: self.cache.get(k) for i, k in enumerate(keys) if k is not None}
         missing = [i for i in range(n) if found.get(i) is None]
         if missing:

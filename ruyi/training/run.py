@@ -154,7 +154,7 @@ def _assemble(cfg: DictConfig, plan, *, weights: str, finetune, dataset, trainer
     log.info("%s: %d trainable parameters; data %s (%d clips)", finetune, trainable, type(dataset).__name__, len(dataset))
     clips = ConditionedClips(
         dataset, pipe.image_conditioning, end_frame_prob=cfg.end_frame_prob,
-        pixel_values=getattr(pipe.image_encoder, "pixel_values", None),
+        pixel_values=getattr(pipe.image_encoder, "pixel_values", None), known_frames=known_frames(cfg),
     )  # fmt: skip
     data = ClipDataModule(dataset=clips, batch_size=int(cfg.batch_size), num_workers=data_workers(cfg.num_workers))
     transformer_config = (path / "transformer") if path is not None else cfg.model.get("transformer_arch")
@@ -163,6 +163,12 @@ def _assemble(cfg: DictConfig, plan, *, weights: str, finetune, dataset, trainer
         resume=to_absolute_path(cfg.resume) if cfg.resume else None, claim=claim,
         base_model=base_model_metadata(plan.spec.model.name, transformer_config, preset=model_choice()),
     )  # fmt: skip
+
+
+def known_frames(cfg: DictConfig) -> dict | None:
+    """``known_frames`` as a plain mapping (None: the start frame, and the end with ``end_frame_prob``)."""
+    shares = cfg.get("known_frames")
+    return None if shares is None else OmegaConf.to_container(shares, resolve=True)
 
 
 def model_choice() -> str | None:

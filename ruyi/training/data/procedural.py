@@ -88,6 +88,33 @@ def zoom_clip(canvas: np.ndarray, *, frames: int, height: int, width: int, direc
         out[f] = np.asarray(picture.resize((width, height), Image.Resampling.BICUBIC, box=box))
     return out
 
+def turning_clip(canvas: np.ndarray, *, height: int, width: int, moves: list[tuple[str, int]]) -> np.ndarray:
+    """Windows of (height, width) over ``canvas`` whose content moves ``moves[f - 1]`` = (direction,
+    px) from frame f - 1 to frame f -> uint8 (len(moves) + 1, H, W, 3); the canvas must exceed the
+    window by the path's extent (:func:`path_extent`)."""
+    offsets = _window_path(moves)
+    (low_y, low_x), (span_y, span_x) = offsets.min(axis=0), offsets.max(axis=0) - offsets.min(axis=0)
+    if canvas.shape[0] < height + span_y or canvas.shape[1] < width + span_x:
+        raise ValueError(f"canvas {canvas.shape[:2]} is too small for a {height}x{width} window moving {span_y}x{span_x} px")
+    pixels = as_uint8(canvas)
+    return np.stack([pixels[y - low_y : y - low_y + height, x - low_x : x - low_x + width] for y, x in offsets])
+
+
+def _window_path(moves: list[tuple[str, int]]) -> np.ndarray:
+    """(F, 2) window offsets (y, x) from frame 0; the window moves against the content."""
+    offsets = [(0, 0)]
+    for direction, speed in moves:
+        dx, dy = MOVES[direction].dx, MOVES[direction].dy
+        y, x = offsets[-1]
+        offsets.append((y - dy * speed, x - dx * speed))
+    return np.asarray(offsets)
+
+
+def path_extent(moves: list[tuple[str, int]]) -> tuple[int, int]:
+    """(rows, columns) a window path covers beyond the window itself."""
+    offsets = _window_path(moves)
+    span = offsets.max(axis=0) - offsets.min(axis=0)
+    return int(span[0]), int(span[1])
 
 BANK_STREAM = 0x62616E6B  # keeps the bank's random streams apart from the samples' (seed, split, index)
 
@@ -148,6 +175,7 @@ class ProceduralPans(Dataset):
         kinds: Sequence[str] = TEXTURE_KINDS,
         bank_size: int = 96,
         tone_prob: float = 0.0,
+        turn_prob: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"data.split={split!r} is not one of {', '.join(SPLITS)}")
@@ -168,12 +196,15 @@ class ProceduralPans(Dataset):
             raise ConfigError(f"data.bank_size={bank_size} must be at least the number of texture kinds ({len(kinds)})")
         if not 0.0 <= float(tone_prob) <= 1.0:
             raise ConfigError(f"data.tone_prob={tone_prob} must lie in [0, 1]")
+        if not 0.0 <= float(turn_prob) <= 1.0 or (turn_prob and frames < 8):
+            raise ConfigError(f"data.turn_prob={turn_prob} must lie in [0, 1] (and needs data.frames >= 8)")
         self.frames, self.height, self.width = int(frames), int(height), int(width)
         self.length, self.seed, self.split = int(length), int(seed), split
         self.cameras = tuple(str(c) for c in cameras)
         self.speeds = tuple(int(s) for s in pixels_per_frame)
         self.zoom_rates = tuple(float(z) for z in zoom_per_frame)
         self.auto_prob, self.kinds = float(auto_prob), tuple(kinds)
+        self.turn_prob = float(turn_prob)
         travel, margin = (self.frames - 1) * max(self.speeds), max(self.height, self.width) // 2
         bank_h, bank_w = self.height + travel, self.width + travel
         if any(MOVES[c].zoom for c in self.cameras):
@@ -228,6 +259,8 @@ class ProceduralPans(Dataset):
         motion_id = int(rng.integers(len(SPEEDS)))
         camera = "auto" if rng.random() < self.auto_prob else direction
         motion = "auto" if rng.random() < self.auto_prob else SPEEDS[motion_id]
+        if self.turn_prob and not MOVES[direction].zoom and rng.random() < self.turn_prob:
+            return self.turning(rng, direction, self.speeds[motion_id], camera, motion)
         size = dict(frames=self.frames, height=self.height, width=self.width, direction=direction)
         if MOVES[direction].zoom:
             rate = self.zoom_rates[motion_id]
@@ -236,3 +269,18 @@ class ProceduralPans(Dataset):
             speed = self.speeds[motion_id]
             clip = pan_clip(self.canvas(rng, direction, speed), speed=speed, **size)
         return {"video": torch.from_numpy(clip).permute(3, 0, 1, 2), "camera": camera, "motion": motion, "key": None}
+
+    def turning(self, rng: np.random.Generator, direction: str, speed: int, camera: str, motion: str) -> dict:
+        """A clip whose first 4k frames (k whole latent frames) pan another way, at another speed:
+        what a continued segment with a new camera starts from. "known_prefix" (4k) says those
+        frames condition the sample (``ConditionedClips``), so the label speaks for the rest."""
+        head = 4 * int(rng.integers(1, self.frames // 4))
+        pans = [c for c in self.cameras if not MOVES[c].zoom]
+        before = pans[int(rng.integers(len(pans)))]
+        before_speed = self.speeds[int(rng.integers(len(self.speeds)))]
+        moves = [(before, before_speed)] * (head - 1) + [(direction, speed)] * (self.frames - head)
+        rows, columns = path_extent(moves)
+        canvas = self.region(rng, self.height + rows, self.width + columns)
+        clip = turning_clip(canvas, height=self.height, width=self.width, moves=moves)
+        return {"video": torch.from_numpy(clip).permute(3, 0, 1, 2), "camera": camera, "motion": motion, "key": None,
+                "known_prefix": head}  # fmt: skip

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ruyi.models.transformer.inputs import LatentGrid
+
 GIB = 1024**3
 BASE_GIB = 3.0  # torch + CUDA context + libraries of one inference process (benchmarks/RESULTS.md)
 
@@ -68,8 +70,8 @@ def host_peak_gib(
     """The predicted peak resident host memory (GiB) of one run (module docstring)."""
     transformer = model.transformer_params * dtype_bytes / GIB
     load = BASE_GIB + transformer + model.other_params * dtype_bytes / GIB
-    latent_frames = 1 if frames == 1 else frames // 4
-    tokens = latent_frames * (side / 8 / model.patch) ** 2
+    grid = LatentGrid.of_video(frames, round(side), round(side), patch_size=model.patch)
+    tokens = grid.tokens
     skips = 0.0
     if skip_steps:
         halves = 1 if cfg_split else 2

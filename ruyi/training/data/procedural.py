@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from ruyi.conditioning.control import MOTIONS, MOVES, PANS
 from ruyi.errors import ConfigError
+from ruyi.models.transformer.inputs import VAE_TEMPORAL
 from ruyi.registry import DATASETS
 from ruyi.training.data.pictures import KINDS, TEXTURE_KINDS, as_uint8, photo_sources, textured_canvas, vary_tone
 
@@ -274,7 +275,7 @@ class ProceduralPans(Dataset):
         """A clip whose first 4k frames (k whole latent frames) pan another way, at another speed:
         what a continued segment with a new camera starts from. "known_prefix" (4k) says those
         frames condition the sample (``ConditionedClips``), so the label speaks for the rest."""
-        head = 4 * int(rng.integers(1, self.frames // 4))
+        head = VAE_TEMPORAL * int(rng.integers(1, self.frames // VAE_TEMPORAL))
         pans = [c for c in self.cameras if not MOVES[c].zoom]
         before = pans[int(rng.integers(len(pans)))]
         before_speed = self.speeds[int(rng.integers(len(self.speeds)))]

@@ -37,6 +37,7 @@ BUILTIN_MODULES = [
     "ruyi.eval",
     # training components (torch only at import; lightning and peft load when training starts)
     "ruyi.training.finetune",
+    "ruyi.training.distill",
     "ruyi.training.data",
 ]
 _builtins_state = {"loaded": False, "loading": False}

@@ -63,9 +63,11 @@ def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, obj
     fsync_path(folder / WEIGHTS)
 
 
-def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder: Path, dtype: torch.dtype | None = None) -> Path:
+def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder: Path, dtype: torch.dtype | None = None,
+                      extra_files: Mapping[str, str] | None = None) -> Path:  # fmt: skip
     """A complete checkpoint folder: ``source``'s components with the transformer replaced by ``state``
-    (in ``dtype``, by default the dtype ``source`` stores). ``model.path=<folder>`` loads it."""
+    (in ``dtype``, by default the dtype ``source`` stores), plus ``extra_files`` ({name: text}, e.g. a
+    distilled student's record). ``model.path=<folder>`` loads it."""
     source, folder = Path(source), Path(folder)
     refuse_existing(folder)
     dtype = dtype or stored_dtype(source / TRANSFORMER)
@@ -77,6 +79,8 @@ def export_checkpoint(state: Mapping[str, torch.Tensor], *, source: Path, folder
                 continue
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         for entry in tmp.rglob("*"):
             if entry.is_file():
                 fsync_path(entry)

@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     hardware = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     head = (f"{args.student.name} (student, sampler=turbo, cfg 1) against {args.teacher.name} (teacher, "
             f"{args.teacher_steps} steps, cfg {args.teacher_cfg:g}) on the {args.set} set: {len(images)} images "
-            f"({', '.join(args.kinds)}), {len(wanted) // len(images)} requests each ({args.seeds} seeds x 5 cameras at "
-            f"motion {args.motion}, {args.motion_seeds} x 4 moving cameras x motion 1-4, one set), {args.frames} frames {height}x{width}; "
+            f"({', '.join(args.kinds)}), {len(wanted) // len(images)} requests each (5 cameras x {args.seeds} seeds at "
+            f"motion {args.motion}; 4 moving cameras x motion 1-4 x {args.motion_seeds} seeds; a request in both made once), {args.frames} frames {height}x{width}; "
             f"{len(rows)} videos in {seconds:.0f} s on {hardware}")  # fmt: skip
     text = f"{head}\n\n{markdown(summary, kinds)}\n\n{goal(summary)}"
     print(text)

@@ -18,8 +18,9 @@ models, Heek et al. 2024); ``benchmarks/RESULTS.md`` says why this one. Per trai
 
 The sampler that runs the result is ``sampler=turbo`` (``ruyi.samplers.turbo``: the same trailing
 boundaries). The teacher is frozen and never written: with ``student: lora`` and the teacher at
-the model's own path it is the same transformer with the adapter switched off (no second copy of
-a 7B); otherwise a frozen copy read from ``teacher`` into memory. The export is the inner method's
+the model's own path (or ``teacher: same``) it is the same transformer with the adapter switched
+off (no second copy of a 7B); otherwise a frozen copy in memory, read from ``teacher`` (or, with
+``same``, taken from the starting weights before training). The export is the inner method's
 (``checkpoint/`` or ``lora.safetensors``) with a record of the distillation
 (``ruyi.checkpoints.student``), which lets ``infer.py`` refuse a wrong sampler, segment count or
 ``cfg > 1`` before any weight loads.
@@ -38,6 +39,7 @@ from ruyi.checkpoints import CHECKPOINT_PARTS, is_checkpoint
 from ruyi.checkpoints.student import HEADER_KEY, RECORD_FILE, StudentRecord
 from ruyi.checks import check_int, check_number
 from ruyi.errors import CheckpointError, ConfigError, MissingWeightsError
+from ruyi.pipeline import MAX_CFG
 from ruyi.registry import FINETUNES
 from ruyi.samplers.turbo import CLEAN, DEFAULT_SEGMENTS, check_segments, segment_ends
 from ruyi.training.export import export_checkpoint
@@ -49,7 +51,6 @@ log = logging.getLogger(__name__)
 
 STUDENTS = ("full", "lora")
 SAME = "same"  # finetune.teacher=same: the model's own weights as loaded (random-weight benchmarks)
-MAX_CFG = 20.0
 # the scheduler keys that fix the noise levels: teacher and student must agree on them
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
                  "rescale_betas_zero_snr")  # fmt: skip
@@ -206,12 +207,12 @@ class DistillFinetune:
     def training_loss(self, module, batch: dict) -> torch.Tensor:
         self._setup(module)
         encoded = module.encoder.encode(batch)
-        states = self.rollout(module, encoded, batch)
+        trajectory = torch.stack(self.rollout(module, encoded, batch))  # (grid points, B, C, F, h, w)
         rows, start, end = self.pick(encoded.x0.shape[0])
         grid = torch.tensor(self._grid)
         t, s = grid[start], grid[end]
-        x_t = torch.stack([states[i][r] for i, r in zip(start.tolist(), rows.tolist())])
-        x_end = torch.stack([states[i][r] for i, r in zip(end.tolist(), rows.tolist())])
+        on = trajectory.device
+        x_t, x_end = trajectory[start.to(on), rows.to(on)], trajectory[end.to(on), rows.to(on)]
         target = self._levels.velocity_to(x_t, x_end, t, s)  # type: ignore[union-attr]
         pipe = module.pipe
         kwargs = self._positive.transformer_kwargs(*self._rows(encoded, batch, rows), t.to(x_t.device),  # type: ignore[union-attr]

@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out / "distill_eval.md", text + "\n")
-        write_text_atomic(args.out / "distill_eval.json", json.dumps(result, indent=1))
+        write_text_atomic(args.out / "distill_eval.json", json.dumps(result, separators=(",", ":")))
         save_strip(strip, args.out / "strip.png")
     return result
 

@@ -226,11 +226,15 @@ def load_pipeline(path: str | Path | None = None, *, weights: str = "checkpoint"
     precision[_kwargs], skip_steps, vae_tile_size, device, plugins, strategies). Bad options raise
     :class:`ruyi.errors.RuyiUserError` subclasses before any weight loads.
     """
+    from ruyi.checkpoints.student import check_student
     from ruyi.hydra_config import preset_names
 
     if isinstance(path, str) and path in preset_names() and not Path(path).exists():
-        return build(PipelineSpec.from_preset(path, **options), weights=weights)
-    return build(PipelineSpec.from_names(path, **options), weights=weights)
+        plan = PipelineSpec.from_preset(path, **options).validate()
+    else:
+        plan = PipelineSpec.from_names(path, **options).validate()
+    check_student(plan)  # a distilled student (its folder or a LoRA) with the sampler it was made for
+    return build(plan, weights=weights)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ruyi.multirun import is_multirun, named_by, refuse_replacing, swept_values
 from ruyi.parallel import init_distributed, is_main_process, main_process_first, quiet_other_ranks, shutdown
 from ruyi.pipeline import validate_request
 from ruyi.checkpoints import resolve_checkpoint
+from ruyi.checkpoints.student import check_student
 
 log = logging.getLogger("ruyi")
 
@@ -73,6 +74,7 @@ def _run(cfg: DictConfig, guard: OutputGuard | None = None) -> int:
     request = validate_request(start, end, control=plan.control, sampler=plan.sampler_cls, frames_rounding=rounding,
                                **kwargs)  # fmt: skip
     kwargs["frames"] = request.frames  # rounded down if frames_rounding=down, or the input video's count
+    check_student(plan, steps=request.steps)  # a distilled student's sampler and steps, from its record
     for strategy in plan.strategies:  # those that depend on the video size (parallel token split)
         getattr(strategy, "check_request", lambda request: None)(request)
     fps = check_fps(cfg.fps)

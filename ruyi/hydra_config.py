@@ -170,9 +170,23 @@ def load_preset(name: str) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"model preset {name!r} does not exist; presets: {', '.join(preset_names())}")
     preset = yaml.safe_load(file.read_text())
+    # a preset may build on others as Hydra composes it (``defaults: [ruyi_tiny_pans, _self_]``): theirs, then its own keys
+    bases = preset.pop("defaults", None) or []
+    if [b for b in bases if not isinstance(b, str)] or (bases and bases[-1] != "_self_"):
+        raise ConfigError(f"configs/model/{name}.yaml: its defaults must be preset names followed by _self_")
+    for base in reversed(bases[:-1]):
+        preset = _merged(load_preset(base), preset)
     if preset.get("path"):
         preset["path"] = _absolute(preset["path"])
     return preset
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``, nested mappings merged key by key (lists replaced), as OmegaConf merges."""
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def model_source(preset: dict[str, Any], *, download: bool = False) -> ModelSource:

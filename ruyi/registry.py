@@ -38,6 +38,7 @@ BUILTIN_MODULES = [
     # training components (torch only at import; lightning and peft load when training starts)
     "ruyi.training.finetune",
     "ruyi.training.control",
+    "ruyi.training.distill",
     "ruyi.training.data",
 ]
 _builtins_state = {"loaded": False, "loading": False}

@@ -63,8 +63,10 @@ def resolve_checkpoint(source: ModelSource) -> Path:
             f"`{DOWNLOAD_COMMAND.format(repo=source.repo_id, path=path)}` "
             "(or pass download=true), or point model.path at your copy"
         )
-    else:  # nothing to download from (a trained or local-only preset)
-        hint = f"{source.name} weights not found at {path}; point model.path at your copy (README says how to make one)"
+    else:  # nothing to download from (a trained or local-only preset): its recipe, if the preset names one
+        recipe = (source.arch or {}).get("made_by")
+        how = f"make them with `{recipe}`" if recipe else "README says how to make them"
+        hint = f"{source.name} weights not found at {path}; {how}, or point model.path at your copy"
     if not source.download or not source.repo_id:
         raise MissingWeightsError(hint)
     try:

@@ -105,6 +105,9 @@ def validate_request(
     steps = check_int("steps", steps, low=least, high=MAX_STEPS,
                       hint=f"sampler {sampler.label} needs at least {least}; the original uses 25")  # fmt: skip
     cfg = check_number("cfg", cfg, low=0, high=MAX_CFG, hint="1 disables guidance; the original uses 7.0")
+    if cfg > 1 and getattr(sampler, "guidance_free", False):
+        raise ConfigError(f"cfg={cfg:g} with sampler {sampler.label}: it runs a step-distilled student whose guidance "
+                          "is trained in (one forward per step); pass cfg=1")  # fmt: skip
     seed = check_int("seed", seed, low=0, high=SEED_LIMIT - 1, hint="below 2**64")
     base_resolution = check_int("base_resolution", base_resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION,
                                 hint="512 or 768 are the trained ones")  # fmt: skip

@@ -11,6 +11,7 @@ from ruyi.samplers.schedulers import (
     PNDMSampler,
     sampler_by_label,
 )
+from ruyi.samplers.turbo import TurboSampler
 
 __all__ = [
     "DDIMSampler",
@@ -21,6 +22,7 @@ __all__ = [
     "EulerSampler",
     "PNDMSampler",
     "StepCallback",
+    "TurboSampler",
     "classifier_free_guidance",
     "denoise",
     "sampler_by_label",

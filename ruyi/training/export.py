@@ -65,12 +65,13 @@ def save_transformer(state: Mapping[str, torch.Tensor], config: Mapping[str, obj
 
 def export_checkpoint(
     state: Mapping[str, torch.Tensor] | None, *, source: Path, folder: Path, dtype: torch.dtype | None = None,
-    files: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    files: Mapping[str, Mapping[str, torch.Tensor]] | None = None, extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """A complete checkpoint folder: ``source``'s components with the transformer replaced by ``state``
-    (in ``dtype``, by default the dtype ``source`` stores; None: the source's, copied) and each
+    (in ``dtype``, by default the dtype ``source`` stores; None: the source's, copied), each
     safetensors file of ``files`` (e.g. ``embeddings.safetensors``) written from its tensors instead
-    of copied. ``model.path=<folder>`` loads it."""
+    of copied, plus ``extra_files`` ({name: text}, e.g. a distilled student's record).
+    ``model.path=<folder>`` loads it."""
     source, folder = Path(source), Path(folder)
     refuse_existing(folder)
     dtype = dtype or stored_dtype(source / TRANSFORMER)
@@ -86,6 +87,8 @@ def export_checkpoint(
             save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)
         for name, tensors in files.items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         for entry in tmp.rglob("*"):
             if entry.is_file():
                 fsync_path(entry)

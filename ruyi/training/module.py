@@ -102,6 +102,11 @@ class RuyiTrainingModule(L.LightningModule):
 
     # -- the step ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        own_loss = getattr(self.finetune, "training_loss", None)
+        if own_loss is not None:  # a method with its own objective (finetune=distill: a guided teacher's steps)
+            loss = own_loss(self, batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["camera"]))
+            return loss
         encoded = self.encoder.encode(batch)
         x0 = encoded.x0.float()
         t = self.objective.sample_timesteps(x0.shape[0], device=x0.device)

@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from ruyi.eval import evaluate, motion_rank_correlation  # noqa: E402
 from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image  # noqa: E402
 from ruyi.files import write_text_atomic  # noqa: E402
-from ruyi.training.data.procedural import DIRECTIONS  # noqa: E402
+from ruyi.conditioning.control import PANS as DIRECTIONS  # noqa: E402  (static + the four pans)
 
 MOVING = DIRECTIONS[1:]
 MOTIONS = ("1", "2", "3", "4")

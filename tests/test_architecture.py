@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ruyi"
 
 # lower number = lower layer; a module may import its own layer or lower ones only
 LAYERS = {
-    "ruyi.errors": 0, "ruyi.checks": 0, "ruyi.extension": 0, "ruyi.compile_cache": 0, "ruyi.registry": 0, "ruyi.files": 0, "ruyi.io": 0,
+    "ruyi.errors": 0, "ruyi.checks": 0, "ruyi.extension": 0, "ruyi.hooks": 0, "ruyi.compile_cache": 0, "ruyi.registry": 0, "ruyi.files": 0, "ruyi.io": 0,
     "ruyi.models": 1, "ruyi.samplers": 1, "ruyi.plugins": 1, "ruyi.attention": 1,
     "ruyi.conditioning": 2, "ruyi.placement": 2, "ruyi.precision": 2, "ruyi.memory": 2, "ruyi.parallel": 2, "ruyi.compile": 2,
     "ruyi.pipeline": 3,

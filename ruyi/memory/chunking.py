@@ -19,7 +19,8 @@ import torch
 from diffusers.hooks import ModelHook
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import MemoryOption, ModuleHooks
+from ruyi.hooks import ModuleHooks
+from ruyi.memory.base import MemoryOption
 from ruyi.registry import MEMORIES
 
 # RuyiDiTBlock's submodules that map each token independently (the block may declare its own list

@@ -28,7 +28,8 @@ import torch
 from diffusers.hooks import ModelHook
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import MemoryOption, ModuleHooks
+from ruyi.hooks import ModuleHooks
+from ruyi.memory.base import MemoryOption
 from ruyi.registry import MEMORIES
 
 GRANULARITIES = ("block", "transformer")

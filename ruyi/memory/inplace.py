@@ -25,7 +25,8 @@ from diffusers.hooks import ModelHook
 from diffusers.models.activations import GELU
 
 from ruyi.errors import ConfigError
-from ruyi.memory.base import MemoryOption, ModuleHooks
+from ruyi.hooks import ModuleHooks
+from ruyi.memory.base import MemoryOption
 from ruyi.registry import MEMORIES
 
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
+from ruyi.hooks import ModuleHooks
 from ruyi.parallel.groups import ParallelGroups
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class CfgSplit(ModelHook):
     def __init__(self, groups: ParallelGroups) -> None:
         super().__init__()
         self.groups = groups
-        self._module: torch.nn.Module | None = None
+        self._hooks = ModuleHooks(HOOK)
         self._split = False
         self._warned = False
 
@@ -39,14 +40,11 @@ class CfgSplit(ModelHook):
         return f"CfgSplit({self.groups.degrees})"
 
     def attach(self, transformer: torch.nn.Module) -> CfgSplit:
-        HookRegistry.check_if_exists_or_initialize(transformer).register_hook(self, HOOK)
-        self._module = transformer
+        self._hooks.register(transformer, self)
         return self
 
     def detach(self) -> None:
-        if self._module is not None:
-            HookRegistry.check_if_exists_or_initialize(self._module).remove_hook(HOOK, recurse=False)
-            self._module = None
+        self._hooks.remove()
 
     def pre_forward(self, module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         batch = (args[0] if args else kwargs["hidden_states"]).shape[0]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from ruyi.errors import ConfigError
+from ruyi.hooks import ModuleHooks
 from ruyi.parallel.groups import ParallelGroups
 
 HOOK = "ruyi_parallel_tokens"  # the hooks' name in each module's HookRegistry
@@ -96,7 +97,7 @@ class TokenShard:
     def __init__(self, groups: ParallelGroups) -> None:
         self.groups = groups
         self.frames = 0  # of the forward in progress, for the gather
-        self._modules: list[torch.nn.Module] = []
+        self._hooks = ModuleHooks(HOOK)
 
     def __repr__(self) -> str:
         return f"TokenShard({self.groups.degrees})"
@@ -107,11 +108,8 @@ class TokenShard:
     def attach(self, transformer: torch.nn.Module) -> TokenShard:
         hooks = ((transformer, _Call(self)), (transformer.pos_embed, _Split(self)), (transformer.proj_out, _Gather(self)))
         for module, hook in hooks:
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
-            self._modules.append(module)
+            self._hooks.register(module, hook)
         return self
 
     def detach(self) -> None:
-        for module in reversed(self._modules):
-            HookRegistry.check_if_exists_or_initialize(module).remove_hook(HOOK, recurse=False)
-        self._modules = []
+        self._hooks.remove()

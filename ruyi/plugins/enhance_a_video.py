@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from ruyi.checks import check_int
 from ruyi.errors import ConfigError
 from ruyi.extension import Extension
+from ruyi.hooks import ModuleHooks
 from ruyi.registry import PLUGINS
 
 MAX_WEIGHT = 10.0
@@ -145,7 +146,7 @@ class EnhanceAVideo(Extension):
         self.skip_end_steps = check_int("plugin.enhance_a_video.skip_end_steps", skip_end_steps, low=0)
         self.active = True  # outside a denoising loop every forward is enhanced
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by ruyi.parallel
-        self._hooked: list[torch.nn.Module] = []
+        self._hooks = ModuleHooks(HOOK)
 
     def __repr__(self) -> str:
         return (f"EnhanceAVideo(weight={self.weight}, skip_start_steps={self.skip_start_steps}, "
@@ -155,23 +156,18 @@ class EnhanceAVideo(Extension):
         if self.weight == 0:
             return  # disabled: no hook, no cost
         layers = [block.attn1 for block in pipe.transformer.blocks]
-        if any(HookRegistry.check_if_exists_or_initialize(attn).get_hook(HOOK) is not None for attn in layers):
+        if any(ModuleHooks.present(attn, HOOK) for attn in layers):
             raise ValueError("the transformer already has Enhance-A-Video attached; remove it first")
         for attn in layers:
             state = _LayerState()
             hooks = ((attn, _Call(self, state)), (attn.norm_q, _Query(state)), (attn.norm_k, _Key(self, state)),
                      (attn.to_out[1], _Scale(state)))  # fmt: skip
             for module, hook in hooks:
-                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, HOOK)
-                self._hooked.append(module)
+                self._hooks.register(module, hook)
         pipe.callbacks.append(self)
 
     def remove(self, pipe) -> None:
-        for module in reversed(self._hooked):
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is not None:
-                registry.remove_hook(HOOK, recurse=False)
-        self._hooked = []
+        self._hooks.remove()
         if self in pipe.callbacks:
             pipe.callbacks.remove(self)
 

@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from ruyi.checks import check_int, check_number
 from ruyi.errors import ConfigError
 from ruyi.extension import Extension
+from ruyi.hooks import ModuleHooks
 from ruyi.registry import PLUGINS
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,10 @@ log = logging.getLogger(__name__)
 COEFFICIENTS = (-7.51185620e03, 2.32931511e03, -2.25610663e02, 9.39902237e00, -7.43067848e-02)
 
 HOOK = "ruyi.teacache"
-# diffusers' remove_hook re-points the hook registered right above the removed one at the chain
-# below, which drops a ``new_forward`` hook sitting there (group offloading removes its layer
-# tracers after the first call, under hooks registered later). A plain hook directly below each
-# of ours takes that re-pointing instead.
-GUARD = "ruyi.teacache.guard"
 
 
 def _tokens(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
-
-
-class _Guard(ModelHook):
-    """Passes through; see ``GUARD``."""
 
 
 class _FirstBlock(ModelHook):
@@ -142,7 +134,7 @@ class TeaCache(Extension):
         self.skipped_steps = 0
         self.skipped: list[int] = []  # model-call indices of the last run that reused the cache
         self.across_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._hooked: list[tuple[torch.nn.Module, str]] = []  # (module, hook name), in registration order
+        self._hooks = ModuleHooks(HOOK)
         self._reset(num_steps=0)
 
     def __repr__(self) -> str:
@@ -180,23 +172,14 @@ class TeaCache(Extension):
         first, *later = transformer.blocks
         hooks = [(first, _FirstBlock(self)), (first.attn1, _ModulatedInput(self))]
         hooks += [(block, _LaterBlock(self)) for block in later] + [(transformer.norm_out, _StackOutput(self))]
-        if HookRegistry.check_if_exists_or_initialize(first).get_hook(HOOK) is not None:
+        if ModuleHooks.present(first, HOOK):
             raise ValueError("the transformer already has a TeaCache attached; remove it first")
-        for module, hook in hooks:
-            registry = HookRegistry.check_if_exists_or_initialize(module)
-            if hasattr(hook, "new_forward"):
-                registry.register_hook(_Guard(), GUARD)
-                self._hooked.append((module, GUARD))
-            registry.register_hook(hook, HOOK)
-            self._hooked.append((module, HOOK))
+        for module, hook in hooks:  # each new_forward hook gets a guard below it (ruyi.hooks.PassThrough)
+            self._hooks.register(module, hook)
         pipe.callbacks.append(self)
 
     def remove(self, pipe) -> None:
-        for module, name in reversed(self._hooked):
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is not None:  # an offload strategy removed before us may have cleared it
-                registry.remove_hook(name, recurse=False)
-        self._hooked = []
+        self._hooks.remove()
         if self in pipe.callbacks:
             pipe.callbacks.remove(self)
         self._reset(num_steps=0)

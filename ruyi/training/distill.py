@@ -39,7 +39,7 @@ from ruyi.checkpoints import CHECKPOINT_PARTS, is_checkpoint
 from ruyi.checkpoints.student import HEADER_KEY, RECORD_FILE, StudentRecord
 from ruyi.checks import check_int, check_number
 from ruyi.errors import CheckpointError, ConfigError, MissingWeightsError
-from ruyi.pipeline import MAX_CFG
+from ruyi.conditioning.request import MAX_CFG
 from ruyi.registry import FINETUNES
 from ruyi.samplers.turbo import CLEAN, DEFAULT_SEGMENTS, check_segments, segment_ends
 from ruyi.training.export import export_checkpoint

@@ -69,8 +69,9 @@ def test_nodes_loaded_with_registry_choices_and_tooltips(comfy_server):
         untipped = [i for i, entry in inputs.items() if not (len(entry) > 1 and entry[1].get("tooltip"))]
         assert not untipped, f"{name} inputs without a tooltip: {untipped}"
     load, sampler = info["Ruyi_LoadModel"]["input"]["required"], info["Ruyi_I2VSampler"]["input"]["required"]
-    # the registries' built-ins: the original's five scheduler labels, four offloads, four precisions
-    assert set(sampler["scheduler"][0]) == {"Euler", "Euler A", "DPM++", "PNDM", "DDIM"}
+    # the registries' built-ins: the original's five scheduler labels and a distilled student's
+    # few-step sampler, four offloads, every precision
+    assert set(sampler["scheduler"][0]) == {"Euler", "Euler A", "DPM++", "PNDM", "DDIM", "Turbo"}
     assert set(load["offload"][0]) == {"none", "model", "sequential", "group"}
     # every registered precision; fp8_compute also needs compile, which the node leaves off (one-line error)
     assert set(load["fp8_quant_mode"][0]) == {"bf16", "fp8_lite", "fp8_strong", "fp8_extreme", "fp8_compute"}

@@ -375,3 +375,22 @@ def test_the_python_api_refuses_a_student_with_another_sampler_before_loading(tm
     lora = _lora_student(tmp_path / "student.safetensors")
     with pytest.raises(ConfigError, match="student.safetensors was distilled to 4 steps; pass sampler.segments=4"):
         ruyi.load_pipeline("ruyi_tiny_pans", sampler="turbo", sampler_kwargs={"segments": 2}, plugins=[("lora", {"path": lora})])
+
+
+def test_new_weights_do_not_inherit_a_students_record(tmp_path):
+    """A plain fine-tune of a distilled student is no longer that student: its export drops the
+    record (the distillation export writes a new one), while a copy of the same weights keeps it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ruyi.training.export import export_checkpoint
+
+    source = tmp_path / "student"
+    shutil.copytree(REPO / "ruyi" / "assets" / "ruyi-tiny-pans", source)
+    (source / RECORD_FILE).write_text("{}")
+    state = load_file(str(source / "transformer" / "diffusion_pytorch_model.safetensors"))
+    retrained = export_checkpoint(state, source=source, folder=tmp_path / "retrained")
+    assert not (retrained / RECORD_FILE).exists() and (retrained / "embeddings.safetensors").is_file()
+    same = export_checkpoint(None, source=source, folder=tmp_path / "same")
+    assert (same / RECORD_FILE).read_text() == "{}"

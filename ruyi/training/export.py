@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ruyi.checkpoints.student import RECORD_FILE
 from ruyi.errors import OutputError
 from ruyi.files import atomic_file, fsync_path, make_parents, remove_created, umask_mode, write_error
 from ruyi.io import publish_folder
@@ -82,6 +83,8 @@ def export_checkpoint(
         for entry in sorted(source.iterdir()):
             if (entry.name == TRANSFORMER and state is not None) or entry.name in files or entry.name.startswith("."):
                 continue
+            if entry.name == RECORD_FILE and state is not None:
+                continue  # a distilled student's record speaks for its weights: new weights bring their own, or none
             (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
         if state is not None:
             save_transformer(state, read_config(source / TRANSFORMER), tmp / TRANSFORMER, dtype=dtype)

@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
+from benchmarks.camera_following import save_strip  # noqa: E402  (one strip-of-frames writer)
 from ruyi.eval import evaluate, motion_rank_correlation  # noqa: E402
 from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image  # noqa: E402
 from ruyi.files import write_text_atomic  # noqa: E402
@@ -207,15 +207,6 @@ def markdown(summary: list[dict], kinds: dict[str, dict[str, float]]) -> str:
               "|---" * (1 + len(present)) + "|"]  # fmt: skip
     lines += [f"| {n} | " + " | ".join(pct(kinds[n].get(k)) for k in present) + " |" for n in names]
     return "\n".join(lines)
-
-
-def save_strip(videos: dict[str, np.ndarray], path: Path, picks: int = 4) -> None:
-    """One row per setting: ``picks`` frames of its video, side by side."""
-    rows = []
-    for frames in videos.values():
-        idx = np.linspace(0, len(frames) - 1, picks).round().astype(int)
-        rows.append(np.concatenate([frames[i] for i in idx], axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -126,10 +126,11 @@ def test_the_transformer_is_not_loaded_through_from_pretrained(fixture_dir, tmp_
         raise AssertionError("from_pretrained read the streamed transformer")
 
     monkeypatch.setattr(RuyiTransformer3D, "from_pretrained", classmethod(refuse))
-    for extra in ({}, {"disk": True, "disk_dir": str(tmp_path)}):
-        load_pipeline(fixture_dir, offload="group", offload_kwargs={"use_stream": False, **extra})
-    with pytest.raises(AssertionError, match="from_pretrained"):
-        load_pipeline(fixture_dir)  # the other placements still load through the library
+    load_pipeline(fixture_dir, offload="group", offload_kwargs={"use_stream": False, "disk": True, "disk_dir": str(tmp_path)})
+    load_pipeline(fixture_dir, offload="group", offload_kwargs={"use_stream": False}, precision="fp8_lite")
+    for plain in ({}, {"offload": "group", "offload_kwargs": {"use_stream": False}}):
+        with pytest.raises(AssertionError, match="from_pretrained"):
+            load_pipeline(fixture_dir, **plain)  # unpinned in the pipeline dtype: the library's mapped tensors
 
 
 def test_a_failed_load_leaves_no_group_files(fixture_dir, tmp_path, monkeypatch):
@@ -159,13 +160,14 @@ def test_weights_home_follows_the_plan(fixture_dir, tmp_path):
         return plan.offload.weights_home("transformer", plan), plan
 
     plain, plan = home(use_stream=False)
-    assert plain is not None and not plain.pin and plain.group_files is None and plain.stored_as is not None
+    assert plain is None  # nothing pinned, nothing converted: from_pretrained maps the file
     assert plan.offload.weights_home("vae", plan) is None  # small: from_pretrained
     on_disk, plan = home(use_stream=False, disk=True, disk_dir=str(tmp_path))
-    assert on_disk.group_files is not None and on_disk.discard is not None
+    assert on_disk.group_files is not None and on_disk.discard is not None and not on_disk.pin
     on_disk.discard()
-    changed, _ = home(lora=True, use_stream=False)
-    assert changed == WeightsHome()  # a merged LoRA changes the values: loaded plainly, placed after
+    assert not any(tmp_path.glob("run-*"))
+    changed, _ = home(lora=True, use_stream=False, disk=True, disk_dir=str(tmp_path))
+    assert changed is None  # a merged LoRA changes the values: from_pretrained, placed after
 
 
 def _lora(folder: Path) -> Path:

@@ -5,12 +5,13 @@ Between ``model`` (whole models in and out) and ``sequential`` (every leaf, sync
 computes, so transfers hide behind compute.
 
 Host RAM (what a 16 GB PC has): diffusers keeps a pinned copy of every streamed weight; a weight
-already pinned is taken as it is. So the transformer is loaded straight into its final place
-(``weights_home``, :mod:`ruyi.models.in_place`): into pinned memory when the hooks will copy from
-pinned memory, else into plain memory, one tensor at a time: one host copy of the 7B's 13.4 GiB, at
-load as while running, where ``from_pretrained`` then a pinned copy held two.
-``low_cpu_mem_usage=true`` keeps it unpinned (pinned on the fly per transfer: slower, and page-locked
-memory is what a PC runs short of). ``disk=true`` writes each group once to a folder of its own and
+already pinned is taken as it is. So when the hooks will copy from pinned memory the transformer is
+loaded straight into it (``weights_home``, :mod:`ruyi.models.in_place`), one tensor at a time: one
+host copy of the 7B's 13.4 GiB, where ``from_pretrained`` (its tensors map the checkpoint file, whose
+pages every first read brings in) then a pinned copy held two. ``low_cpu_mem_usage=true`` keeps the
+weights unpinned, as ``from_pretrained`` maps them (pinned on the fly per transfer: slower, but the
+operating system can drop mapped pages and page-locked memory is what a PC runs short of); so does
+``use_stream=false``. ``disk=true`` writes each group once to a folder of its own and
 reads it back per use, so the weights leave RAM altogether (the operating system's file cache still
 helps when RAM is free); the transformer's group files are written straight from the checkpoint, one
 group in memory at a time (:mod:`ruyi.placement.group_files`). That folder is made fresh for the run
@@ -19,9 +20,10 @@ loading fails. The VAE and the image encoder (small) load through ``from_pretrai
 beside their loaded copy.
 
 Loading straight into place is skipped where an extension that attaches before the placement changes
-the weights' values (``changes_weights``: a merged LoRA, torchao FP8): the transformer then loads
-unpinned and the placement works from what those extensions leave. FP8 storage (``precision=fp8_*``)
-is applied as the weights are read (``stored_as``): the pinned or written bytes are the FP8 ones.
+the weights' values (``changes_weights``: a merged LoRA, torchao FP8): the transformer then comes
+from ``from_pretrained`` and the placement works from what those extensions leave. FP8 storage
+(``precision=fp8_*``) is applied as the weights are read (``stored_as``), unpinned too: the kept,
+pinned or written bytes are the FP8 ones, and no full copy in the pipeline's dtype is made first.
 """
 
 from __future__ import annotations
@@ -72,9 +74,9 @@ class GroupOffload(OffloadStrategy):
 
     def host_copies(self, plan) -> HostCopies:
         """Copies of the weights kept in host RAM under ``plan`` (read by memory=auto's host plan):
-        the transformer once when loaded straight into place (pinned or not), none on disk; loaded
-        plainly (an extension changes its weights), it is kept plus the pinned copy the hooks make
-        when they stream. The VAE and image encoder always load plainly."""
+        the transformer once (loaded straight into place, or mapped by ``from_pretrained`` and never
+        pinned), none on disk; when an extension changes its weights, it is kept plus the pinned copy
+        the hooks make when they stream. The VAE and image encoder always load plainly."""
         pinned_copy = 1.0 if self.use_stream and not self.low_cpu_mem_usage else 0.0
         others = 0.0 if self.disk else 1.0 + pinned_copy
         if plan.has("changes_weights"):
@@ -83,16 +85,18 @@ class GroupOffload(OffloadStrategy):
 
     def weights_home(self, kind: str, plan) -> WeightsHome | None:
         """Where ``kind``'s weights go as they are read (module docstring); None: ``from_pretrained``."""
-        if kind not in STREAMED_IN_PLACE:
+        if kind not in STREAMED_IN_PLACE or plan.has("changes_weights"):  # those change the loaded values
             return None
-        if plan.has("changes_weights"):  # they change the loaded values: load plainly, place them after
-            return WeightsHome()
         stored_as = getattr(plan.precision, "stored_as", None)
         if self.disk:
             self._folder = self._make_folder()
             return WeightsHome(group_files=self._group_files, stored_as=stored_as, discard=self._discard_folder)
         pin = self.use_stream and not self.low_cpu_mem_usage and plan.device.type == "cuda" and torch.cuda.is_available()
-        return WeightsHome(pin=pin, stored_as=stored_as)
+        if pin or not getattr(plan.precision, "plain_weights", False):
+            return WeightsHome(pin=pin, stored_as=stored_as)
+        # unpinned and unconverted: from_pretrained's tensors are views of the mapped checkpoint, file
+        # pages the operating system can drop and read again, where a copy in plain memory could not be
+        return None
 
     def _group_files(self, model: torch.nn.Module) -> list[GroupFile] | None:
         # diffusers streams one block per group when it prefetches on a stream

@@ -195,7 +195,8 @@ def build(spec: PipelineSpec | Plan, *, weights: str = "checkpoint"):
     classes = {kind: getattr(spec, kind).cls for kind in MODEL_KINDS}
     if weights == "checkpoint":
         path = resolve_checkpoint(spec.model)
-        models = load_models(classes, path, dtype=plan.dtype)
+        homes = {kind: plan.offload.weights_home(kind, plan) for kind in classes}
+        models = load_models(classes, path, dtype=plan.dtype, homes=homes)
         plan.control.load(path)
         sampler = spec.sampler.create(scheduler_config=scheduler_config(path))
     elif weights == "random":

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ruyi.errors import CheckpointError, MissingWeightsError
-from ruyi.models.loading import load_model, random_model, read_config
+from ruyi.models.in_place import WeightsHome, load_in_place
+from ruyi.models.loading import load_model, quiet_progress, random_model, read_config
 
 if TYPE_CHECKING:
     from ruyi.components import ModelSource
@@ -79,10 +80,13 @@ def resolve_checkpoint(source: ModelSource) -> Path:
     return path
 
 
-def load_models(classes: Mapping[str, type], path: Path, *, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+def load_models(
+    classes: Mapping[str, type], path: Path, *, dtype: torch.dtype, homes: Mapping[str, WeightsHome | None] | None = None
+) -> dict[str, torch.nn.Module]:
     """``{kind: model}`` for each ``{kind: class}``, read from ``path/<class.subfolder>``. Every
     component's ``config.json`` is checked (bounds, headers) before the first one loads: a damaged
-    VAE config must not wait for a 14 GB transformer."""
+    VAE config must not wait for a 14 GB transformer. A model with a home in ``homes`` (the
+    placement's ``weights_home``) is read straight into it, the others through ``from_pretrained``."""
     from ruyi.models.config_checks import check_model_config
 
     for cls in classes.values():
@@ -91,8 +95,15 @@ def load_models(classes: Mapping[str, type], path: Path, *, dtype: torch.dtype) 
             check_model_config(cls, read_config(folder), folder)
     models = {}
     for kind, cls in classes.items():
-        log.info("loading %s %s from %s", kind, cls.__name__, path / cls.subfolder)
-        models[kind] = load_model(cls, path, dtype=dtype)
+        home = (homes or {}).get(kind)
+        if home is None or getattr(cls, "_keep_in_fp32_modules", None):  # from_pretrained's rules for those
+            log.info("loading %s %s from %s", kind, cls.__name__, path / cls.subfolder)
+            models[kind] = load_model(cls, path, dtype=dtype)
+            continue
+        where = "group files" if home.group_files else "pinned memory" if home.pin else "memory"
+        log.info("loading %s %s from %s straight into %s", kind, cls.__name__, path / cls.subfolder, where)
+        with quiet_progress():
+            models[kind] = load_in_place(cls, path, dtype=dtype, home=home)
     return models
 
 

@@ -21,14 +21,16 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
 from ruyi.errors import ConfigError, RuyiUserError
 from ruyi.memory.base import MemoryOption
 from ruyi.memory.combo import build_options
-from ruyi.memory.host import ModelBytes, host_peak_gib, host_ram_gib
+from ruyi.memory.host import ModelBytes, host_peak_gib, host_ram_gib, stored_share
 from ruyi.memory.rules import RULES, Rule
+from ruyi.models.loading import meta_model, read_config
 from ruyi.models.transformer.inputs import VAE_SPATIAL, VAE_TEMPORAL
 from ruyi.registry import MEMORIES
 
@@ -110,6 +112,7 @@ class MemoryAuto(MemoryOption):
         self.choice: Choice | None = None
         self._options: list[MemoryOption] = []
         self._watch: PlannedShape | None = None
+        self._shares: dict[tuple[str, torch.dtype], float] = {}
 
     @property
     def side(self) -> float:
@@ -162,11 +165,36 @@ class MemoryAuto(MemoryOption):
         if shape in rule.host_gib:
             return rule.host_gib[shape], True
         model = ModelBytes.of(candidate.spec.model.arch, candidate.spec.model.path)
+        copies = candidate.offload.host_copies(candidate)
         return host_peak_gib(
             model=model, dtype_bytes=candidate.dtype.itemsize, side=self.side, frames=self.frames,
-            host_copies=getattr(candidate.offload, "host_copies", 0.0), skip_steps=rule.skip_steps,
+            host_copies=copies.transformer, other_copies=copies.others, streams=copies.in_place,
+            stored_share=self._stored_share(candidate), skip_steps=rule.skip_steps,
             cfg_split="cfg_split" in rule.memory, vae_stream="vae_stream" in rule.memory,
         ), False  # fmt: skip
+
+    def _stored_share(self, candidate) -> float:
+        """The transformer's bytes under the plan's precision over its bytes in the pipeline's dtype,
+        from the model built on the meta device (1.0 when nothing says its shape)."""
+        precision = candidate.precision
+        if getattr(precision, "plain_weights", False):
+            return 1.0
+        key = (repr(precision), candidate.dtype)
+        if key not in self._shares:  # one meta build per plan, not per candidate
+            self._shares[key] = self._measure_share(candidate)
+        return self._shares[key]
+
+    def _measure_share(self, candidate) -> float:
+        precision = candidate.precision
+        cls = candidate.spec.transformer.cls
+        config = dict((candidate.spec.model.arch or {}).get("transformer_arch") or {})
+        path = candidate.spec.model.path
+        if not config and path is not None and (Path(path) / cls.subfolder / "config.json").is_file():
+            config = read_config(Path(path) / cls.subfolder)
+        if not config:
+            return 1.0
+        model = meta_model(cls, {**config, **(getattr(cls, "config_overrides", None) or {})})
+        return stored_share(model, precision, candidate.dtype.itemsize)
 
     def _candidate(self, plan, rule: Rule):
         """The plan this rule makes, if every component accepts it; None otherwise."""

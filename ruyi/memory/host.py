@@ -4,17 +4,27 @@
 scale (GiB, the 7B at its real shape unless the preset says otherwise):
 
 - the process itself: torch, the CUDA context and the libraries (``BASE_GIB``, measured once);
-- the weights while loading: the checkpoint passes through host memory once, whatever the
-  placement (``load_gib``: transformer + VAE + image encoder at the pipeline's dtype);
-- the weights the placement keeps in host memory while running: none for ``offload=none``,
-  the streamed transformer twice for ``offload=group`` (the loaded copy and its pinned copy),
-  once with ``low_cpu_mem_usage``, not at all with ``disk`` (``GroupOffload.host_copies``);
+- the transformer's weights, in the bytes they are kept in (``transformer_gib``): the pipeline's
+  dtype, or FP8 for the layers a storage mode (``precision=fp8_*``) converts
+  (:func:`stored_share`: 0.73 of the bf16 bytes for ``fp8_lite``, 0.53 ``fp8_strong``, 0.50
+  ``fp8_extreme`` on the 7B). A placement that streams them says how many copies stay in host
+  memory (``GroupOffload.host_copies``): one (loaded straight into their pinned or plain place,
+  :mod:`ruyi.models.in_place`), none with ``disk``; the others keep none (``offload=none`` moves
+  them to the GPU);
+- the weights while loading: a streamed transformer goes straight into those copies (a disk one
+  passes through one group at a time: nothing counted); any other passes through host memory once in
+  the pipeline's dtype (``from_pretrained``); the VAE and the image encoder always do;
+- the VAE and image encoder while running (``other_host_copies``): streamed by ``offload=group``
+  from host memory like the transformer, they are kept loaded plus the pinned copy the hooks make
+  (two), one with ``low_cpu_mem_usage``, none on disk; other placements count them once;
 - the long skips parked by ``skip_steps`` (half the layers' outputs at every token, in the
   pipeline's dtype; one guidance half at a time under ``cfg_split``);
 - the decoded video assembled on the host by ``vae_stream`` (float32).
 
 The peak is the larger of the loading peak and the running one. Rows measured on a GPU replace the
 prediction where they exist (``Rule.host_gib``); the prediction is labelled as such in the log.
+The numbers count what the process holds, not the operating system's file cache (a checkpoint read
+through a memory map is counted by ``ru_maxrss`` while mapped, but is dropped before anything else).
 """
 
 from __future__ import annotations
@@ -65,11 +75,19 @@ class ModelBytes:
 
 def host_peak_gib(
     *, model: ModelBytes, dtype_bytes: int, side: float, frames: int, host_copies: float,
-    skip_steps: int, cfg_split: bool, vae_stream: bool,
+    skip_steps: int, cfg_split: bool, vae_stream: bool, streams: bool = False,
+    other_copies: float = 1.0, stored_share: float = 1.0,
 ) -> float:  # fmt: skip
-    """The predicted peak resident host memory (GiB) of one run (module docstring)."""
-    transformer = model.transformer_params * dtype_bytes / GIB
-    load = BASE_GIB + transformer + model.other_params * dtype_bytes / GIB
+    """The predicted peak resident host memory (GiB) of one run (module docstring).
+
+    ``host_copies``: copies of the transformer kept in host memory while running; ``streams``:
+    whether the placement loads it straight into them (``loads_in_place``); ``other_copies``: copies
+    of the VAE and the image encoder while running; ``stored_share``: the transformer's kept bytes
+    over its bytes in the pipeline's dtype (:func:`stored_share`)."""
+    full = model.transformer_params * dtype_bytes / GIB
+    transformer = full * stored_share
+    others = model.other_params * dtype_bytes / GIB
+    load = BASE_GIB + (host_copies * transformer if streams else full) + others
     grid = LatentGrid.of_video(frames, round(side), round(side), patch_size=model.patch)
     tokens = grid.tokens
     skips = 0.0
@@ -77,8 +95,22 @@ def host_peak_gib(
         halves = 1 if cfg_split else 2
         skips = (model.layers // 2) * tokens * model.hidden * dtype_bytes * halves / GIB
     video = frames * side * side * 3 * 4 / GIB if vae_stream else 0.0
-    running = BASE_GIB + host_copies * transformer + model.other_params * dtype_bytes / GIB + skips + video
+    running = BASE_GIB + host_copies * transformer + other_copies * others + skips + video
     return max(load, running)
+
+
+def stored_share(transformer: Any, precision: Any, dtype_bytes: int) -> float:
+    """The transformer's bytes as ``precision`` stores them over its bytes in the pipeline's dtype
+    (``dtype_bytes`` per weight; ``transformer``: the model, on the meta device is enough; 1.0 for a
+    precision without ``stored_as``)."""
+    stored_as = getattr(precision, "stored_as", None)
+    changed = stored_as(transformer) if stored_as is not None else {}
+    params = dict(transformer.named_parameters())
+    full = sum(p.numel() for p in params.values())
+    if not changed or not full:
+        return 1.0
+    kept = sum(p.numel() * (changed[n].itemsize / dtype_bytes if n in changed else 1.0) for n, p in params.items())
+    return kept / full
 
 
 def host_ram_gib() -> float:

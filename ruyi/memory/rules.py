@@ -85,7 +85,9 @@ RULES: tuple[Rule, ...] = (
         step_ratio={(512, 120): 1.066, (768, 120): 1.024},
         source=H200,
     ),
-    # the same GPU plan with less host RAM: one host copy of the streamed weights, or none (disk)
+    # the same GPU plan with less host RAM. Since the transformer loads straight into its pinned place,
+    # group_lean keeps one host copy too; one_copy still leaves it unpinned (pinned per transfer: page-
+    # locked memory is what a PC runs short of) at a slower step; disk keeps none
     Rule(
         "group_lean_one_copy", "group", skip_steps=1, vae_tile_size=256, memory=LEAN,
         memory_options=TRANSFORMER_SPLIT, offload_options={"low_cpu_mem_usage": True},

@@ -292,6 +292,7 @@ class LoRAWeights(Extension):
     weight dtype: exact round trips need float32 weights)."""
 
     stage = "plugins"
+    changes_weights = True  # merged into the loaded values (offload=group then loads them plainly)
 
     def __init__(self, *, path: str | Path, strength: float = 1.0) -> None:
         path = Path(path)

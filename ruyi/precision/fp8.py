@@ -46,6 +46,11 @@ class WeightPrecision(Extension):
     def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         raise NotImplementedError
 
+    def stored_as(self, model: torch.nn.Module) -> dict[str, torch.dtype]:
+        """``{parameter name: dtype}`` of the parameters ``convert`` stores in another dtype (the
+        model may be on the meta device): a loader can write them so at once. None here."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -74,6 +79,18 @@ class FP8Weights(WeightPrecision):
 
     def select(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         raise NotImplementedError
+
+    def stored_as(self, model: torch.nn.Module) -> dict[str, torch.dtype]:
+        # what the layerwise-casting hook's module.to(storage) casts: every floating parameter of the
+        # chosen modules (already in the storage dtype, the cast keeps them where they are)
+        storage = FP8_DTYPES[self.fp8_dtype]
+        names = {id(m): n for n, m in model.named_modules()}
+        return {
+            f"{names[id(module)]}.{name}": storage
+            for module in self.select(model)
+            for name, param in module.named_parameters(recurse=False)
+            if param.is_floating_point()
+        }
 
     def convert(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> int:
         storage = FP8_DTYPES[self.fp8_dtype]

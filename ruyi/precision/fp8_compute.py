@@ -35,6 +35,7 @@ class FP8Compute(WeightPrecision):
     """FP8 (e4m3) weights and activations in every block linear with 16-aligned sides."""
 
     needs_compile: ClassVar[bool] = True
+    changes_weights: ClassVar[bool] = True  # quantised by torchao after loading (read by offload=group)
 
     def __init__(self, *, granularity: str = "row") -> None:
         if granularity not in GRANULARITIES:

@@ -7,13 +7,14 @@
 #           keyframes anywhere (known-frame masks); the default ruyi-tiny-pans is this one
 #   turbo   experiment=tiny_turbo with kf's checkpoint as teacher and start: the few-step student
 #   control7b  one finetune=control step of Ruyi-Mini-7B at its real shape, random weights, 512x512x24:
-#           with a rank-16 LoRA and rows only (issue 27 item 5)
+#           with a rank-16 LoRA (and rows only with ROWS_ONLY=1) (issue 27 item 5)
 #
 #   STAGES="zooms kf" bash benchmarks/defaults_gpu_job.sh       # in the repository root, OUT set there
 #   STAGES="turbo control7b" bash benchmarks/defaults_gpu_job.sh # runs/kf/checkpoint present (carried)
 #
 # Carry .whl (diffusers, hydra-core, omegaconf, antlr4 wheels) and models/photos.npz. Each stage's
-# time is set by steps_for_time (ZOOMS_T, KF_T, TURBO_T) and capped by trainer.max_time; back in $OUT:
+# time is set by steps_for_time (ZOOMS_T, KF_T, TURBO_T) and capped by trainer.max_time (ZOOMS_MAX,
+# KF_MAX, TURBO_MAX); back in $OUT:
 # <stage>.tar (summary.json, embeddings/lora files, checkpoint/ flat enough to come back) and
 # <stage>.log (the lines that matter), control7b.jsonl. A CPU dry run: EXTRA="compile=none
 # trainer.max_steps=2 steps_for_time=null batch_size=2 data.bank_size=8" WORKERS=0 T_7B=0.
@@ -48,13 +49,13 @@ train() {  # $1 = stage, then overrides
 for stage in $STAGES; do
     case $stage in
     zooms)
-        train zooms experiment=tiny_zooms steps_for_time=${ZOOMS_T:-00:00:02:30} trainer.max_time=00:00:03:30 ;;
+        train zooms experiment=tiny_zooms steps_for_time=${ZOOMS_T:-00:00:02:30} trainer.max_time=${ZOOMS_MAX:-00:00:03:30} ;;
     kf)
         train kf experiment=tiny_keyframes model.path=runs/zooms/checkpoint "$CAMERAS" \
-            steps_for_time=${KF_T:-00:00:03:00} trainer.max_time=00:00:04:00 ;;
+            steps_for_time=${KF_T:-00:00:03:00} trainer.max_time=${KF_MAX:-00:00:04:00} ;;
     turbo)
         train turbo experiment=tiny_turbo model.path=runs/kf/checkpoint finetune.teacher=runs/kf/checkpoint "$CAMERAS" \
-            steps_for_time=${TURBO_T:-00:00:03:40} trainer.max_time=00:00:04:40 ;;
+            steps_for_time=${TURBO_T:-00:00:03:40} trainer.max_time=${TURBO_MAX:-00:00:04:40} ;;
     control7b)
         SEVEN_B="--random-weights model=ruyi_mini_7b dtype=bfloat16 gradient_checkpointing=true data.frames=24
                  data.height=512 data.width=512 data.bank_size=4 num_workers=2 batch_size=1
@@ -62,8 +63,7 @@ for stage in $STAGES; do
         echo "== 7B finetune=control, rank-16 LoRA"
         timeout ${T_7B:-150} python3 benchmarks/train_speed.py $SEVEN_B finetune=control 'finetune.lora={rank:16,alpha:16}' \
             --steps 3 --warmup 1 --jsonl "$OUT/control7b.jsonl" 2>&1 | grep -E "RESULT|Error|error" | cut -c1-600
-        echo "== 7B finetune=control, rows only"
-        timeout ${T_7B:-150} python3 benchmarks/train_speed.py $SEVEN_B finetune=control \
+        [ -n "${ROWS_ONLY:-}" ] && echo "== 7B finetune=control, rows only" && timeout ${T_7B:-150} python3 benchmarks/train_speed.py $SEVEN_B finetune=control \
             --steps 3 --warmup 1 --jsonl "$OUT/control7b.jsonl" 2>&1 | grep -E "RESULT|Error|error" | cut -c1-600 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
     esac

@@ -28,7 +28,6 @@ import json
 import os
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,50 +38,19 @@ from pathlib import Path
 MODES = ("from_pretrained", "in_place", "from_pretrained_disk", "in_place_disk")
 GIB = 1024**3
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-SAFETENSORS_NAMES = {"torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float16": "F16"}
 
 
 def write_checkpoint(root: Path, *, seed: int = 0) -> Path:
     """``root/transformer`` with random N(0, 0.02) bf16 weights at the 7B's shape, written one
-    tensor at a time (no full copy in RAM) to a temporary name, renamed when complete."""
-    import torch
-    from accelerate import init_empty_weights
-
+    tensor at a time (no full copy in RAM; ``benchmarks/random_checkpoint.py``'s writer)."""
+    from benchmarks.random_checkpoint import write_part, write_transformer
     from ruyi.hydra_config import load_preset
     from ruyi.models.transformer import RuyiTransformer3D
 
     folder = root / "transformer"
-    if (folder / WEIGHTS).is_file():
-        return folder
-    arch = load_preset("ruyi_mini_7b")["transformer_arch"]
-    with init_empty_weights(include_buffers=True):
-        model = RuyiTransformer3D.from_config({**arch, **RuyiTransformer3D.config_overrides})
-    tensors = model.state_dict()
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, tensor in tensors.items():
-        dtype = torch.bfloat16 if tensor.is_floating_point() else tensor.dtype
-        size = tensor.numel() * dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_NAMES[str(dtype)], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / (WEIGHTS + ".partial")
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)) + encoded)
-            for tensor in tensors.values():
-                value = torch.empty(tensor.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=generator)
-                handle.write(value.to(torch.bfloat16).reshape(-1).view(torch.uint8).numpy().tobytes())
-        model.save_config(folder)
-        partial.rename(folder / WEIGHTS)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        if made:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+    if not (folder / WEIGHTS).is_file():
+        arch = load_preset("ruyi_mini_7b")["transformer_arch"]
+        write_part(folder, lambda tmp: write_transformer(tmp, RuyiTransformer3D, arch, seed=seed))
     return folder
 
 

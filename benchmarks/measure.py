@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from benchmarks.host_load import AnonPeak  # noqa: E402
 from ruyi.assembly import PipelineSpec, build  # noqa: E402
 from ruyi.eval.sweep import SweepEval, notes_of  # noqa: E402
 from ruyi.hydra_config import request_images  # noqa: E402
@@ -79,9 +80,24 @@ def _host_peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
+def _attention_note(plan) -> str | None:
+    """What ``attention=auto`` chose on the run's device (kernel order and head-dim padding)."""
+    from ruyi.models.attention.auto import AUTO_PAD, AttentionBackend, AutoAttention
+
+    for strategy in plan.strategies:
+        if isinstance(strategy, AutoAttention):
+            pads = ", ".join(f"{k} to a multiple of {v}" for k, v in AUTO_PAD.items()) if strategy.auto_pad else "off"
+            return f"auto: {strategy.plan(plan.device).label}; head-dim padding: {pads}"
+        if isinstance(strategy, AttentionBackend):
+            return repr(strategy)
+    return None
+
+
 def measure(cfg, *, judge: SweepEval | None = None, overrides: list[str] | None = None) -> dict:
     plan = PipelineSpec.from_config(cfg).validate()
+    began = time.perf_counter()
     pipe = build(plan, weights=cfg.bench.weights)
+    load_s, host_load_gib = time.perf_counter() - began, _host_peak_gib()  # the loader's peak
     weights = sum(t.numel() * t.element_size() for m in pipe.modules.values() for t in [*m.parameters(), *m.buffers()])
     bench = cfg.bench
     # eval=on judges the real video: every step of it, decoded; the timed steps follow the warm-up
@@ -115,6 +131,10 @@ def measure(cfg, *, judge: SweepEval | None = None, overrides: list[str] | None 
         "peak_encode_gib": meter.peak_gib["encode"],
         "weights_gib": weights / GIB,  # what offload=group keeps pinned in host memory
         "host_peak_gib": _host_peak_gib(),
+        "host_load_peak_gib": host_load_gib,  # after build: loading (and attaching) alone
+        "load_s": load_s,  # build: weights read (bench.weights=checkpoint) or made, strategies attached
+        "weights": str(cfg.bench.weights),
+        "attention": _attention_note(plan),
         "plan": {"offload": repr(plan.offload), "skip_steps": plan.spec.skip_steps,
                  "vae_tile_size": plan.spec.vae_tile_size, "strategies": [repr(s) for s in plan.strategies]},
     }
@@ -131,10 +151,12 @@ def main(overrides: list[str]) -> int:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose(config_name="benchmark", overrides=overrides)
     judge = SweepEval.from_config(cfg, config_name="benchmark", config_dir=REPO / "configs")
-    try:
-        result = measure(cfg, judge=judge, overrides=overrides)
-    except torch.OutOfMemoryError as err:
-        result = {"status": "oom", "error": str(err).splitlines()[0][:300]}
+    with AnonPeak() as anon:  # the peak of what the OS cannot drop (RSS counts mapped file pages too)
+        try:
+            result = measure(cfg, judge=judge, overrides=overrides)
+        except torch.OutOfMemoryError as err:
+            result = {"status": "oom", "error": str(err).splitlines()[0][:300]}
+    result["host_peak_anon_gib"] = anon.peak_kib / 1024**2
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result.update(device=device, overrides=overrides)
     print("RESULT " + json.dumps(result), flush=True)
@@ -142,6 +164,6 @@ def main(overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    if not torch.cuda.is_available():
-        sys.exit("error: benchmarks/measure.py measures GPU memory and needs a CUDA GPU")
+    if not torch.cuda.is_available() and "device=cpu" not in sys.argv[1:]:  # device=cpu: a dry run of a GPU job
+        sys.exit("error: benchmarks/measure.py measures GPU memory and needs a CUDA GPU (device=cpu for a dry run)")
     sys.exit(main(sys.argv[1:]))

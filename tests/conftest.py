@@ -54,3 +54,24 @@ def golden(fixture_dir: Path):
     from safetensors.torch import load_file
 
     return load_file(str(fixture_dir / "golden.safetensors"))
+
+
+SHIPPED = REPO / "ruyi" / "assets" / "ruyi-tiny-pans"
+TAUGHT = ("zoom_in", "zoom_out")  # the moves the shipped default was taught after its pans (finetune=control)
+
+
+@pytest.fixture(scope="session")
+def pans_model(tmp_path_factory) -> Path:
+    """A copy of the shipped tiny default whose control table has the pans only (its taught zoom rows
+    dropped): the model ``finetune=control`` starts from, and one that lacks a label."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path_factory.mktemp("models") / "ruyi-tiny-pans-only"
+    shutil.copytree(SHIPPED, path)
+    table = load_file(str(path / "embeddings.safetensors"))
+    kept = {k: v for k, v in table.items() if not any(k.rsplit(".", 1)[0].endswith(m) for m in TAUGHT)}
+    save_file(kept, str(path / "embeddings.safetensors"))
+    (path / "distilled.json").unlink(missing_ok=True)
+    return path

@@ -1,9 +1,10 @@
 """One camera vocabulary: the labels a model accepts are its control table's rows, everywhere.
 
-A copy of the shipped tiny model gets zoom rows written into its table by hand (no training), so
-the oracle is the file itself: the model without them refuses ``camera=zoom_in`` in one line that
-names its labels; with them, ``--help``, ``python -m ruyi list``, the pre-flight check and the
-ComfyUI dropdown show them.
+The shipped tiny default was taught ``zoom_in`` / ``zoom_out``; a copy with those rows dropped
+(``pans_model``, tests/conftest.py) gets other zoom rows written into its table by hand (no
+training), so the oracle is the file itself: a model without them refuses ``camera=zoom_in`` in one
+line that names its labels; with them, ``--help``, ``python -m ruyi list``, the pre-flight check and
+the ComfyUI dropdown show them.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def zoom_rows(table: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def zoom_model(tmp_path_factory) -> Path:
+def zoom_model(tmp_path_factory, pans_model) -> Path:
     path = tmp_path_factory.mktemp("models") / "ruyi-tiny-zooms"
-    shutil.copytree(SHIPPED, path)
+    shutil.copytree(pans_model, path)
     table = load_file(str(path / "embeddings.safetensors"))
     save_file({**table, **zoom_rows(table)}, str(path / "embeddings.safetensors"))
     return path
@@ -65,9 +66,10 @@ def test_table_labels_are_read_from_the_keys():
     assert table_labels(keys) == (("left", "zoom_in", "auto"), ("2", "3", "auto"))
 
 
-def test_the_shipped_model_refuses_zoom_naming_its_labels():
+def test_a_model_without_zoom_rows_refuses_zoom_naming_its_labels(pans_model):
     control = CameraMotionControl()
-    assert control.read_labels(SHIPPED) == CAMERAS
+    assert control.read_labels(SHIPPED) == ("static", "left", "right", "up", "down", "zoom_in", "zoom_out", "auto")
+    assert control.read_labels(pans_model) == CAMERAS
     with pytest.raises(ConfigError) as err:
         control.check_choice("zoom_in", "2")
     message = str(err.value)
@@ -82,8 +84,8 @@ def test_a_zoom_model_accepts_its_new_labels(zoom_model):
         control.check_choice("spiral", "1")
 
 
-def test_the_cli_refuses_zoom_before_any_weight_loads_and_accepts_it_with_the_rows(zoom_model, tmp_path):
-    refused = run("scripts/infer.py", "camera=zoom_in", f"output={tmp_path / 'a.mp4'}")
+def test_the_cli_refuses_zoom_before_any_weight_loads_and_accepts_it_with_the_rows(pans_model, zoom_model, tmp_path):
+    refused = run("scripts/infer.py", "camera=zoom_in", f"model.path={pans_model}", f"output={tmp_path / 'a.mp4'}")
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("error: camera='zoom_in' is not one of static, left, right, up, down, auto")
@@ -91,46 +93,52 @@ def test_the_cli_refuses_zoom_before_any_weight_loads_and_accepts_it_with_the_ro
     made = run("scripts/infer.py", "camera=zoom_in", f"model.path={zoom_model}", "steps=2", f"output={tmp_path / 'z.mp4'}")
     assert made.returncode == 0, made.stderr[-2000:]
     assert (tmp_path / "z.mp4").is_file()
+    shipped = run("scripts/infer.py", "camera=zoom_out", "steps=2", f"output={tmp_path / 's.mp4'}")  # the default has them
+    assert shipped.returncode == 0 and (tmp_path / "s.mp4").is_file(), shipped.stderr[-2000:]
 
 
-def test_help_list_and_comfy_show_the_labels_of_the_model(zoom_model):
-    plain = run("scripts/infer.py", "--help").stdout
+def test_help_list_and_comfy_show_the_labels_of_the_model(pans_model, zoom_model):
+    plain = run("scripts/infer.py", "--help", f"model.path={pans_model}").stdout
     camera = next(line for line in plain.splitlines() if line.startswith("  camera "))
     assert "static | left | right | up | down | auto" in camera and "zoom" not in camera
     zoomed = run("scripts/infer.py", "--help", f"model.path={zoom_model}").stdout
     camera = next(line for line in zoomed.splitlines() if line.startswith("  camera "))
     assert "static | left | right | up | down | zoom_in | zoom_out | auto" in camera
 
-    listed = run("-m", "ruyi", "list", str(zoom_model))
+    listed = run("-m", "ruyi", "list", str(zoom_model), str(pans_model))
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()
-    assert any(line.split()[0] == "ruyi_tiny_pans" and "zoom" not in line for line in lines if line.startswith("  ruyi_tiny_pans"))
+    (preset,) = [line for line in lines if line.startswith("  ruyi_tiny_pans ")]
+    assert "zoom_in, zoom_out" in preset  # the shipped default's own table
     (mine,) = [line for line in lines if line.strip().startswith(str(zoom_model))]
     assert "static, left, right, up, down, zoom_in, zoom_out, auto" in mine
+    (pans,) = [line for line in lines if line.strip().startswith(str(pans_model))]
+    assert "static, left, right, up, down, auto" in pans and "zoom" not in pans
 
     sys.path.insert(0, str(REPO))
     from comfyui import choices
 
     assert choices.control_choices()[0] == list(CAMERAS)
-    cameras, motions = choices.control_choices([SHIPPED, zoom_model])
+    assert choices.control_choices([pans_model])[0] == list(CAMERAS)
+    cameras, motions = choices.control_choices([pans_model, zoom_model])
     assert cameras == ["static", "left", "right", "up", "down", "zoom_in", "zoom_out", "auto"] and motions == list(MOTIONS)
 
 
-def test_extra_rows_add_labels_on_top_of_the_checkpoint(zoom_model, tmp_path):
+def test_extra_rows_add_labels_on_top_of_the_checkpoint(pans_model, zoom_model, tmp_path):
     control = CameraMotionControl(extra_rows=str(zoom_model / "embeddings.safetensors"))
-    assert "zoom_in" in control.read_labels(SHIPPED)
-    control.load(SHIPPED)
-    shipped = load_file(str(SHIPPED / "embeddings.safetensors"))
+    assert "zoom_in" in control.read_labels(pans_model)
+    control.load(pans_model)
+    shipped = load_file(str(pans_model / "embeddings.safetensors"))
     assert all(torch.equal(control.table[k], v) for k, v in shipped.items())
     picked = control.select("zoom_in", "2")
     assert picked.key == "p.16x9movie2zoom_in"
     assert torch.equal(picked.positive.emb1, load_file(str(zoom_model / "embeddings.safetensors"))["p.16x9movie2zoom_in.emb1"])
     with pytest.raises(InputError, match="extra_rows=.*is not a file"):
-        CameraMotionControl(extra_rows=str(tmp_path / "nothing.safetensors")).read_labels(SHIPPED)
+        CameraMotionControl(extra_rows=str(tmp_path / "nothing.safetensors")).read_labels(pans_model)
 
 
-def test_added_rows_must_not_change_or_misfit_the_checkpoints():
-    table = load_file(str(SHIPPED / "embeddings.safetensors"))
+def test_added_rows_must_not_change_or_misfit_the_checkpoints(pans_model):
+    table = load_file(str(pans_model / "embeddings.safetensors"))
     changed = {"p.16x9movie1left.emb1": table["p.16x9movie1left.emb1"] + 1}
     with pytest.raises(InputError, match="differs from the checkpoint's"):
         add_rows(table, changed, where="x.safetensors")

@@ -78,11 +78,13 @@ def test_the_default_data_draws_pans_only_and_bad_moves_are_one_line():
 
 
 # -- finetune=control ------------------------------------------------------------------------------
-def zoom_config(output_dir: Path, *overrides: str):
+def zoom_config(output_dir: Path, source: Path, *overrides: str):
+    """``experiment=tiny_zooms`` from ``source`` (the shipped default's pans, ``pans_model``), a few CPU steps."""
     pytest.importorskip("lightning")
     pytest.importorskip("peft")
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose("train", overrides=["experiment=tiny_zooms", f"output_dir={output_dir}", *SMALL, *overrides])
+        return compose("train", overrides=["experiment=tiny_zooms", f"output_dir={output_dir}", f"model.path={source}",
+                                           *SMALL, *overrides])  # fmt: skip
 
 
 def render(folder: Path, camera: str) -> torch.Tensor:
@@ -97,16 +99,16 @@ def render(folder: Path, camera: str) -> torch.Tensor:
                 progress=False)  # fmt: skip
 
 
-def test_control_rows_train_while_the_old_rows_and_weights_stay_bit_identical(tmp_path):
+def test_control_rows_train_while_the_old_rows_and_weights_stay_bit_identical(tmp_path, pans_model):
     from ruyi.training.run import build_run
 
     out = tmp_path / "run"
-    job = build_run(zoom_config(out, "finetune.lora=null", "trainer.max_steps=2", "finetune.rows_learning_rate=0.05",
+    job = build_run(zoom_config(out, pans_model, "finetune.lora=null", "trainer.max_steps=2", "finetune.rows_learning_rate=0.05",
                                 "data.cameras=[zoom_in,zoom_out]", "data.auto_prob=0"))  # fmt: skip
     job.fit()
     folder = job.export()
     assert folder == out / "checkpoint"
-    source = load_file(str(SHIPPED / "embeddings.safetensors"))
+    source = load_file(str(pans_model / "embeddings.safetensors"))
     for table in (load_file(str(out / "embeddings.safetensors")), load_file(str(folder / "embeddings.safetensors"))):
         assert all(torch.equal(table[k], v) and table[k].dtype == v.dtype for k, v in source.items())
         new = sorted({k.rsplit(".", 1)[0] for k in set(table) - set(source)})
@@ -118,21 +120,21 @@ def test_control_rows_train_while_the_old_rows_and_weights_stay_bit_identical(tm
         assert all(torch.equal(table[f"p.16x9movie{m}{c}.mask1"], source[f"p.16x9movie{m}static.mask1"]) for m, c in rows)
     for part in ("transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                  "image_encoder/model.safetensors", "scheduler/scheduler_config.json"):  # fmt: skip
-        assert (folder / part).read_bytes() == (SHIPPED / part).read_bytes(), part
+        assert (folder / part).read_bytes() == (pans_model / part).read_bytes(), part
     assert not (out / "lora.safetensors").exists()
     video = render(folder, "zoom_in")
     assert video.shape == (1, 3, 8, 64, 64) and torch.isfinite(video).all()
     # the old labels render exactly as the source model renders them
-    torch.testing.assert_close(render(folder, "left"), render(SHIPPED, "left"), rtol=0, atol=0)
+    torch.testing.assert_close(render(folder, "left"), render(pans_model, "left"), rtol=0, atol=0)
 
 
-def test_control_with_lora_exports_the_lora_and_a_checkpoint_with_it_merged(tmp_path):
+def test_control_with_lora_exports_the_lora_and_a_checkpoint_with_it_merged(tmp_path, pans_model):
     import ruyi
     from ruyi.plugins import LoRAWeights
     from ruyi.training.run import build_run
 
     out = tmp_path / "run"
-    job = build_run(zoom_config(out, "trainer.max_steps=2", "learning_rate=1e-2", "finetune.save_dtype=float32",
+    job = build_run(zoom_config(out, pans_model, "trainer.max_steps=2", "learning_rate=1e-2", "finetune.save_dtype=float32",
                                 "finetune.lora.rank=4", "finetune.lora.alpha=4"))  # fmt: skip
     job.fit()
     folder = job.export()
@@ -149,17 +151,17 @@ def test_control_with_lora_exports_the_lora_and_a_checkpoint_with_it_merged(tmp_
     assert any(not torch.equal(exported[k], source[k].float()) for k in source)
 
 
-def test_labels_are_checked_against_the_model_before_any_weight_loads(tmp_path):
+def test_labels_are_checked_against_the_model_before_any_weight_loads(tmp_path, pans_model):
     from ruyi.training.run import build_run
 
     with pytest.raises(ConfigError, match="finetune.cameras: left is already a label of the model"):
-        build_run(zoom_config(tmp_path / "a", "finetune.cameras=[left,zoom_in]"))
+        build_run(zoom_config(tmp_path / "a", pans_model, "finetune.cameras=[left,zoom_in]"))
     with pytest.raises(ConfigError, match="no clip of the data is labelled zoom_out"):
-        build_run(zoom_config(tmp_path / "b", "data.cameras=[static,zoom_in]"))
+        build_run(zoom_config(tmp_path / "b", pans_model, "data.cameras=[static,zoom_in]"))
     with pytest.raises(ConfigError, match="finetune.init_from='spiral' must be one of the model's moves"):
-        build_run(zoom_config(tmp_path / "c", "finetune.init_from=spiral"))
+        build_run(zoom_config(tmp_path / "c", pans_model, "finetune.init_from=spiral"))
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):  # finetune=lora on zoom clips
-        cfg = compose("train", overrides=[f"output_dir={tmp_path / 'd'}", *SMALL, "data.frames=8", "data.height=64",
+        cfg = compose("train", overrides=[f"output_dir={tmp_path / 'd'}", f"model.path={pans_model}", *SMALL, "data.frames=8", "data.height=64",
                                           "data.width=64", "data.cameras=[static,zoom_in]"])  # fmt: skip
     with pytest.raises(ConfigError) as err:
         build_run(cfg)

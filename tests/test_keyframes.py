@@ -163,7 +163,7 @@ def test_conditioned_clips_lay_out_the_sampled_mask():
         assert item["with_end"] == (15 in known)
 
 
-def test_the_keyframes_recipe_fine_tunes_the_shipped_model_with_masks():
+def test_the_keyframes_recipe_fine_tunes_the_zoom_model_with_masks():
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -173,7 +173,8 @@ def test_the_keyframes_recipe_fine_tunes_the_shipped_model_with_masks():
     with initialize_config_dir(config_dir=str(configs), version_base=None):
         cfg = compose("train", overrides=["experiment=tiny_keyframes", "output_dir=/x"])
     plain = OmegaConf.to_container(cfg, resolve=True)
-    assert plain["model"]["path"].endswith("ruyi/assets/ruyi-tiny-pans") and not plain["model"]["create_if_missing"]
+    assert plain["model"]["path"] == "runs/tiny_zooms/checkpoint" and not plain["model"]["create_if_missing"]
+    assert {"zoom_in", "zoom_out"} < set(plain["data"]["cameras"])  # the zooms it was taught stay in the data
     assert plain["finetune"]["_target_"].endswith("FullFinetune") and plain["data"]["frames"] == 16
     assert plain["data"]["frames"] == plain["model"]["run"]["segment_frames"]
     assert set(plain["known_frames"]) == {"start", "start_end", "prefix", "keyframes"} and plain["end_frame_prob"] == 0

@@ -211,3 +211,4 @@ def test_seam_jump_is_one_for_a_smooth_pan_and_large_for_a_jump_at_a_seam():
     assert result["seam_jump"] > 2 and result["seam_change"] > smooth["seam_change"] + 0.5
     turned = evaluate(video, camera="left,up,left,left", segment_frames=16, overlap=2)
     assert turned["segment_camera_correct"] == 0.75 and turned["camera_correct"] is None
+

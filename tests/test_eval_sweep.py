@@ -55,7 +55,7 @@ def test_each_job_appends_one_line_with_its_overrides_and_metrics(sweep):
         assert line["request"]["camera"] == "left" and line["request"]["seed"] == 42
         assert line["shape"] == [8, 64, 64]
         metrics = line["metrics"]
-        assert metrics["camera_direction"] in ("static", "left", "right", "up", "down")
+        assert metrics["camera_direction"] in ("static", "left", "right", "up", "down", "zoom_in", "zoom_out")
         assert metrics["camera_correct"] == (metrics["camera_direction"] == "left")
         assert metrics["start_frame_psnr"] is not None and metrics["flicker"] is not None
 

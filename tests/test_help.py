@@ -23,5 +23,5 @@ def test_infer_help_lists_its_groups_only_and_explains_keys():
     assert not groups & {"finetune", "trainer", "data", "metric", "experiment"}
     assert "*ruyi_tiny_pans" in text  # the default marked
     camera = next(line for line in text.splitlines() if line.startswith("  camera "))
-    assert "static | left | right | up | down | auto" in camera
+    assert "static | left | right | up | down | zoom_in | zoom_out | auto (the rows of ruyi-tiny-pans)" in camera
     assert "is powered by Hydra" not in text

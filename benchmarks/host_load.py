@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 MODES = ("from_pretrained", "in_place", "from_pretrained_disk", "in_place_disk")
 GIB = 1024**3
@@ -71,7 +72,7 @@ class AnonPeak:
             if line.startswith("RssAnon:"):
                 self.peak_kib = max(self.peak_kib, int(line.split()[1]))
 
-    def __enter__(self) -> AnonPeak:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -97,8 +98,7 @@ def measure(mode: str, root: Path, dtype_name: str) -> dict:
     dtype = parse_dtype(dtype_name)
     disk_dir = None
     if mode.endswith("_disk"):
-        disk_dir = root / "offload"
-        disk_dir.mkdir(exist_ok=True)
+        disk_dir = Path(tempfile.mkdtemp(prefix="offload-", dir=root))  # this process's own: removed below
     placement = GroupOffload(use_stream=False, disk=disk_dir is not None, disk_dir=None if disk_dir is None else str(disk_dir))
     plan = SimpleNamespace(device=torch.device("cpu"), precision=PipelineDtype(), has=lambda _fact: False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

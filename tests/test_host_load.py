@@ -198,3 +198,25 @@ def test_pinned_load_is_the_copy_the_hooks_stream_from(fixture_dir):
         for hook in (registry.hooks.values() if registry is not None else ()):
             kept.update({id(t): c.data_ptr() for t, c in getattr(getattr(hook, "group", None), "cpu_param_dict", {}).items()})
     assert kept and all(kept[i] == where[i] for i in kept)  # no second, pinned copy
+
+
+def test_host_load_measure_removes_only_its_own_offload_folder(tmp_path):
+    """benchmarks/host_load.py with offload.disk writes its group files into a folder it makes inside
+    the checkpoint folder and removes that one only: the user's files beside it stay."""
+    import shutil
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    from benchmarks.host_load import measure
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(repo / "ruyi" / "assets" / "ruyi-tiny-pans", root)
+    (root / "offload").mkdir()
+    sentinels = [root / "offload" / "keep.txt", root / "keep.txt"]
+    for path in sentinels:
+        path.write_text("mine")
+    row = measure("in_place_disk", root, "float32")
+    assert row["disk_gib"] > 0  # group files were written
+    assert all(p.read_text() == "mine" for p in sentinels)
+    assert not list(root.glob("offload-*"))  # its own folder is gone

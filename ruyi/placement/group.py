@@ -39,7 +39,7 @@ from diffusers.hooks import apply_group_offloading
 from ruyi.errors import ConfigError
 from ruyi.models.in_place import GroupFile, WeightsHome
 from ruyi.placement.base import AcceleratorRequired, HostCopies, Offloadable, OffloadStrategy, offload_units
-from ruyi.placement.group_files import block_group_files, check_group_files, unit_folder
+from ruyi.placement.group_files import block_group_files, check_group_files, file_groups, unit_folder
 from ruyi.registry import OFFLOADS
 
 STREAMED_IN_PLACE = ("transformer",)  # the models loaded straight into place (the others are small)
@@ -183,21 +183,14 @@ class GroupOffload(OffloadStrategy):
 
 def _read_back_from_disk(pipe: Offloadable) -> None:
     """Weights written to disk by the group hooks back into the modules (CPU), before the folder goes."""
-    from diffusers.hooks import HookRegistry
     from safetensors.torch import load_file
 
     for module in pipe.modules.values():
-        for sub in module.modules():
-            registry = getattr(sub, "_diffusers_hook", None)
-            if not isinstance(registry, HookRegistry):
-                continue
-            for hook in registry.hooks.values():
-                group = getattr(hook, "group", None)
-                path = getattr(group, "safetensors_file_path", None)
-                if path is not None and Path(path).is_file():
-                    stored = load_file(path, device="cpu")
-                    for key, tensor in group.key_to_tensor.items():
-                        tensor.data = stored[key]
+        for group in file_groups(module):
+            if Path(group.safetensors_file_path).is_file():
+                stored = load_file(group.safetensors_file_path, device="cpu")
+                for key, tensor in group.key_to_tensor.items():
+                    tensor.data = stored[key]
 
 
 def _is_group_offloading(hook_name: str) -> bool:

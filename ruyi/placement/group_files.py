@@ -15,7 +15,9 @@ transformer); for leaf-level ones this returns None and diffusers writes its fil
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,22 +83,24 @@ def _file(folder: Path, group_id: str, tensors: list[torch.Tensor], names: dict[
     return GroupFile(folder / f"group_{digest}.safetensors", entries)
 
 
-def attached_group_files(model: torch.nn.Module) -> dict[str, dict[str, str]]:
-    """``{file: {key: tensor name}}`` of the group hooks diffusers attached to ``model``."""
+def file_groups(model: torch.nn.Module) -> Iterator[Any]:
+    """The groups of the diffusers group hooks on ``model``'s submodules that stream from a file."""
     from diffusers.hooks import HookRegistry
 
-    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
-    found: dict[str, dict[str, str]] = {}
     for sub in model.modules():
         registry = getattr(sub, "_diffusers_hook", None)
-        if not isinstance(registry, HookRegistry):
-            continue
-        for hook in registry.hooks.values():
-            group = getattr(hook, "group", None)
-            path = getattr(group, "safetensors_file_path", None)
-            if path is not None:
-                found[str(path)] = {key: names.get(id(t), "?") for key, t in group.key_to_tensor.items()}
-    return found
+        if isinstance(registry, HookRegistry):
+            for hook in registry.hooks.values():
+                group = getattr(hook, "group", None)
+                if getattr(group, "safetensors_file_path", None) is not None:
+                    yield group
+
+
+def attached_group_files(model: torch.nn.Module) -> dict[str, dict[str, str]]:
+    """``{file: {key: tensor name}}`` of the group hooks diffusers attached to ``model``."""
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    return {str(g.safetensors_file_path): {key: names.get(id(t), "?") for key, t in g.key_to_tensor.items()}
+            for g in file_groups(model)}  # fmt: skip
 
 
 def check_group_files(model: torch.nn.Module, written: list[GroupFile]) -> None:

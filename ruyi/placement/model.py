@@ -5,7 +5,6 @@ accelerate's chained CPU-offload hooks: running a model moves it in and moves th
 
 from __future__ import annotations
 
-import torch
 from accelerate import cpu_offload_with_hook
 
 from ruyi.placement.base import Offloadable, OffloadStrategy, offload_units

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ruyi.placement.base import Offloadable, OffloadStrategy
 from ruyi.registry import OFFLOADS
 

@@ -5,7 +5,6 @@ Least GPU memory, most transfer time: every leaf module's weights cross the bus 
 
 from __future__ import annotations
 
-import torch
 from accelerate import cpu_offload
 
 from ruyi.placement.base import Offloadable, OffloadStrategy

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.activations import GEGLU
-from diffusers.models.attention_processor import Attention
+
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock
 
-from ruyi.models.transformer.processor import RuyiAttnProcessor
+from ruyi.models.transformer.processor import RuyiAttention, RuyiAttnProcessor
 
 
 class RuyiDiTBlock(HunyuanDiTBlock):
@@ -37,13 +37,14 @@ class RuyiDiTBlock(HunyuanDiTBlock):
             dim, num_attention_heads, cross_attention_dim=cross_attention_dim, activation_fn=activation_fn,
             norm_eps=norm_eps, ff_inner_dim=ff_inner_dim, skip=skip, qk_norm=True,
         )  # fmt: skip
-        self.attn1.set_processor(RuyiAttnProcessor())
-        self.attn2.set_processor(RuyiAttnProcessor())
+        for layer in (self.attn1, self.attn2):  # built by the parent: same layer, a forward without the signature lookup
+            layer.__class__ = RuyiAttention
+            layer.set_processor(RuyiAttnProcessor())
         self.t_embed = FramePositionTable(dim) if time_position_encoding else None
         self.attn_clip = None
         if clip_attention:
             self.norm_clip = FP32LayerNorm(dim, norm_eps)
-            self.attn_clip = Attention(
+            self.attn_clip = RuyiAttention(
                 query_dim=dim, cross_attention_dim=cross_attention_dim, dim_head=dim // num_attention_heads,
                 heads=num_attention_heads, qk_norm="layer_norm", eps=1e-6, bias=True,
                 processor=RuyiAttnProcessor(),

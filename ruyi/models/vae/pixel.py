@@ -22,6 +22,7 @@ So ``encode(decode(z)) == z`` holds for videos (F' >= 2) and for image latents.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,8 +38,10 @@ CHANNELS = 16
 DETERMINISTIC_LOGVAR = -30.0  # the floor MagViT's posterior clamps to: no sampling noise
 
 
+@functools.cache
 def patch_basis() -> torch.Tensor:
-    """(768, 16) orthonormal columns over a cell flattened as (colour, frame, y, x)."""
+    """(768, 16) orthonormal columns over a cell flattened as (colour, frame, y, x). Built once (a
+    shared constant: callers never write to it)."""
     basis = torch.zeros(COLOURS, FRAMES, BLOCK, BLOCK, CHANNELS)
     for c in range(COLOURS):
         for f in range(FRAMES):

@@ -63,13 +63,34 @@ def continuation(pipe, images, args, size) -> list[dict]:
             cameras = list(sequence or (args.camera,) * args.segments)[: args.segments]
             for seed in range(args.seeds):
                 video = pipe(start, frames=frames, camera=cameras, motion=args.motion, seed=seed, progress=False,
-                             segment_frames=args.segment_frames, overlap=args.overlap)  # fmt: skip
+                             segment_frames=args.segment_frames, overlap=args.overlap,
+                             overlap_frames=args.overlap_frames)  # fmt: skip
                 result = evaluate(video, camera=cameras, segment_frames=args.segment_frames, overlap=args.overlap,
-                                  metrics=["segments"])  # fmt: skip
+                                  overlap_frames=args.overlap_frames, metrics=["segments"])  # fmt: skip
                 keys = ("segment_cameras", "segment_camera_correct", "seam_jump", "seam_change")
                 rows.append({"image": image.name, "kind": image.kind, "sequence": name, "seed": seed, "cameras": cameras,
-                             **{k: result[k] for k in keys}})  # fmt: skip
+                             **{k: result[k] for k in keys}, **steps_at_latent_frames(video, args)})  # fmt: skip
     return rows
+
+
+def steps_at_latent_frames(video, args) -> dict:
+    """Diagnostics beside the seam goal (not goals): ``step_ratio``, the median motion of the frame
+    pairs that cross a latent-frame boundary (every 4th) over that of the pairs inside one, seams
+    left out (1: the video moves evenly; more: it moves in steps of 4 frames); ``seam_vs_steps``,
+    the worst seam's motion over the median of the other boundary-crossing pairs (every seam crosses
+    one: 1 means the seam moves like the video's ordinary steps)."""
+    from ruyi.conditioning.keyframes import plan_segments, seam_pairs
+    from ruyi.eval.motion import pair_shifts, static_threshold
+
+    frames = to_frames(video)
+    motion = np.hypot(*pair_shifts(frames).T)
+    plan = plan_segments(len(frames), segment_frames=args.segment_frames, overlap=args.overlap)
+    seams = set(seam_pairs(plan, args.overlap_frames))
+    crossing = [i for i in range(len(motion)) if i % 4 == 3 and i not in seams]
+    inside = [i for i in range(len(motion)) if i % 4 != 3 and i not in seams]
+    floor = static_threshold(*frames.shape[1:3])
+    return {"step_ratio": float(np.median(motion[crossing]) / max(np.median(motion[inside]), floor)),
+            "seam_vs_steps": float(max(motion[i] for i in seams) / max(np.median(motion[crossing]), floor))}
 
 
 def middle_keyframe(pipe, images, args, size) -> list[dict]:
@@ -127,6 +148,11 @@ def summary(cont: list[dict], keys: list[dict], v2v: list[dict]) -> tuple[str, d
                      f"{np.median(seams):.2f}, worst {max(seams):.2f}; seam_change median "
                      f"{np.median([r['seam_change'] for r in cont]):.2f}) | >= {100 * GOAL_SEAM_SHARE:.0f} % "
                      f"| {met(seam_ok >= GOAL_SEAM_SHARE)} |")  # fmt: skip
+        if "step_ratio" in cont[0]:
+            vs_steps = [r["seam_vs_steps"] for r in cont]
+            lines.append(f"| (diagnostic) pairs across a latent-frame boundary over pairs inside one; worst seam over "
+                         f"the other boundary pairs | median {np.median([r['step_ratio'] for r in cont]):.2f}; median "
+                         f"{np.median(vs_steps):.2f}, <= 2 on {100 * np.mean(np.array(vs_steps) <= 2):.0f} % | — | |")  # fmt: skip
     if keys:
         lines.append(f"| middle keyframe: PSNR of its frame, with - without | {gain:+.2f} dB (with "
                      f"{np.mean([r['psnr_with'] for r in keys]):.2f}, without {np.mean([r['psnr_without'] for r in keys]):.2f}; "
@@ -153,6 +179,8 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--segment-frames", type=int, default=16, help="the preset's segment.frames")
     parser.add_argument("--overlap", type=int, default=2)
+    parser.add_argument("--overlap-frames", default="next", choices=("next", "previous"),
+                        help="whose copies of the overlapping frames the video keeps (segment.overlap_frames)")
     parser.add_argument("--camera", default="left", choices=("left", "right", "up", "down"))
     parser.add_argument("--motion", default="2")
     parser.add_argument("--speed", type=int, default=4, help="px/frame of --motion in the training data (true pans)")
@@ -177,7 +205,7 @@ def main() -> None:
     model = args.model_path.name if args.model_path.name != "checkpoint" else f"{args.model_path.parent.name}/checkpoint"
     head = (f"keyframes, continuation and video-to-video of {model} on the {args.set} set: {len(images)} images "
             f"({', '.join(args.kinds)}), camera {args.camera}, motion {args.motion}, {args.segments} segments of "
-            f"{args.segment_frames} frames overlapping by {args.overlap} latent frames, {size[0]}x{size[1]}, the preset's "
+            f"{args.segment_frames} frames overlapping by {args.overlap} latent frames (the {args.overlap_frames} segment's copies kept), {size[0]}x{size[1]}, the preset's "
             f"steps and cfg; {seconds:.0f} s on {pipe.execution_device}")  # fmt: skip
     text = f"{head}\n\n{table}"
     print(text)

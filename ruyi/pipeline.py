@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ruyi.conditioning.control import CameraMotionControl, ControlEmbeddings
 from ruyi.conditioning.image import ImageLatents, StartEndFrames
-from ruyi.conditioning.keyframes import Keyframe, Segment
+from ruyi.conditioning.keyframes import Keyframe, Segment, kept_frames
 from ruyi.conditioning.request import (  # noqa: F401  (the request's checks, re-exported for callers)
     CALL_DEFAULTS, FRAME_MULTIPLE, MAX_FRAMES, SEED_LIMIT, STRENGTH, GenerationRequest, check_frames, check_video_size,
     image_size, round_frames, validate_request,
@@ -97,6 +97,7 @@ class RuyiPipeline:
         motion: str | int | Sequence[str | int] = "auto",
         segment_frames: int | None = None,
         overlap: int | None = None,
+        overlap_frames: str | None = None,
         latents: torch.Tensor | None = None,
         callbacks: Sequence[object] = (),
         progress: bool = True,
@@ -106,12 +107,14 @@ class RuyiPipeline:
         """``keyframes``: ``[{image: ..., frame: N}, ...]`` in output frames (``start_image`` and
         ``end_image`` are keyframes at the first and last frame); ``video``: video-to-video input
         (a path or frames), noised ``strength`` of the way; ``camera``/``motion``: one value, or one
-        per segment of a video longer than ``segment_frames``. With ``sink`` each segment's new
-        frames (1, 3, n, H, W) go to ``sink(frames)`` as they are made and the call returns None
-        (a long video never sits in memory whole); otherwise it returns the video."""
+        per segment of a video longer than ``segment_frames``, whose segments overlap by ``overlap``
+        latent frames (``overlap_frames``: whose copies of them the video keeps, ``"next"`` or
+        ``"previous"``). With ``sink`` each segment's kept frames (1, 3, n, H, W) go to
+        ``sink(frames)`` as they are made and the call returns None (a long video never sits in
+        memory whole); otherwise it returns the video."""
         callbacks = [*self.callbacks, *callbacks]
         given = dict(base_resolution=base_resolution, video_size=video_size, steps=steps, cfg=cfg,
-                     segment_frames=segment_frames, overlap=overlap)  # fmt: skip
+                     segment_frames=segment_frames, overlap=overlap, overlap_frames=overlap_frames)  # fmt: skip
         chosen = {k: self.defaults[k] if v is None else v for k, v in given.items()}
         if frames is None and video is None:
             frames = self.defaults["frames"]
@@ -128,20 +131,21 @@ class RuyiPipeline:
             reader = VideoReader(request.video, width=request.width, height=request.height)
         parts: list[torch.Tensor] = []
         tail = np.zeros((0, request.height, request.width, 3), np.uint8)  # the last frames made so far
+        kept = kept_frames(segments, request.overlap_frames)
         bar = tqdm(total=len(segments), desc="segments", unit="segment", disable=not progress or len(segments) == 1)
         with bar:
-            for segment in segments:
+            for segment, (first, end) in zip(segments, kept):
                 out = self.generate_segment(request, segment, tail, reader=reader, latents=latents, callbacks=callbacks,
                                             progress=progress, output_latents=output_latents)  # fmt: skip
                 if output_latents or len(segments) == 1 and sink is None:
                     return out
-                new = out[:, :, segment.known : segment.known + segment.keep]
                 if segment.index + 1 < len(segments):
+                    new = out[:, :, segment.known : segment.known + segment.keep]
                     tail = np.concatenate([tail, to_frames(new)])[-segments[segment.index + 1].known :]
                 if sink is not None:
-                    sink(new)
+                    sink(out[:, :, first:end])
                 else:
-                    parts.append(new)
+                    parts.append(out[:, :, first:end])
                 bar.update()
         return torch.cat(parts, dim=2) if sink is None else None
 
@@ -153,7 +157,7 @@ class RuyiPipeline:
         # 2. encode conditioning
         with phase(callbacks, "encode"):
             control = self.control.select(request.cameras[segment.index], request.motions[segment.index])
-            keys = continued_keyframes(segment, tail)
+            keys = continued_keyframes(segment, tail, request.keyframes)
             image = self.encode_keyframes(keys, request, frames=segment.frames)
             clean = None if reader is None else self.encode_video(reader.segment(segment.start, segment.frames))
         # 3. prepare latents
@@ -270,8 +274,13 @@ class RuyiPipeline:
         return (video / 2 + 0.5).clamp(0, 1).float().cpu()
 
 
-def continued_keyframes(segment: Segment, tail: np.ndarray) -> tuple[Keyframe, ...]:
+def continued_keyframes(segment: Segment, tail: np.ndarray, keyframes: Sequence[Keyframe] = ()) -> tuple[Keyframe, ...]:
     """A segment's keyframes: the last ``segment.known`` frames made so far at its start (a
-    continuation), then the user's keyframes it makes."""
-    known = tuple(Keyframe(frame, i, f"frame {segment.start + i}") for i, frame in enumerate(tail[len(tail) - segment.known :]))
+    continuation; where a user's keyframe (``keyframes``, video positions) sits among them, its own
+    image rather than the frame made from it), then the user's keyframes it makes."""
+    users = {k.frame - segment.start: k for k in keyframes if 0 <= k.frame - segment.start < segment.known}
+    known = tuple(
+        Keyframe(users[i].image, i, users[i].name) if i in users else Keyframe(frame, i, f"frame {segment.start + i}")
+        for i, frame in enumerate(tail[len(tail) - segment.known :])
+    )  # fmt: skip
     return (*known, *segment.keyframes) if segment.known else segment.keyframes

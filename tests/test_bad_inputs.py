@@ -163,6 +163,8 @@ CASES = {
     "motion list vs one segment": case("motion=[1,2]", words="motion lists 2 value(s) but this video has one segment"),
     "segment.overlap too large": case("segment.overlap=30", words="segment.overlap=30 must be an integer in [1, 29]"),
     "segment.frames=12": case("segment.frames=12", words="segment.frames=12 must be a multiple of 8"),
+    "segment.overlap_frames=last": case("segment.overlap_frames=last",
+                                        words="segment.overlap_frames='last' is not one of next, previous"),
     "eval=on with keyframes": case("eval=on", "eval.out={tmp}/e.jsonl", "eval.cache={tmp}/cache",
                                    "keyframes=[{{image: {inputs}/good.png, frame: 4}}]",
                                    words="eval=on judges start/end-frame videos of one segment"),

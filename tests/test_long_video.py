@@ -53,27 +53,84 @@ def test_frames_beyond_the_maximum_say_what_it_is_and_why(pans):
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------
-def test_the_first_segment_is_the_single_segment_video_and_the_next_continue_from_its_end(pans, monkeypatch):
+@pytest.mark.parametrize("overlap_frames", ["next", "previous"])
+def test_the_first_segment_is_the_single_segment_video_and_the_next_continue_from_its_end(pans, monkeypatch, overlap_frames):
     from ruyi.io import procedural_image, to_frames
 
     image = procedural_image(96, 64)
+    seen, made = [], []
+    real_encode, real_segment = pans.encode_keyframes, pans.generate_segment
+
+    def spy(keyframes, request, *, frames):
+        seen.append([(k.frame, np.asarray(k.image).copy()) for k in keyframes])
+        return real_encode(keyframes, request, frames=frames)
+
+    def segment(*args, **kwargs):
+        made.append(real_segment(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(pans, "encode_keyframes", spy)
+    monkeypatch.setattr(pans, "generate_segment", segment)
+    long = pans(image, frames=24, seed=5, camera=["left", "up"], overlap_frames=overlap_frames, **KW)
+    first, second = made
+    single = pans(image, frames=16, seed=5, camera="left", **KW)
+    assert long.shape == (1, 3, 24, 64, 64) and torch.equal(first, single)
+    # segment 2 is conditioned on frames 8-15 as segment 1 made them, whichever copy the video keeps
+    assert [f for f, _ in seen[1]] == list(range(8))
+    for (_, known), want in zip(seen[1], to_frames(first)[8:16]):
+        assert np.array_equal(known, want)
+    if overlap_frames == "previous":  # segment 1's 16 frames, then segment 2's 8 new ones
+        assert torch.equal(long[:, :, :16], first) and torch.equal(long[:, :, 16:], second[:, :, 8:])
+    else:  # segment 1's first 8 frames, then all 16 of segment 2 (its redrawn copies of frames 8-15 first)
+        assert torch.equal(long[:, :, :8], first[:, :, :8]) and torch.equal(long[:, :, 8:], second)
+
+
+def test_the_kept_frames_tile_the_video_once_in_order_and_the_seams_sit_where_they_meet():
+    from ruyi.conditioning.keyframes import kept_frames, seam_pairs
+
+    plan = plan_segments(40, segment_frames=16, overlap=2)
+    assert kept_frames(plan, "next") == [(0, 8), (0, 8), (0, 8), (0, 16)] and seam_pairs(plan, "next") == [7, 15, 23]
+    assert kept_frames(plan, "previous") == [(0, 16), (8, 16), (8, 16), (8, 16)]
+    assert seam_pairs(plan, "previous") == [15, 23, 31]
+    for segment_frames, overlap in [(8, 1), (16, 1), (16, 3), (48, 2), (120, 2)]:
+        for frames in range(8, max_video_frames(segment_frames, overlap) + 1, 8):
+            plan = plan_segments(frames, segment_frames=segment_frames, overlap=overlap)
+            for mode in ("next", "previous"):
+                covered = [s.start + i for s, (a, b) in zip(plan, kept_frames(plan, mode)) for i in range(a, b)]
+                assert covered == list(range(frames)), (segment_frames, overlap, frames, mode)
+    with pytest.raises(ConfigError, match="overlap_frames='both' is not one of next, previous"):
+        kept_frames(plan, "both")
+
+
+def test_a_keyframe_among_the_overlapping_frames_conditions_the_next_segment_with_its_own_image(pans, monkeypatch):
+    from ruyi.io import procedural_image
+
+    image = procedural_image(64, 64)
+    key = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
     seen = []
     real = pans.encode_keyframes
 
     def spy(keyframes, request, *, frames):
-        seen.append([(k.frame, np.asarray(k.image).copy()) for k in keyframes])
+        seen.append([(k.frame, k.name, np.asarray(k.image).copy()) for k in keyframes])
         return real(keyframes, request, frames=frames)
 
     monkeypatch.setattr(pans, "encode_keyframes", spy)
-    long = pans(image, frames=24, seed=5, camera=["left", "up"], **KW)
-    single = pans(image, frames=16, seed=5, camera="left", **KW)
-    assert long.shape == (1, 3, 24, 64, 64)
-    assert torch.equal(long[:, :, :16], single)
-    made = to_frames(long)
-    second = seen[1]
-    assert [f for f, _ in second] == list(range(8))  # frames 8-15 of the video open segment 2
-    for (f, image_), want in zip(second, made[8:16]):
-        assert np.array_equal(image_, want)
+    pans(image, keyframes=[{"image": key, "frame": 12}], frames=24, seed=1, camera="left", **KW)
+    first, second = seen
+    assert [(f, n) for f, n, _ in first] == [(0, "image"), (12, "keyframes[0]")]
+    # frame 12 of the video is frame 4 of segment 2, one of the 8 it continues from: the user's image there
+    assert [f for f, _, _ in second] == list(range(8)) and second[4][1] == "keyframes[0]"
+    assert np.array_equal(second[4][2], np.asarray(key))
+    assert all(n.startswith("frame ") for f, n, _ in second if f != 4)
+
+
+def test_overlap_frames_is_checked_before_weights_load():
+    from ruyi.conditioning.request import validate_request
+
+    with pytest.raises(ConfigError, match="segment.overlap_frames='last' is not one of next, previous"):
+        validate_request(np.zeros((64, 64, 3), np.uint8), control=None, sampler=None, frames=40, base_resolution=64,
+                         video_size=[64, 64], steps=2, cfg=1, seed=0, camera="left", motion="2", segment_frames=16,
+                         overlap_frames="last")  # fmt: skip
 
 
 def test_each_segment_gets_its_own_camera(pans, monkeypatch):
@@ -89,14 +146,17 @@ def test_each_segment_gets_its_own_camera(pans, monkeypatch):
         pans(procedural_image(), frames=40, camera=["left", "up"], **KW)
 
 
-def test_the_sink_gets_each_segments_new_frames_and_nothing_is_returned(pans):
+def test_the_sink_gets_each_segments_kept_frames_and_nothing_is_returned(pans):
     from ruyi.io import procedural_image
 
     image = procedural_image()
     chunks = []
     assert pans(image, frames=32, seed=2, sink=chunks.append, **KW) is None
-    assert [c.shape[2] for c in chunks] == [16, 8, 8]
+    assert [c.shape[2] for c in chunks] == [8, 8, 16]  # each gives up its last 8 frames to the next one's copies
     assert torch.equal(torch.cat(chunks, dim=2), pans(image, frames=32, seed=2, **KW))
+    chunks.clear()
+    assert pans(image, frames=32, seed=2, sink=chunks.append, overlap_frames="previous", **KW) is None
+    assert [c.shape[2] for c in chunks] == [16, 8, 8]
     with pytest.raises(Exception, match="one segment"):
         pans(image, frames=32, output_latents=True, **KW)
 

@@ -9,6 +9,13 @@ that overlap by ``overlap`` latent frames: each later segment starts with the la
 ``overlap x 4`` frames of the previous one as known frames (keyframes at its start), so the model
 continues the motion across the seam; the output keeps each frame once. :func:`plan_segments` lays
 the segments out and gives every user keyframe to the first segment that makes its frame.
+
+The overlapping frames exist twice: as the earlier segment made them and as the later one redrew
+them around its known frames. ``overlap_frames="next"`` (the default) keeps the later segment's, so
+the seam falls before the overlap and the frames after it come from one denoising run that drew
+them together; ``"previous"`` keeps the earlier segment's (the seam falls after the overlap, where
+the later segment's first new frame meets frames it only saw as conditioning). Chosen on the
+selection images with ``benchmarks/keyframes.py`` (RESULTS.md, ninth session).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ruyi.errors import ConfigError, InputError
 FRAME_MULTIPLE = 8  # the VAE encodes 8 frames (2 latent frames) at a time
 LATENT_FRAME = 4  # video frames per latent frame (the VAE's temporal compression)
 MAX_SEGMENTS = 10
+OVERLAP_FRAMES = ("next", "previous")  # whose frames the video keeps where two segments overlap
 KEYFRAMES_USAGE = ("give a list of {image: path.png, frame: N}, "
                    "e.g. keyframes='[{image: a.png, frame: 0}, {image: b.png, frame: 60}]'")
 
@@ -159,6 +167,36 @@ def plan_segments(frames: int, *, segment_frames: int, overlap: int, keyframes: 
         )
         segments.append(Segment(index, start, length, head, keep, mine))
     return tuple(segments)
+
+
+def check_overlap_frames(value: Any) -> str:
+    if value not in OVERLAP_FRAMES:
+        raise ConfigError(f"segment.overlap_frames={value!r} is not one of {', '.join(OVERLAP_FRAMES)} "
+                          "(whose frames a long video keeps where two segments overlap)")  # fmt: skip
+    return str(value)
+
+
+def kept_frames(plan: Sequence[Segment], overlap_frames: str = "next") -> list[tuple[int, int]]:
+    """Per segment, the (first, end) of its own frames (0 = its first frame) that the video keeps:
+    with ``"next"`` a segment gives up its last frames to the next segment's redrawn copies of them
+    and keeps its own copies of the frames it continued from; with ``"previous"`` it keeps the frames
+    it made new. Either way the spans tile the video, in order, each frame once."""
+    check_overlap_frames(overlap_frames)
+    spans = []
+    for s in plan:
+        if overlap_frames == "previous":
+            spans.append((s.known, s.known + s.keep))
+        else:
+            given_up = plan[s.index + 1].known if s.index + 1 < len(plan) else 0
+            spans.append((0, s.known + s.keep - given_up))
+    return spans
+
+
+def seam_pairs(plan: Sequence[Segment], overlap_frames: str = "next") -> list[int]:
+    """The frame pairs (i: frame i -> i + 1, in the video) where one segment's kept frames end and
+    the next one's begin."""
+    spans = kept_frames(plan, overlap_frames)
+    return [s.start + first - 1 for s, (first, _) in zip(plan[1:], spans[1:])]
 
 
 def per_segment(name: str, value: Any, count: int, why: str = "") -> tuple[str, ...]:

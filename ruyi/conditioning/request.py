@@ -19,8 +19,8 @@ from ruyi.conditioning.buckets import MAX_RESOLUTION, MIN_RESOLUTION, resolve_si
 from ruyi.conditioning.control import CameraMotionControl
 from ruyi.conditioning.image import load_image
 from ruyi.conditioning.keyframes import (  # noqa: F401  (FRAME_MULTIPLE: re-exported)
-    FRAME_MULTIPLE, MAX_SEGMENTS, Keyframe, Segment, check_segment, max_video_frames, merge_keyframes,
-    parse_keyframes, per_segment, plan_segments,
+    FRAME_MULTIPLE, MAX_SEGMENTS, Keyframe, Segment, check_overlap_frames, check_segment, max_video_frames,
+    merge_keyframes, parse_keyframes, per_segment, plan_segments,
 )  # fmt: skip
 from ruyi.conditioning.video import InputVideo, open_video
 from ruyi.errors import ConfigError, InputError
@@ -40,7 +40,7 @@ MIN_SIDE, MAX_SIDE = 16, 2048
 # segment_frames: the longest video one denoising run makes (longer ones continue in segments that
 # overlap by ``overlap`` latent frames)
 CALL_DEFAULTS = {"frames": 120, "base_resolution": 512, "video_size": None, "steps": 25, "cfg": 7.0,
-                 "segment_frames": MAX_FRAMES, "overlap": 2}  # fmt: skip
+                 "segment_frames": MAX_FRAMES, "overlap": 2, "overlap_frames": "next"}  # fmt: skip
 STRENGTH = 0.6  # video-to-video: how far the input is noised when a call leaves it out
 
 
@@ -50,8 +50,9 @@ class GenerationRequest:
 
     ``camera``/``motion``: the first segment's; ``cameras``/``motions``: one per segment.
     ``keyframes``: sorted, in output frames; ``segments``: the plan (empty: one segment of
-    ``frames`` holding ``keyframes``). ``video``/``strength``: video-to-video's input and how far it
-    is noised.
+    ``frames`` holding ``keyframes``); ``overlap_frames``: whose copies of overlapping frames the video
+    keeps (``ruyi.conditioning.keyframes``). ``video``/``strength``: video-to-video's input and how far
+    it is noised.
     """
 
     frames: int
@@ -68,6 +69,7 @@ class GenerationRequest:
     motions: tuple[str, ...] = ()
     video: InputVideo | None = None
     strength: float = 1.0
+    overlap_frames: str = "next"
 
     def plan(self) -> tuple[Segment, ...]:
         return self.segments or (Segment(0, 0, self.frames, 0, self.frames, self.keyframes),)
@@ -76,7 +78,7 @@ class GenerationRequest:
 def validate_request(
     start_image, end_image=None, *, control: CameraMotionControl, sampler, frames, base_resolution, video_size, steps, cfg, seed,
     camera, motion, frames_rounding: str = "error", keyframes=(), video=None, strength: float = STRENGTH,
-    segment_frames: int = MAX_FRAMES, overlap: int = 2,
+    segment_frames: int = MAX_FRAMES, overlap: int = 2, overlap_frames: str = "next",
 ) -> GenerationRequest:
     """Check every argument of a call before any model runs; ``sampler`` may be a class or instance.
 
@@ -86,6 +88,7 @@ def validate_request(
     with a ``video``: the input's frame count (rounded down to a multiple of 8).
     """
     segment_frames, overlap = check_segment(segment_frames, overlap)
+    overlap_frames = check_overlap_frames(overlap_frames)
     if segment_frames > MAX_FRAMES:
         raise ConfigError(f"segment.frames={segment_frames} is above {MAX_FRAMES}, the most one denoising run takes")
     longest = max_video_frames(segment_frames, overlap)
@@ -128,7 +131,7 @@ def validate_request(
     return GenerationRequest(
         frames=frames, height=height, width=width, steps=steps, guidance_scale=cfg, seed=seed, camera=cameras[0],
         motion=motions[0], keyframes=keys, segments=segments, cameras=cameras, motions=motions, video=source,
-        strength=strength,
+        strength=strength, overlap_frames=overlap_frames,
     )  # fmt: skip
 
 

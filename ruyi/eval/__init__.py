@@ -17,13 +17,14 @@ from ruyi.eval.segments import KeyframeMatch, SegmentConsistency  # noqa: F401  
 
 
 def evaluate(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-             segment_frames=None, overlap=2, metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
+             segment_frames=None, overlap=2, overlap_frames="next", metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
     """Every metric of ``metrics`` on one video (a path, frames or a pipeline video): a dict with
     every key of :data:`RESULT_KEYS` (None where not asked) and ``skipped`` reasons. ``keyframes``
     (``[(image, frame)]``) and ``segment_frames`` add the keyframe and segment metrics to the
     default set; ``camera`` may then list one camera per segment."""
     sample = make_sample(video, reference=reference, image=image, end_image=end_image, camera=camera, motion=motion,
-                         keyframes=keyframes, segment_frames=segment_frames, overlap=overlap)  # fmt: skip
+                         keyframes=keyframes, segment_frames=segment_frames, overlap=overlap,
+                         overlap_frames=overlap_frames)  # fmt: skip
     return score(sample, build_metrics(metrics or default_metrics(sample)))
 
 

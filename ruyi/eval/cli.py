@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="an image the video should show at FRAME (0-based); repeat for several (keyframe_match)")
     p.add_argument("--segment-frames", type=int, help="a long video's segment length (the generation's segment.frames)")
     p.add_argument("--overlap", type=int, default=2, help="latent frames a segment takes from the previous one (segment.overlap)")
+    p.add_argument("--overlap-frames", default="next", choices=("next", "previous"),
+                   help="whose copies of overlapping frames the video kept (segment.overlap_frames): where the seams are")
     p.add_argument("--metrics", help=f"comma-separated metric names (default: {','.join(DEFAULT_METRICS)}, plus "
                                      "keyframe_match and segments when their inputs are given)")
     p.add_argument("--json", type=Path, help="write the result as one JSON object to this file (replaced atomically)")
@@ -106,7 +108,8 @@ def main(argv: list[str]) -> int:
         out = check_json_output(args.json) if args.json else None
         sample = make_sample(args.video, reference=args.reference, image=args.image, end_image=args.end_image,
                              camera=args.camera, motion=args.motion, keyframes=[keyframe_arg(k) for k in args.keyframe],
-                             segment_frames=args.segment_frames, overlap=args.overlap)  # fmt: skip
+                             segment_frames=args.segment_frames, overlap=args.overlap,
+                             overlap_frames=args.overlap_frames)  # fmt: skip
         names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else default_metrics(sample)
         metrics = build_metrics(names)
         result = {"video": str(args.video), "camera": sample.camera, "motion": sample.motion,

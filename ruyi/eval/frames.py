@@ -108,6 +108,7 @@ class EvalSample:
     segment_frames: int | None = None  # a long video's segment length (ruyi.conditioning.keyframes)
     overlap: int = 2  # latent frames each segment takes from the previous one
     cameras: tuple[str, ...] | None = None  # the camera asked for each segment
+    overlap_frames: str = "next"  # whose copies of overlapping frames the video kept (segment.overlap_frames)
 
     @cached_property
     def pair_shifts(self) -> np.ndarray:
@@ -125,7 +126,7 @@ class EvalSample:
 
 
 def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-                segment_frames=None, overlap=2) -> EvalSample:  # fmt: skip
+                segment_frames=None, overlap=2, overlap_frames="next") -> EvalSample:  # fmt: skip
     """Read and check everything one evaluation needs (one line per bad input). ``camera``: one
     camera, or one per segment (a list, or text with commas) with ``segment_frames``."""
     from ruyi.conditioning.control import AUTO, MOTIONS, MOVES
@@ -146,6 +147,7 @@ def make_sample(video, *, reference=None, image=None, end_image=None, camera=Non
     segments, cameras = None, None
     if segment_frames is not None:
         segments = _segments(segment_frames, overlap, len(frames))
+        overlap_frames = _overlap_frames(overlap_frames)
     if isinstance(camera, str) and "," in camera:
         camera = [c.strip() for c in camera.split(",")]
     for c in camera if isinstance(camera, (list, tuple)) else [] if camera is None else [camera]:
@@ -162,7 +164,7 @@ def make_sample(video, *, reference=None, image=None, end_image=None, camera=Non
         if str(motion) not in MOTIONS:
             raise InputError(f"motion={motion!r} is not one of {', '.join(MOTIONS)}")
         motion = str(motion)
-    return EvalSample(frames, ref, start, end, camera, motion, keys, segment_frames, overlap, cameras)
+    return EvalSample(frames, ref, start, end, camera, motion, keys, segment_frames, overlap, cameras, overlap_frames)
 
 
 def _keyframes(keyframes, frames: int, size: tuple[int, int]) -> tuple:
@@ -177,6 +179,16 @@ def _keyframes(keyframes, frames: int, size: tuple[int, int]) -> tuple:
             raise InputError(f"{key.name} is at frame {key.frame}, outside the video's {frames} frames (0..{frames - 1})")
         found.append((key.frame, as_image(key.image, size=size, name=key.name)))
     return tuple(found)
+
+
+def _overlap_frames(value) -> str:
+    from ruyi.conditioning.keyframes import check_overlap_frames
+    from ruyi.errors import RuyiUserError
+
+    try:
+        return check_overlap_frames(value)
+    except RuyiUserError as err:
+        raise InputError(str(err)) from None
 
 
 def _segments(segment_frames, overlap, frames: int) -> int:

@@ -3,8 +3,10 @@ well the video shows each keyframe's image at its frame.
 
 A long video's segments are laid out as the pipeline lays them out
 (``ruyi.conditioning.keyframes.plan_segments``), from the sample's ``segment_frames`` and
-``overlap``. A *seam* is the pair of frames where one segment's frames end and the next one's new
-frames begin. Its jump is measured twice, each against the median of every other consecutive pair:
+``overlap``. A *seam* is the pair of frames where one segment's kept frames end and the next one's
+begin (``ruyi.conditioning.keyframes.seam_pairs``: before the overlap when the video keeps the next
+segment's copies of the overlapping frames, after it when it keeps the previous one's). Its jump is
+measured twice, each against the median of every other consecutive pair:
 
 - ``seam_jump``: the global content motion (phase correlation, px) at the worst seam;
 - ``seam_change``: the mean grey change (0..255, motion not compensated) at the worst seam.
@@ -18,18 +20,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ruyi.conditioning.keyframes import seam_pairs
 from ruyi.eval.frames import EvalSample
 from ruyi.eval.metrics import LUMA, VideoMetric, _psnr
 from ruyi.eval.motion import camera_of, static_threshold, zoom_spread
 from ruyi.registry import METRICS
 
 
-def segment_spans(sample: EvalSample) -> list[tuple[int, int]]:
-    """(first, end) output frames each segment adds, in order."""
+def segment_plan(sample: EvalSample):
     from ruyi.conditioning.keyframes import plan_segments
 
-    plan = plan_segments(len(sample.frames), segment_frames=sample.segment_frames, overlap=sample.overlap)
-    return [(s.start + s.known, s.start + s.known + s.keep) for s in plan]
+    return plan_segments(len(sample.frames), segment_frames=sample.segment_frames, overlap=sample.overlap)
+
+
+def segment_spans(sample: EvalSample) -> list[tuple[int, int]]:
+    """(first, end) output frames each segment made new (its camera's), in order."""
+    return [(s.start + s.known, s.start + s.known + s.keep) for s in segment_plan(sample)]
 
 
 @METRICS.register("segments")
@@ -52,7 +58,7 @@ class SegmentConsistency(VideoMetric):
         cameras = [self.camera(sample, a, b, threshold) if b - a > 1 else None for a, b in spans]
         asked = sample.cameras or ((sample.camera,) * len(spans) if sample.camera else None)
         judged = [c == a for c, a in zip(cameras, asked or ()) if a not in (None, "auto") and c is not None]
-        seams = [a - 1 for a, _ in spans[1:]]
+        seams = seam_pairs(segment_plan(sample), sample.overlap_frames)
         return {
             "segments": len(spans),
             "segment_cameras": cameras,

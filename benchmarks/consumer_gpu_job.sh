@@ -22,7 +22,8 @@
 #   bash benchmarks/consumer_gpu_job.sh                  # write disk768 none768 speed cache lean768 nonelean768 disk512
 #   STAGES=video bash benchmarks/consumer_gpu_job.sh     # or STAGES="write video" (~370 s)
 #
-# Carry .whl (diffusers, hydra-core, omegaconf, antlr4 wheels; fa3-fwd for FlashAttention-3). Every part
+# Carry .whl (diffusers, hydra-core, omegaconf, antlr4, importlib_metadata wheels; fa3-fwd for FlashAttention-3;
+# ~33 MB: the device takes 64 MiB with the ~27 MB tracked tree, so leave imageio-ffmpeg and torchao out). Every part
 # runs under its own `timeout`: min(its cap, what is left of BUDGET seconds since the start), skipped when
 # less than MIN_PART is left, so one failing part leaves the others' results. Back in $OUT (flat):
 #   parts.tsv          stage, exit status (124: timed out), seconds, limit

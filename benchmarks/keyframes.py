@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--segment-frames", type=int, default=16, help="the preset's segment.frames")
     parser.add_argument("--overlap", type=int, default=2)
-    parser.add_argument("--overlap-frames", default="next", choices=("next", "previous"),
+    parser.add_argument("--overlap-frames", default="previous", choices=("next", "previous"),
                         help="whose copies of the overlapping frames the video keeps (segment.overlap_frames)")
     parser.add_argument("--camera", default="left", choices=("left", "right", "up", "down"))
     parser.add_argument("--motion", default="2")

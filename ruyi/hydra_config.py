@@ -110,7 +110,7 @@ def request_kwargs(cfg: Any) -> dict[str, Any]:
         cfg=cfg.cfg, seed=cfg.seed, camera=_plain(cfg.camera), motion=_motion(cfg.motion),
         keyframes=request_keyframes(cfg), video=None if video is None else to_absolute_path(str(video)),
         strength=cfg.get("strength", 0.6), segment_frames=segment.get("frames", 120), overlap=segment.get("overlap", 2),
-        overlap_frames=segment.get("overlap_frames", "next"),
+        overlap_frames=segment.get("overlap_frames", "previous"),
     )  # fmt: skip
 
 

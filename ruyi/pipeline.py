@@ -157,7 +157,7 @@ class RuyiPipeline:
         # 2. encode conditioning
         with phase(callbacks, "encode"):
             control = self.control.select(request.cameras[segment.index], request.motions[segment.index])
-            keys = continued_keyframes(segment, tail, request.keyframes)
+            keys = continued_keyframes(segment, tail)
             image = self.encode_keyframes(keys, request, frames=segment.frames)
             clean = None if reader is None else self.encode_video(reader.segment(segment.start, segment.frames))
         # 3. prepare latents
@@ -274,13 +274,10 @@ class RuyiPipeline:
         return (video / 2 + 0.5).clamp(0, 1).float().cpu()
 
 
-def continued_keyframes(segment: Segment, tail: np.ndarray, keyframes: Sequence[Keyframe] = ()) -> tuple[Keyframe, ...]:
+def continued_keyframes(segment: Segment, tail: np.ndarray) -> tuple[Keyframe, ...]:
     """A segment's keyframes: the last ``segment.known`` frames made so far at its start (a
-    continuation; where a user's keyframe (``keyframes``, video positions) sits among them, its own
-    image rather than the frame made from it), then the user's keyframes it makes."""
-    users = {k.frame - segment.start: k for k in keyframes if 0 <= k.frame - segment.start < segment.known}
-    known = tuple(
-        Keyframe(users[i].image, i, users[i].name) if i in users else Keyframe(frame, i, f"frame {segment.start + i}")
-        for i, frame in enumerate(tail[len(tail) - segment.known :])
-    )  # fmt: skip
+    continuation; as made, even where a user's keyframe was: conditioning on the exact image there
+    made the seam jump more on the selection images, RESULTS.md, ninth session), then the user's
+    keyframes it makes."""
+    known = tuple(Keyframe(frame, i, f"frame {segment.start + i}") for i, frame in enumerate(tail[len(tail) - segment.known :]))
     return (*known, *segment.keyframes) if segment.known else segment.keyframes

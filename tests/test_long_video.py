@@ -89,7 +89,9 @@ def test_the_kept_frames_tile_the_video_once_in_order_and_the_seams_sit_where_th
     from ruyi.conditioning.keyframes import kept_frames, seam_pairs
 
     plan = plan_segments(40, segment_frames=16, overlap=2)
-    assert kept_frames(plan, "next") == [(0, 8), (0, 8), (0, 8), (0, 16)] and seam_pairs(plan, "next") == [7, 15, 23]
+    assert kept_frames(plan, "next") == [(0, 8), (0, 8), (0, 8), (0, 16)]
+    # where segments meet (7, 15, 23), and where the last one's copies meet its new frames (31)
+    assert seam_pairs(plan, "next") == [7, 15, 23, 31]
     assert kept_frames(plan, "previous") == [(0, 16), (8, 16), (8, 16), (8, 16)]
     assert seam_pairs(plan, "previous") == [15, 23, 31]
     for segment_frames, overlap in [(8, 1), (16, 1), (16, 3), (48, 2), (120, 2)]:
@@ -100,28 +102,6 @@ def test_the_kept_frames_tile_the_video_once_in_order_and_the_seams_sit_where_th
                 assert covered == list(range(frames)), (segment_frames, overlap, frames, mode)
     with pytest.raises(ConfigError, match="overlap_frames='both' is not one of next, previous"):
         kept_frames(plan, "both")
-
-
-def test_a_keyframe_among_the_overlapping_frames_conditions_the_next_segment_with_its_own_image(pans, monkeypatch):
-    from ruyi.io import procedural_image
-
-    image = procedural_image(64, 64)
-    key = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
-    seen = []
-    real = pans.encode_keyframes
-
-    def spy(keyframes, request, *, frames):
-        seen.append([(k.frame, k.name, np.asarray(k.image).copy()) for k in keyframes])
-        return real(keyframes, request, frames=frames)
-
-    monkeypatch.setattr(pans, "encode_keyframes", spy)
-    pans(image, keyframes=[{"image": key, "frame": 12}], frames=24, seed=1, camera="left", **KW)
-    first, second = seen
-    assert [(f, n) for f, n, _ in first] == [(0, "image"), (12, "keyframes[0]")]
-    # frame 12 of the video is frame 4 of segment 2, one of the 8 it continues from: the user's image there
-    assert [f for f, _, _ in second] == list(range(8)) and second[4][1] == "keyframes[0]"
-    assert np.array_equal(second[4][2], np.asarray(key))
-    assert all(n.startswith("frame ") for f, n, _ in second if f != 4)
 
 
 def test_overlap_frames_is_checked_before_weights_load():
@@ -152,11 +132,12 @@ def test_the_sink_gets_each_segments_kept_frames_and_nothing_is_returned(pans):
     image = procedural_image()
     chunks = []
     assert pans(image, frames=32, seed=2, sink=chunks.append, **KW) is None
-    assert [c.shape[2] for c in chunks] == [8, 8, 16]  # each gives up its last 8 frames to the next one's copies
+    assert [c.shape[2] for c in chunks] == [16, 8, 8]
     assert torch.equal(torch.cat(chunks, dim=2), pans(image, frames=32, seed=2, **KW))
     chunks.clear()
-    assert pans(image, frames=32, seed=2, sink=chunks.append, overlap_frames="previous", **KW) is None
-    assert [c.shape[2] for c in chunks] == [16, 8, 8]
+    assert pans(image, frames=32, seed=2, sink=chunks.append, overlap_frames="next", **KW) is None
+    assert [c.shape[2] for c in chunks] == [8, 8, 16]  # each gives up its last 8 frames to the next one's copies
+    assert torch.equal(torch.cat(chunks, dim=2), pans(image, frames=32, seed=2, overlap_frames="next", **KW))
     with pytest.raises(Exception, match="one segment"):
         pans(image, frames=32, output_latents=True, **KW)
 

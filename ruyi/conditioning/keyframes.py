@@ -11,11 +11,12 @@ continues the motion across the seam; the output keeps each frame once. :func:`p
 the segments out and gives every user keyframe to the first segment that makes its frame.
 
 The overlapping frames exist twice: as the earlier segment made them and as the later one redrew
-them around its known frames. ``overlap_frames="next"`` (the default) keeps the later segment's, so
-the seam falls before the overlap and the frames after it come from one denoising run that drew
-them together; ``"previous"`` keeps the earlier segment's (the seam falls after the overlap, where
-the later segment's first new frame meets frames it only saw as conditioning). Chosen on the
-selection images with ``benchmarks/keyframes.py`` (RESULTS.md, ninth session).
+them around its known frames. ``overlap_frames="previous"`` (the default) keeps the earlier
+segment's, so the video continues where the later segment's first new frame meets them;
+``"next"`` keeps the later segment's copies, so one seam falls before the overlap, where the two
+segments meet, and the last segment's copies meet its own new frames further on. ``next`` looked
+better on the selection images and was worse on the held-out ones (``benchmarks/keyframes.py``,
+RESULTS.md, ninth session), so it is not the default.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def check_overlap_frames(value: Any) -> str:
     return str(value)
 
 
-def kept_frames(plan: Sequence[Segment], overlap_frames: str = "next") -> list[tuple[int, int]]:
+def kept_frames(plan: Sequence[Segment], overlap_frames: str = "previous") -> list[tuple[int, int]]:
     """Per segment, the (first, end) of its own frames (0 = its first frame) that the video keeps:
     with ``"next"`` a segment gives up its last frames to the next segment's redrawn copies of them
     and keeps its own copies of the frames it continued from; with ``"previous"`` it keeps the frames
@@ -192,11 +193,15 @@ def kept_frames(plan: Sequence[Segment], overlap_frames: str = "next") -> list[t
     return spans
 
 
-def seam_pairs(plan: Sequence[Segment], overlap_frames: str = "next") -> list[int]:
-    """The frame pairs (i: frame i -> i + 1, in the video) where one segment's kept frames end and
-    the next one's begin."""
+def seam_pairs(plan: Sequence[Segment], overlap_frames: str = "previous") -> list[int]:
+    """The frame pairs (i: frame i -> i + 1, in the video) where the video continues: where one
+    segment's kept frames end and the next one's begin, and, where the video keeps a segment's
+    copies of the frames it continued from and its first new frame too, the pair between them (with
+    ``"previous"`` the two are the same pair)."""
     spans = kept_frames(plan, overlap_frames)
-    return [s.start + first - 1 for s, (first, _) in zip(plan[1:], spans[1:])]
+    pairs = {s.start + first - 1 for s, (first, _) in zip(plan[1:], spans[1:])}
+    pairs |= {s.start + s.known - 1 for s, (first, end) in zip(plan[1:], spans[1:]) if first < s.known < end}
+    return sorted(pairs)
 
 
 def per_segment(name: str, value: Any, count: int, why: str = "") -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from ruyi.eval.segments import KeyframeMatch, SegmentConsistency  # noqa: F401  
 
 
 def evaluate(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-             segment_frames=None, overlap=2, overlap_frames="next", metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
+             segment_frames=None, overlap=2, overlap_frames="previous", metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
     """Every metric of ``metrics`` on one video (a path, frames or a pipeline video): a dict with
     every key of :data:`RESULT_KEYS` (None where not asked) and ``skipped`` reasons. ``keyframes``
     (``[(image, frame)]``) and ``segment_frames`` add the keyframe and segment metrics to the

@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                    help="an image the video should show at FRAME (0-based); repeat for several (keyframe_match)")
     p.add_argument("--segment-frames", type=int, help="a long video's segment length (the generation's segment.frames)")
     p.add_argument("--overlap", type=int, default=2, help="latent frames a segment takes from the previous one (segment.overlap)")
-    p.add_argument("--overlap-frames", default="next", choices=("next", "previous"),
+    p.add_argument("--overlap-frames", default="previous", choices=("next", "previous"),
                    help="whose copies of overlapping frames the video kept (segment.overlap_frames): where the seams are")
     p.add_argument("--metrics", help=f"comma-separated metric names (default: {','.join(DEFAULT_METRICS)}, plus "
                                      "keyframe_match and segments when their inputs are given)")

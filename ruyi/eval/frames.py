@@ -108,7 +108,7 @@ class EvalSample:
     segment_frames: int | None = None  # a long video's segment length (ruyi.conditioning.keyframes)
     overlap: int = 2  # latent frames each segment takes from the previous one
     cameras: tuple[str, ...] | None = None  # the camera asked for each segment
-    overlap_frames: str = "next"  # whose copies of overlapping frames the video kept (segment.overlap_frames)
+    overlap_frames: str = "previous"  # whose copies of overlapping frames the video kept (segment.overlap_frames)
 
     @cached_property
     def pair_shifts(self) -> np.ndarray:
@@ -126,7 +126,7 @@ class EvalSample:
 
 
 def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-                segment_frames=None, overlap=2, overlap_frames="next") -> EvalSample:  # fmt: skip
+                segment_frames=None, overlap=2, overlap_frames="previous") -> EvalSample:  # fmt: skip
     """Read and check everything one evaluation needs (one line per bad input). ``camera``: one
     camera, or one per segment (a list, or text with commas) with ``segment_frames``."""
     from ruyi.conditioning.control import AUTO, MOTIONS, MOVES

@@ -3,10 +3,12 @@ well the video shows each keyframe's image at its frame.
 
 A long video's segments are laid out as the pipeline lays them out
 (``ruyi.conditioning.keyframes.plan_segments``), from the sample's ``segment_frames`` and
-``overlap``. A *seam* is the pair of frames where one segment's kept frames end and the next one's
-begin (``ruyi.conditioning.keyframes.seam_pairs``: before the overlap when the video keeps the next
-segment's copies of the overlapping frames, after it when it keeps the previous one's). Its jump is
-measured twice, each against the median of every other consecutive pair:
+``overlap``. A *seam* is a pair of frames where the video continues
+(``ruyi.conditioning.keyframes.seam_pairs``): where one segment's kept frames end and the next one's
+begin (before the overlap when the video keeps the next segment's copies of the overlapping frames,
+after it when it keeps the previous one's), and where a segment's copies of the frames it continued
+from meet its first new frame, where the video keeps both. Its jump is measured twice, each against
+the median of every other consecutive pair:
 
 - ``seam_jump``: the global content motion (phase correlation, px) at the worst seam;
 - ``seam_change``: the mean grey change (0..255, motion not compensated) at the worst seam.

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from benchmarks.camera_following import build  # noqa: E402  (the pipeline as infer.py builds it)
+from ruyi.conditioning.keyframes import DEFAULT_OVERLAP_FRAMES, OVERLAP_FRAMES  # noqa: E402
 from ruyi.eval import evaluate  # noqa: E402
 from ruyi.eval.heldout import IMAGE_SETS, KINDS, image_set, start_image, true_pans  # noqa: E402
 from ruyi.files import write_text_atomic  # noqa: E402
@@ -79,15 +80,16 @@ def steps_at_latent_frames(video, args) -> dict:
     left out (1: the video moves evenly; more: it moves in steps of 4 frames); ``seam_vs_steps``,
     the worst seam's motion over the median of the other boundary-crossing pairs (every seam crosses
     one: 1 means the seam moves like the video's ordinary steps)."""
-    from ruyi.conditioning.keyframes import plan_segments, seam_pairs
+    from ruyi.conditioning.keyframes import LATENT_FRAME, plan_segments, seam_pairs
     from ruyi.eval.motion import pair_shifts, static_threshold
 
     frames = to_frames(video)
     motion = np.hypot(*pair_shifts(frames).T)
     plan = plan_segments(len(frames), segment_frames=args.segment_frames, overlap=args.overlap)
     seams = set(seam_pairs(plan, args.overlap_frames))
-    crossing = [i for i in range(len(motion)) if i % 4 == 3 and i not in seams]
-    inside = [i for i in range(len(motion)) if i % 4 != 3 and i not in seams]
+    last = LATENT_FRAME - 1  # pair i crosses a latent-frame boundary when frame i is a latent frame's last
+    crossing = [i for i in range(len(motion)) if i % LATENT_FRAME == last and i not in seams]
+    inside = [i for i in range(len(motion)) if i % LATENT_FRAME != last and i not in seams]
     floor = static_threshold(*frames.shape[1:3])
     return {"step_ratio": float(np.median(motion[crossing]) / max(np.median(motion[inside]), floor)),
             "seam_vs_steps": float(max(motion[i] for i in seams) / max(np.median(motion[crossing]), floor))}
@@ -179,7 +181,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--segment-frames", type=int, default=16, help="the preset's segment.frames")
     parser.add_argument("--overlap", type=int, default=2)
-    parser.add_argument("--overlap-frames", default="previous", choices=("next", "previous"),
+    parser.add_argument("--overlap-frames", default=DEFAULT_OVERLAP_FRAMES, choices=OVERLAP_FRAMES,
                         help="whose copies of the overlapping frames the video keeps (segment.overlap_frames)")
     parser.add_argument("--camera", default="left", choices=("left", "right", "up", "down"))
     parser.add_argument("--motion", default="2")

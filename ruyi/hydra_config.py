@@ -100,6 +100,8 @@ def request_kwargs(cfg: Any) -> dict[str, Any]:
     from hydra.utils import to_absolute_path
     from omegaconf import OmegaConf
 
+    from ruyi.conditioning.keyframes import DEFAULT_OVERLAP_FRAMES
+
     video = cfg.get("video")
     frames = cfg.frames
     if video is not None and OmegaConf.is_interpolation(cfg, "frames"):
@@ -110,7 +112,7 @@ def request_kwargs(cfg: Any) -> dict[str, Any]:
         cfg=cfg.cfg, seed=cfg.seed, camera=_plain(cfg.camera), motion=_motion(cfg.motion),
         keyframes=request_keyframes(cfg), video=None if video is None else to_absolute_path(str(video)),
         strength=cfg.get("strength", 0.6), segment_frames=segment.get("frames", 120), overlap=segment.get("overlap", 2),
-        overlap_frames=segment.get("overlap_frames", "previous"),
+        overlap_frames=segment.get("overlap_frames", DEFAULT_OVERLAP_FRAMES),
     )  # fmt: skip
 
 

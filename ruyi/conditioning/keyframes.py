@@ -34,6 +34,7 @@ FRAME_MULTIPLE = 8  # the VAE encodes 8 frames (2 latent frames) at a time
 LATENT_FRAME = 4  # video frames per latent frame (the VAE's temporal compression)
 MAX_SEGMENTS = 10
 OVERLAP_FRAMES = ("next", "previous")  # whose frames the video keeps where two segments overlap
+DEFAULT_OVERLAP_FRAMES = "previous"
 KEYFRAMES_USAGE = ("give a list of {image: path.png, frame: N}, "
                    "e.g. keyframes='[{image: a.png, frame: 0}, {image: b.png, frame: 60}]'")
 
@@ -177,7 +178,7 @@ def check_overlap_frames(value: Any) -> str:
     return str(value)
 
 
-def kept_frames(plan: Sequence[Segment], overlap_frames: str = "previous") -> list[tuple[int, int]]:
+def kept_frames(plan: Sequence[Segment], overlap_frames: str = DEFAULT_OVERLAP_FRAMES) -> list[tuple[int, int]]:
     """Per segment, the (first, end) of its own frames (0 = its first frame) that the video keeps:
     with ``"next"`` a segment gives up its last frames to the next segment's redrawn copies of them
     and keeps its own copies of the frames it continued from; with ``"previous"`` it keeps the frames
@@ -193,7 +194,7 @@ def kept_frames(plan: Sequence[Segment], overlap_frames: str = "previous") -> li
     return spans
 
 
-def seam_pairs(plan: Sequence[Segment], overlap_frames: str = "previous") -> list[int]:
+def seam_pairs(plan: Sequence[Segment], overlap_frames: str = DEFAULT_OVERLAP_FRAMES) -> list[int]:
     """The frame pairs (i: frame i -> i + 1, in the video) where the video continues: where one
     segment's kept frames end and the next one's begin, and, where the video keeps a segment's
     copies of the frames it continued from and its first new frame too, the pair between them (with

@@ -19,8 +19,8 @@ from ruyi.conditioning.buckets import MAX_RESOLUTION, MIN_RESOLUTION, resolve_si
 from ruyi.conditioning.control import CameraMotionControl
 from ruyi.conditioning.image import load_image
 from ruyi.conditioning.keyframes import (  # noqa: F401  (FRAME_MULTIPLE: re-exported)
-    FRAME_MULTIPLE, MAX_SEGMENTS, Keyframe, Segment, check_overlap_frames, check_segment, max_video_frames,
-    merge_keyframes, parse_keyframes, per_segment, plan_segments,
+    DEFAULT_OVERLAP_FRAMES, FRAME_MULTIPLE, MAX_SEGMENTS, Keyframe, Segment, check_overlap_frames, check_segment,
+    max_video_frames, merge_keyframes, parse_keyframes, per_segment, plan_segments,
 )  # fmt: skip
 from ruyi.conditioning.video import InputVideo, open_video
 from ruyi.errors import ConfigError, InputError
@@ -40,7 +40,7 @@ MIN_SIDE, MAX_SIDE = 16, 2048
 # segment_frames: the longest video one denoising run makes (longer ones continue in segments that
 # overlap by ``overlap`` latent frames)
 CALL_DEFAULTS = {"frames": 120, "base_resolution": 512, "video_size": None, "steps": 25, "cfg": 7.0,
-                 "segment_frames": MAX_FRAMES, "overlap": 2, "overlap_frames": "previous"}  # fmt: skip
+                 "segment_frames": MAX_FRAMES, "overlap": 2, "overlap_frames": DEFAULT_OVERLAP_FRAMES}  # fmt: skip
 STRENGTH = 0.6  # video-to-video: how far the input is noised when a call leaves it out
 
 
@@ -69,7 +69,7 @@ class GenerationRequest:
     motions: tuple[str, ...] = ()
     video: InputVideo | None = None
     strength: float = 1.0
-    overlap_frames: str = "previous"
+    overlap_frames: str = DEFAULT_OVERLAP_FRAMES
 
     def plan(self) -> tuple[Segment, ...]:
         return self.segments or (Segment(0, 0, self.frames, 0, self.frames, self.keyframes),)
@@ -78,7 +78,7 @@ class GenerationRequest:
 def validate_request(
     start_image, end_image=None, *, control: CameraMotionControl, sampler, frames, base_resolution, video_size, steps, cfg, seed,
     camera, motion, frames_rounding: str = "error", keyframes=(), video=None, strength: float = STRENGTH,
-    segment_frames: int = MAX_FRAMES, overlap: int = 2, overlap_frames: str = "previous",
+    segment_frames: int = MAX_FRAMES, overlap: int = 2, overlap_frames: str = DEFAULT_OVERLAP_FRAMES,
 ) -> GenerationRequest:
     """Check every argument of a call before any model runs; ``sampler`` may be a class or instance.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ruyi.conditioning.keyframes import DEFAULT_OVERLAP_FRAMES
 from ruyi.eval.frames import EvalSample, as_frames, make_sample, read_video
 from ruyi.eval.metrics import (
     DEFAULT_METRICS, RESULT_KEYS, VideoMetric, build_metrics, motion_rank_correlation, score,
@@ -17,7 +18,7 @@ from ruyi.eval.segments import KeyframeMatch, SegmentConsistency  # noqa: F401  
 
 
 def evaluate(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-             segment_frames=None, overlap=2, overlap_frames="previous", metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
+             segment_frames=None, overlap=2, overlap_frames=DEFAULT_OVERLAP_FRAMES, metrics: Sequence[str] | None = None) -> dict:  # fmt: skip
     """Every metric of ``metrics`` on one video (a path, frames or a pipeline video): a dict with
     every key of :data:`RESULT_KEYS` (None where not asked) and ``skipped`` reasons. ``keyframes``
     (``[(image, frame)]``) and ``segment_frames`` add the keyframe and segment metrics to the

@@ -31,6 +31,7 @@ EPILOG = """metrics (registry "metric"; configs/metric/):
 
 def parser() -> argparse.ArgumentParser:
     from ruyi.conditioning.control import AUTO, MOTIONS, MOVES
+    from ruyi.conditioning.keyframes import DEFAULT_OVERLAP_FRAMES, OVERLAP_FRAMES
     from ruyi.eval.metrics import DEFAULT_METRICS
 
     p = argparse.ArgumentParser(
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
                    help="an image the video should show at FRAME (0-based); repeat for several (keyframe_match)")
     p.add_argument("--segment-frames", type=int, help="a long video's segment length (the generation's segment.frames)")
     p.add_argument("--overlap", type=int, default=2, help="latent frames a segment takes from the previous one (segment.overlap)")
-    p.add_argument("--overlap-frames", default="previous", choices=("next", "previous"),
+    p.add_argument("--overlap-frames", default=DEFAULT_OVERLAP_FRAMES, choices=OVERLAP_FRAMES,
                    help="whose copies of overlapping frames the video kept (segment.overlap_frames): where the seams are")
     p.add_argument("--metrics", help=f"comma-separated metric names (default: {','.join(DEFAULT_METRICS)}, plus "
                                      "keyframe_match and segments when their inputs are given)")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ruyi.conditioning.keyframes import DEFAULT_OVERLAP_FRAMES
 from ruyi.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -108,7 +109,7 @@ class EvalSample:
     segment_frames: int | None = None  # a long video's segment length (ruyi.conditioning.keyframes)
     overlap: int = 2  # latent frames each segment takes from the previous one
     cameras: tuple[str, ...] | None = None  # the camera asked for each segment
-    overlap_frames: str = "previous"  # whose copies of overlapping frames the video kept (segment.overlap_frames)
+    overlap_frames: str = DEFAULT_OVERLAP_FRAMES  # whose copies of overlapping frames the video kept (segment.overlap_frames)
 
     @cached_property
     def pair_shifts(self) -> np.ndarray:
@@ -126,7 +127,7 @@ class EvalSample:
 
 
 def make_sample(video, *, reference=None, image=None, end_image=None, camera=None, motion=None, keyframes=None,
-                segment_frames=None, overlap=2, overlap_frames="previous") -> EvalSample:  # fmt: skip
+                segment_frames=None, overlap=2, overlap_frames=DEFAULT_OVERLAP_FRAMES) -> EvalSample:  # fmt: skip
     """Read and check everything one evaluation needs (one line per bad input). ``camera``: one
     camera, or one per segment (a list, or text with commas) with ``segment_frames``."""
     from ruyi.conditioning.control import AUTO, MOTIONS, MOVES
@@ -146,8 +147,7 @@ def make_sample(video, *, reference=None, image=None, end_image=None, camera=Non
     keys = _keyframes(keyframes, len(frames), size)
     segments, cameras = None, None
     if segment_frames is not None:
-        segments = _segments(segment_frames, overlap, len(frames))
-        overlap_frames = _overlap_frames(overlap_frames)
+        segments, overlap_frames = _segments(segment_frames, overlap, overlap_frames, len(frames))
     if isinstance(camera, str) and "," in camera:
         camera = [c.strip() for c in camera.split(",")]
     for c in camera if isinstance(camera, (list, tuple)) else [] if camera is None else [camera]:
@@ -181,22 +181,14 @@ def _keyframes(keyframes, frames: int, size: tuple[int, int]) -> tuple:
     return tuple(found)
 
 
-def _overlap_frames(value) -> str:
-    from ruyi.conditioning.keyframes import check_overlap_frames
-    from ruyi.errors import RuyiUserError
-
-    try:
-        return check_overlap_frames(value)
-    except RuyiUserError as err:
-        raise InputError(str(err)) from None
-
-
-def _segments(segment_frames, overlap, frames: int) -> int:
-    from ruyi.conditioning.keyframes import check_segment, plan_segments
+def _segments(segment_frames, overlap, overlap_frames, frames: int) -> tuple[int, str]:
+    """The segment count of a ``frames``-frame video, and ``overlap_frames`` checked."""
+    from ruyi.conditioning.keyframes import check_overlap_frames, check_segment, plan_segments
     from ruyi.errors import RuyiUserError
 
     try:
         segment_frames, overlap = check_segment(segment_frames, overlap)
+        overlap_frames = check_overlap_frames(overlap_frames)
     except RuyiUserError as err:
         raise InputError(str(err)) from None
-    return len(plan_segments(frames, segment_frames=segment_frames, overlap=overlap))
+    return len(plan_segments(frames, segment_frames=segment_frames, overlap=overlap)), overlap_frames

@@ -35,9 +35,9 @@ def segment_plan(sample: EvalSample):
     return plan_segments(len(sample.frames), segment_frames=sample.segment_frames, overlap=sample.overlap)
 
 
-def segment_spans(sample: EvalSample) -> list[tuple[int, int]]:
-    """(first, end) output frames each segment made new (its camera's), in order."""
-    return [(s.start + s.known, s.start + s.known + s.keep) for s in segment_plan(sample)]
+def segment_spans(plan) -> list[tuple[int, int]]:
+    """(first, end) output frames each segment of ``plan`` made new (its camera's), in order."""
+    return [(s.start + s.known, s.start + s.known + s.keep) for s in plan]
 
 
 @METRICS.register("segments")
@@ -53,14 +53,15 @@ class SegmentConsistency(VideoMetric):
         return None
 
     def __call__(self, sample):
-        spans = segment_spans(sample)
+        plan = segment_plan(sample)
+        spans = segment_spans(plan)
         height, width = sample.frames.shape[1:3]
         shifts = sample.pair_shifts  # pair i: frame i -> i + 1
         threshold = static_threshold(height, width)
         cameras = [self.camera(sample, a, b, threshold) if b - a > 1 else None for a, b in spans]
         asked = sample.cameras or ((sample.camera,) * len(spans) if sample.camera else None)
         judged = [c == a for c, a in zip(cameras, asked or ()) if a not in (None, "auto") and c is not None]
-        seams = seam_pairs(segment_plan(sample), sample.overlap_frames)
+        seams = seam_pairs(plan, sample.overlap_frames)
         return {
             "segments": len(spans),
             "segment_cameras": cameras,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.activations import GEGLU
-
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.hunyuan_transformer_2d import HunyuanDiTBlock

@@ -143,7 +143,8 @@ EOF
         if [ -f "$CKPT/ruyi-random-weights.json" ] && [ -d "$CKPT/transformer" ]; then
             weights="bench.weights=checkpoint model.path=$CKPT"
         fi
-        measure video 560 frames="$FRAMES" bench.resolution="$SIZE" bench.warmup_steps=0 bench.measured_steps="$VIDEO_STEPS" \
+        # compile=auto as infer.py runs (benchmark.yaml alone pins compile=none)
+        measure video 560 frames="$FRAMES" bench.resolution="$SIZE" compile=auto bench.warmup_steps=0 bench.measured_steps="$VIDEO_STEPS" \
             bench.report_steps="$VIDEO_STEPS" $weights
         python3 - "$OUT/video.jsonl" <<'EOF' | tee -a "$OUT/video.log"
 import json, sys

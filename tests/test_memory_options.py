@@ -586,3 +586,15 @@ def test_auto_takes_the_fastest_rule_that_fits_gpu_and_host_ram():
     assert pick(64).rule.name == "pinned" and pick(28).rule.name == "one_copy" and pick(20).rule.name == "disk"
     smallest = pick(12)  # nothing fits 12 GiB of RAM: the least RAM, flagged as not fitting
     assert smallest.rule.name == "disk" and not smallest.fits
+
+
+def test_a_24_gb_card_is_not_offered_none_lean_at_768x120():
+    """none_lean was estimated at 18.7 GiB at 768 x 120 and measured at 26.1 GiB on an H100 (RESULTS.md,
+    tenth session): a 24 GB card (about 22 GiB usable after the context) must get an offloading rule."""
+    from ruyi.memory.rules import RULES
+
+    for side in (512, 768):
+        choice = auto_module.choose(RULES, side=side, frames=120, budget_gib=22.0)[0]
+        assert choice.fits and choice.rule.offload == "group", (side, choice.rule.name)
+    none_lean = next(r for r in RULES if r.name == "none_lean")
+    assert none_lean.predict(768, 120)[0] > 24.0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ruyi.conditioning.keyframes import seam_pairs
+from ruyi.conditioning.keyframes import plan_segments, seam_pairs
 from ruyi.eval.frames import EvalSample
 from ruyi.eval.metrics import LUMA, VideoMetric, _psnr
 from ruyi.eval.motion import camera_of, static_threshold, zoom_spread
@@ -30,8 +30,6 @@ from ruyi.registry import METRICS
 
 
 def segment_plan(sample: EvalSample):
-    from ruyi.conditioning.keyframes import plan_segments
-
     return plan_segments(len(sample.frames), segment_frames=sample.segment_frames, overlap=sample.overlap)
 
 
